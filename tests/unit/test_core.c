@@ -1,0 +1,137 @@
+/*
+ * Unit tests for src/core: status codes, error detail, the growable buffer
+ * and structured log lines.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/buf.h"
+#include "jimbot/log.h"
+#include "jimbot/status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void test_status_names_and_texts(void **state)
+{
+    (void)state;
+    assert_int_equal(JB_OK, 0);
+    assert_string_equal(jb_status_name(JB_OK), "OK");
+    assert_string_equal(jb_status_name(JB_EBACKPRESSURE), "EBACKPRESSURE");
+    assert_string_equal(jb_strerror(JB_EINVAL), "invalid argument");
+    assert_string_equal(jb_strerror((jb_status)-9999), "unknown status");
+    /* Every code is negative and distinct, and has a name and a text. */
+#define CHECK(name, value, text)                           \
+    if (value != 0)                                        \
+        assert_true(value < 0);                            \
+    assert_string_equal(jb_status_name(JB_##name), #name); \
+    assert_string_equal(jb_strerror(JB_##name), text);
+    JB_STATUS_MAP(CHECK)
+#undef CHECK
+}
+
+static void test_error_set_fills_and_returns_code(void **state)
+{
+    (void)state;
+    jb_error err;
+    jb_error_clear(&err);
+    assert_int_equal(jb_error_set(&err, JB_ETOOBIG, "event of %d bytes", 5), JB_ETOOBIG);
+    assert_int_equal(err.code, JB_ETOOBIG);
+    assert_string_equal(err.message, "event of 5 bytes");
+    /* NULL is allowed and only returns the code. */
+    assert_int_equal(jb_error_set(NULL, JB_EIO, "x"), JB_EIO);
+    /* Long messages are truncated, never overflow. */
+    char big[2000];
+    memset(big, 'x', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    jb_error_set(&err, JB_EINVAL, "%s", big);
+    assert_int_equal(strlen(err.message), sizeof(err.message) - 1);
+}
+
+static void test_buf_grows_and_stays_terminated(void **state)
+{
+    (void)state;
+    jb__buf b;
+    jb__buf_init(&b);
+    for (int i = 0; i < 1000; i++)
+        jb__buf_printf(&b, "%d,", i);
+    assert_true(b.len > 2000);
+    assert_int_equal(b.data[b.len], '\0');
+    assert_memory_equal(b.data, "0,1,2,", 6);
+    jb__buf_reset(&b);
+    assert_int_equal(b.len, 0);
+    assert_string_equal(b.data, "");
+    jb__buf_append(&b, "a\0b", 3);
+    assert_int_equal(b.len, 3);
+    assert_memory_equal(b.data, "a\0b", 4);
+    jb__buf_release(&b);
+    assert_null(b.data);
+}
+
+static char last_line[4096];
+static int lines_seen;
+
+static void capture(jb_log_level level, const char *line, void *userdata)
+{
+    (void)level;
+    *(int *)userdata += 1;
+    snprintf(last_line, sizeof(last_line), "%s", line);
+}
+
+static void test_log_line_shape_and_threshold(void **state)
+{
+    (void)state;
+    lines_seen = 0;
+    jb_log_set_sink(capture, &lines_seen);
+    jb_log_set_level(JB_LOG_INFO);
+    jb_log(JB_LOG_INFO, "config", "reloaded", "version=%d changed=%s", 3, "a,b");
+    assert_int_equal(lines_seen, 1);
+    /* 2026-11-27T23:40:01.123Z info  config  reloaded version=3 changed=a,b */
+    assert_int_equal(strlen(last_line) > 24, 1);
+    assert_int_equal(last_line[4], '-');
+    assert_int_equal(last_line[10], 'T');
+    assert_int_equal(last_line[23], 'Z');
+    assert_non_null(strstr(last_line, " info  config  reloaded version=3 changed=a,b"));
+    jb_log(JB_LOG_DEBUG, "config", "dropped", NULL);
+    assert_int_equal(lines_seen, 1);
+    jb_log_set_level(JB_LOG_DEBUG);
+    jb_log(JB_LOG_DEBUG, "bus", "kept", NULL);
+    assert_int_equal(lines_seen, 2);
+    assert_non_null(strstr(last_line, " debug bus     kept"));
+    jb_log_set_sink(NULL, NULL);
+    jb_log_set_level(JB_LOG_INFO);
+
+    jb_log_level level;
+    assert_int_equal(jb_log_level_parse("warn", &level), 0);
+    assert_int_equal(level, JB_LOG_WARN);
+    assert_int_equal(jb_log_level_parse("verbose", &level), -1);
+}
+
+static void test_log_quote(void **state)
+{
+    (void)state;
+    char buf[64];
+    assert_string_equal(jb_log_quote(buf, sizeof(buf), "plain"), "plain");
+    assert_string_equal(jb_log_quote(buf, sizeof(buf), ""), "\"\"");
+    assert_string_equal(jb_log_quote(buf, sizeof(buf), "two words"), "\"two words\"");
+    assert_string_equal(jb_log_quote(buf, sizeof(buf), "a=\"b\"\n"), "\"a=\\\"b\\\"\\n\"");
+    char tiny[6];
+    jb_log_quote(tiny, sizeof(tiny), "a long value with spaces");
+    assert_true(strlen(tiny) < sizeof(tiny));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_status_names_and_texts),
+        cmocka_unit_test(test_error_set_fills_and_returns_code),
+        cmocka_unit_test(test_buf_grows_and_stays_terminated),
+        cmocka_unit_test(test_log_line_shape_and_threshold),
+        cmocka_unit_test(test_log_quote),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
