@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "core/buf.h"
+#include "core/strmap.h"
 #include "jimbot/log.h"
 #include "jimbot/status.h"
 
@@ -124,6 +125,50 @@ static void test_log_quote(void **state)
     assert_true(strlen(tiny) < sizeof(tiny));
 }
 
+/* Random puts and deletes against a plain array: backward-shift deletion keeps every key findable.
+ */
+static void test_strmap_matches_reference(void **state)
+{
+    (void)state;
+    enum { KEYS = 500 };
+    static intptr_t ref[KEYS]; /* 0 = absent, else the value */
+    jb__strmap m;
+    jb__strmap_init(&m);
+    srand(7);
+    for (int step = 0; step < 20000; step++) {
+        int k = rand() % KEYS;
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", k);
+        if (rand() % 3 == 0) {
+            void *old = jb__strmap_del(&m, key);
+            assert_int_equal((intptr_t)old, ref[k]);
+            ref[k] = 0;
+        } else {
+            intptr_t v = step + 1;
+            void *old = jb__strmap_put(&m, key, (void *)v);
+            assert_int_equal((intptr_t)old, ref[k]);
+            ref[k] = v;
+        }
+    }
+    size_t live = 0;
+    for (int k = 0; k < KEYS; k++) {
+        char key[16];
+        snprintf(key, sizeof(key), "k%d", k);
+        assert_int_equal((intptr_t)jb__strmap_get(&m, key), ref[k]);
+        live += ref[k] != 0;
+    }
+    assert_int_equal(m.len, live);
+    size_t iter = 0, seen = 0;
+    const char *key;
+    void *value;
+    while (jb__strmap_next(&m, &iter, &key, &value)) {
+        assert_int_equal((intptr_t)value, ref[atoi(key + 1)]);
+        seen++;
+    }
+    assert_int_equal(seen, live);
+    jb__strmap_release(&m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -132,6 +177,7 @@ int main(void)
         cmocka_unit_test(test_buf_grows_and_stays_terminated),
         cmocka_unit_test(test_log_line_shape_and_threshold),
         cmocka_unit_test(test_log_quote),
+        cmocka_unit_test(test_strmap_matches_reference),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
