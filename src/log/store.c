@@ -1,0 +1,1469 @@
+/*
+ * The durable log (include/jimbot/store.h): segments, CRCs, group commit,
+ * recovery, reads and retention.
+ *
+ * On disk
+ * -------
+ * A data directory holds segment files named after the first sequence they
+ * hold, zero-padded to 20 digits so that names sort as numbers:
+ *
+ *   00000000000000000001.seg  00000000000000524289.seg  ...
+ *
+ * All integers are little-endian. A segment starts with a 32-byte header:
+ *
+ *   0  magic "JBLOGSEG"      8  u32 version (1)     12  u32 header size (32)
+ *   16 u64 first sequence    24 u32 flags (0)       28  u32 CRC32C of bytes 0..27
+ *
+ * then records, back to back, each a 24-byte header and the payload:
+ *
+ *   0  u32 CRC32C of bytes 4..(24+length)   4  u32 payload length
+ *   8  u64 sequence                          16 i64 timestamp (ms)     24 payload
+ *
+ * Sequences are gap-free: a segment's records are first, first+1, ..., and
+ * the next segment starts where the previous one ends. Only the newest
+ * segment is ever written; the others are sealed (fsync'd before the next one
+ * is created, under the batch and always policies). The directory is
+ * fsync'd when a segment is created or deleted.
+ *
+ * Recovery (at open) scans every segment in order and checks every CRC. The
+ * first bad record of the newest segment (short header, impossible length,
+ * record past the end of the file, CRC mismatch) and everything after it are
+ * a torn write: the file is truncated there with a warning naming the file
+ * and the offset. A crash can only tear the newest segment, so damage
+ * anywhere else, a sequence gap between segments, or a record whose CRC is
+ * right but whose sequence is wrong, is refused with JB_ECORRUPT before
+ * anything is changed.
+ *
+ * In memory
+ * ---------
+ * The loop thread owns everything here; there are no locks. Appends encode
+ * the record (CRC included) into the *active* buffer and extend the logical
+ * size of the newest segment, whose sparse index (one entry per 64 records
+ * or 16 KiB) is therefore always complete. A buffer is a list of chunks, each
+ * a byte range bound for one segment at one offset, so a segment roll inside
+ * a buffer needs no special path. A write job takes the active buffer (the
+ * other one, empty, becomes active, so appends never wait) and runs on
+ * libuv's threadpool: it creates the segments the chunks ask for, pwrites
+ * the chunks, fdatasyncs when the job is a sync job, unlinks the segments
+ * that retention dropped. The job only reads the buffer and the job fields
+ * below; its result is applied on the loop in after_write(). One job at a
+ * time: flush requests that arrive meanwhile ride the next one.
+ *
+ * Each segment knows how many of its bytes are on disk ("written"); a read
+ * of a record below that uses pread (through a small cache), above it the
+ * bytes are found in the in-flight or the active buffer. In memory mode a
+ * segment is simply a growing byte array in the same format, and every
+ * append is durable at once.
+ *
+ * This file depends on libuv and the log/status modules only; it must not
+ * know what a payload means.
+ */
+#include "jimbot/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "jimbot/log.h"
+#include "log/crc32c.h"
+#include "log/store_internal.h"
+
+#define DEFAULT_SEGMENT_BYTES (64ull * 1024 * 1024)
+#define DEFAULT_MAX_UNFLUSHED ((size_t)64 * 1024 * 1024)
+#define DEFAULT_WRITE_TRIGGER ((size_t)1024 * 1024)
+#define MIN_SEGMENT_BYTES     256u
+#define INDEX_EVERY_RECORDS   64u
+#define INDEX_EVERY_BYTES     16384u
+#define READ_CHUNK_BYTES      ((size_t)256 * 1024)
+#define SCAN_CHUNK_BYTES      ((size_t)1024 * 1024)
+
+typedef struct idx_entry {
+    uint64_t seq;
+    uint64_t off;
+    /* The largest timestamp of every record before this one (INT64_MIN: none). */
+    int64_t pmax;
+} idx_entry;
+
+typedef struct seg {
+    uint64_t first_seq;
+    uint64_t count;   /* records appended */
+    uint64_t bytes;   /* logical size: header and every appended record */
+    uint64_t written; /* bytes on disk; equals bytes in memory mode */
+    int64_t max_ts;
+    int fd;       /* -1 until the writer has created the file, or in memory mode */
+    bool created; /* the file exists or a queued chunk creates it */
+    uint8_t *mem; /* memory mode: the whole segment */
+    size_t mem_cap;
+    idx_entry *idx;
+    size_t nidx, idx_cap;
+} seg;
+
+typedef struct wchunk {
+    seg *seg; /* loop only */
+    uint64_t seg_first_seq;
+    uint64_t file_off;
+    size_t buf_off, len;
+    bool create;
+    int out_fd; /* set by the writer when it created the file */
+} wchunk;
+
+typedef struct wbuf {
+    uint8_t *data;
+    size_t len, cap;
+    wchunk *chunks;
+    size_t nchunks, chunk_cap;
+    uint64_t last_seq;
+} wbuf;
+
+typedef struct waiter {
+    struct waiter *next;
+    uint64_t target;
+    jb_store_flush_cb cb;
+    void *userdata;
+} waiter;
+
+struct jb_store {
+    uv_loop_t *loop;
+    jb_store_options opts;
+    char *dir;
+    bool memory;
+    int dirfd;
+
+    seg **segs;
+    size_t nsegs, segs_cap;
+    uint64_t total_bytes;
+    uint64_t next_seq, written_seq, durable_seq;
+    int64_t pmax;
+    uint64_t min_needed;
+
+    wbuf bufs[2];
+    wbuf *active;
+    wbuf *inflight; /* the buffer of the running job (or of the failed one) */
+    int disk_tail_fd;
+
+    /* The write job: read by the worker, written by the loop between jobs. */
+    uv_work_t work;
+    bool job_running;
+    bool job_sync;
+    int job_tail_fd;
+    uint64_t *job_unlinks;
+    size_t job_n_unlinks;
+    unsigned write_delay_ms;
+    /* The job's result, written by the worker. */
+    int job_errno;
+    char job_what[160];
+    unsigned job_fsyncs;
+
+    uint64_t *unlinks; /* segments dropped by retention, to unlink */
+    size_t n_unlinks, unlinks_cap;
+
+    waiter *whead, *wtail;
+    uv_timer_t timer;
+
+    jb_status failed;
+    jb_error fail_err;
+    bool closing, close_synced, finishing;
+    jb_store_close_cb close_cb;
+    void *close_userdata;
+    int reading;
+
+    uint8_t *rbuf;
+    size_t rbuf_cap;
+    const seg *rbuf_seg;
+    uint64_t rbuf_off;
+    size_t rbuf_len;
+
+    jb_store_stats stats;
+};
+
+/* ---- little-endian fields ---------------------------------------------- */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void encode_seg_header(uint8_t *h, uint64_t first_seq)
+{
+    memcpy(h, JB__SEG_MAGIC, 8);
+    put32(h + 8, JB__SEG_VERSION);
+    put32(h + 12, JB__SEG_HEADER_BYTES);
+    put64(h + 16, first_seq);
+    put32(h + 24, 0);
+    put32(h + 28, jb__crc32c(0, h, 28));
+}
+
+/* Returns NULL when @h is a valid header for @first_seq, else why not. */
+static const char *check_seg_header(const uint8_t *h, uint64_t first_seq)
+{
+    if (memcmp(h, JB__SEG_MAGIC, 8) != 0)
+        return "bad magic";
+    if (get32(h + 28) != jb__crc32c(0, h, 28))
+        return "header checksum mismatch";
+    if (get32(h + 8) != JB__SEG_VERSION || get32(h + 12) != JB__SEG_HEADER_BYTES)
+        return "unsupported version";
+    if (get64(h + 16) != first_seq)
+        return "first sequence differs from the file name";
+    return NULL;
+}
+
+static void encode_record(uint8_t *dst, uint64_t seq, int64_t ts, const void *payload, size_t len)
+{
+    put32(dst + 4, (uint32_t)len);
+    put64(dst + 8, seq);
+    put64(dst + 16, (uint64_t)ts);
+    if (len > 0)
+        memcpy(dst + JB__REC_HEADER_BYTES, payload, len);
+    put32(dst, jb__crc32c(0, dst + 4, JB__REC_HEADER_BYTES - 4 + len));
+}
+
+static bool record_crc_ok(const uint8_t *rec)
+{
+    uint32_t len = get32(rec + 4);
+    return get32(rec) == jb__crc32c(0, rec + 4, JB__REC_HEADER_BYTES - 4 + (size_t)len);
+}
+
+static void seg_name(char out[JB__SEG_NAME_SIZE], uint64_t first_seq)
+{
+    snprintf(out, JB__SEG_NAME_SIZE, "%020" PRIu64 ".seg", first_seq);
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- growable arrays --------------------------------------------------- */
+
+static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return true;
+    size_t n = *cap ? *cap : 8;
+    while (n < need)
+        n *= 2;
+    void *q = realloc(*p, n * elem);
+    if (q == NULL)
+        return false;
+    *p = q;
+    *cap = n;
+    return true;
+}
+
+/* ---- segments and their index ------------------------------------------ */
+
+static bool idx_add(seg *g, uint64_t seq, uint64_t off, int64_t pmax)
+{
+    if (g->nidx > 0) {
+        const idx_entry *last = &g->idx[g->nidx - 1];
+        if (seq - last->seq < INDEX_EVERY_RECORDS && off - last->off < INDEX_EVERY_BYTES)
+            return true;
+    }
+    if (!grow((void **)&g->idx, &g->idx_cap, g->nidx + 1, sizeof(idx_entry)))
+        return false;
+    g->idx[g->nidx++] = (idx_entry){seq, off, pmax};
+    return true;
+}
+
+static void seg_free(seg *g)
+{
+    if (g == NULL)
+        return;
+    if (g->fd >= 0)
+        close(g->fd);
+    free(g->mem);
+    free(g->idx);
+    free(g);
+}
+
+static seg *seg_new(uint64_t first_seq)
+{
+    seg *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->first_seq = first_seq;
+    g->bytes = JB__SEG_HEADER_BYTES;
+    g->max_ts = INT64_MIN;
+    g->fd = -1;
+    return g;
+}
+
+static bool push_seg(jb_store *s, seg *g)
+{
+    if (!grow((void **)&s->segs, &s->segs_cap, s->nsegs + 1, sizeof(seg *)))
+        return false;
+    s->segs[s->nsegs++] = g;
+    s->total_bytes += g->bytes;
+    return true;
+}
+
+static seg *tail_seg(const jb_store *s)
+{
+    return s->segs[s->nsegs - 1];
+}
+
+/* Index of the segment holding @seq, which must be stored. */
+static size_t find_seg(const jb_store *s, uint64_t seq)
+{
+    size_t lo = 0, hi = s->nsegs;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (s->segs[mid]->first_seq <= seq)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* ---- the write job (threadpool) ---------------------------------------- */
+
+static bool pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return false;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return true;
+}
+
+static bool job_fail(jb_store *s, const char *what, uint64_t first_seq)
+{
+    s->job_errno = errno ? errno : EIO;
+    snprintf(s->job_what, sizeof(s->job_what), "%020" PRIu64 ".seg: %s", first_seq, what);
+    return false;
+}
+
+static bool job_sync_fd(jb_store *s, int fd, const char *what, uint64_t first_seq)
+{
+    if (fdatasync(fd) != 0)
+        return job_fail(s, what, first_seq);
+    s->job_fsyncs++;
+    return true;
+}
+
+static bool run_job(jb_store *s)
+{
+    bool syncing = s->opts.fsync != JB_STORE_FSYNC_NONE;
+    int fd = s->job_tail_fd;
+    uint64_t fd_first = 0;
+    wbuf *b = s->inflight;
+
+    for (size_t i = 0; b != NULL && i < b->nchunks; i++) {
+        wchunk *c = &b->chunks[i];
+        if (c->create) {
+            if (fd >= 0 && syncing &&
+                !job_sync_fd(s, fd, "fdatasync of the sealed segment", fd_first))
+                return false;
+            char name[JB__SEG_NAME_SIZE];
+            seg_name(name, c->seg_first_seq);
+            fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            if (fd < 0)
+                return job_fail(s, "cannot create", c->seg_first_seq);
+            c->out_fd = fd;
+            uint8_t h[JB__SEG_HEADER_BYTES];
+            encode_seg_header(h, c->seg_first_seq);
+            if (!pwrite_all(fd, h, sizeof(h), 0))
+                return job_fail(s, "cannot write the header", c->seg_first_seq);
+            if (syncing) {
+                if (fsync(s->dirfd) != 0)
+                    return job_fail(s, "fsync of the directory", c->seg_first_seq);
+                s->job_fsyncs++;
+            }
+        }
+        fd_first = c->seg_first_seq;
+        if (!pwrite_all(fd, b->data + c->buf_off, c->len, c->file_off))
+            return job_fail(s, "write", c->seg_first_seq);
+    }
+    if (s->job_sync && fd >= 0 && !job_sync_fd(s, fd, "fdatasync", fd_first))
+        return false;
+
+    for (size_t i = 0; i < s->job_n_unlinks; i++) {
+        char name[JB__SEG_NAME_SIZE];
+        seg_name(name, s->job_unlinks[i]);
+        if (unlinkat(s->dirfd, name, 0) != 0 && errno != ENOENT)
+            return job_fail(s, "cannot delete", s->job_unlinks[i]);
+    }
+    if (s->job_n_unlinks > 0 && syncing) {
+        if (fsync(s->dirfd) != 0)
+            return job_fail(s, "fsync of the directory", 0);
+        s->job_fsyncs++;
+    }
+    return true;
+}
+
+static void write_work(uv_work_t *req)
+{
+    jb_store *s = req->data;
+    if (s->write_delay_ms > 0)
+        usleep(s->write_delay_ms * 1000u);
+    s->job_errno = 0;
+    s->job_fsyncs = 0;
+    errno = 0;
+    run_job(s);
+}
+
+/* ---- the loop side ----------------------------------------------------- */
+
+static void drain_waiters(jb_store *s)
+{
+    while (s->whead != NULL) {
+        waiter *w = s->whead;
+        if (s->failed == JB_OK && w->target > s->durable_seq)
+            break;
+        s->whead = w->next;
+        if (s->whead == NULL)
+            s->wtail = NULL;
+        w->cb(s->failed, s->durable_seq, s->failed ? &s->fail_err : NULL, w->userdata);
+        free(w);
+    }
+}
+
+static void set_failed(jb_store *s, jb_status code, const char *message)
+{
+    if (s->failed != JB_OK)
+        return;
+    s->failed = code;
+    jb_error_set(&s->fail_err, code, "%s", message);
+    jb_log(JB_LOG_ERROR, "store", "the durable log stopped", "dir=%s error=\"%s\"",
+           s->dir ? s->dir : "(memory)", s->fail_err.message);
+}
+
+static void after_write(uv_work_t *req, int status);
+static void finish_close_maybe(jb_store *s);
+
+static void kick(jb_store *s)
+{
+    if (s->memory || s->job_running || s->failed != JB_OK || s->finishing)
+        return;
+    wbuf *b = s->active;
+    bool waiting = s->wtail != NULL && s->wtail->target > s->durable_seq;
+    bool closing_sync = s->closing && !s->close_synced;
+    bool want_sync = closing_sync || (s->opts.fsync != JB_STORE_FSYNC_NONE && waiting);
+    bool want_write =
+        b->len > 0 && (waiting || closing_sync || b->len >= s->opts.write_trigger_bytes);
+    if (!want_write && !want_sync && s->n_unlinks == 0)
+        return;
+
+    if (want_write) {
+        s->inflight = b;
+        s->active = (b == &s->bufs[0]) ? &s->bufs[1] : &s->bufs[0];
+    } else {
+        s->inflight = NULL;
+    }
+    s->job_sync = want_sync || (want_write && s->opts.fsync == JB_STORE_FSYNC_ALWAYS);
+    s->job_tail_fd = s->disk_tail_fd;
+    free(s->job_unlinks);
+    s->job_unlinks = s->unlinks;
+    s->job_n_unlinks = s->n_unlinks;
+    s->unlinks = NULL;
+    s->n_unlinks = s->unlinks_cap = 0;
+    s->work.data = s;
+    s->job_running = true;
+    int rc = uv_queue_work(s->loop, &s->work, write_work, after_write);
+    if (rc != 0)
+        JB_BUG("uv_queue_work: %s", uv_strerror(rc));
+}
+
+static size_t apply_retention(jb_store *s, int64_t now_ms)
+{
+    size_t n = 0;
+    if (s->reading > 0)
+        return 0;
+    while (s->nsegs > 1) {
+        seg *g = s->segs[0];
+        if (!s->memory && (g->written < g->bytes || g->fd < 0 || g->fd == s->disk_tail_fd))
+            break;
+        if (g->first_seq + g->count > s->min_needed)
+            break;
+        bool big = s->opts.retention_max_bytes > 0 && s->total_bytes > s->opts.retention_max_bytes;
+        bool old = s->opts.retention_max_age_ms > 0 &&
+                   (g->count == 0 || g->max_ts < now_ms - s->opts.retention_max_age_ms);
+        if (!big && !old)
+            break;
+        if (!s->memory) {
+            if (!grow((void **)&s->unlinks, &s->unlinks_cap, s->n_unlinks + 1, sizeof(uint64_t)))
+                break;
+            s->unlinks[s->n_unlinks++] = g->first_seq;
+        }
+        if (s->rbuf_seg == g)
+            s->rbuf_seg = NULL;
+        s->total_bytes -= g->bytes;
+        seg_free(g);
+        memmove(s->segs, s->segs + 1, (s->nsegs - 1) * sizeof(seg *));
+        s->nsegs--;
+        n++;
+    }
+    s->stats.deleted += n;
+    if (n > 0)
+        kick(s);
+    return n;
+}
+
+static void after_write(uv_work_t *req, int status)
+{
+    jb_store *s = req->data;
+    wbuf *b = s->inflight;
+    bool ok = status == 0 && s->job_errno == 0;
+    s->job_running = false;
+
+    for (size_t i = 0; b != NULL && i < b->nchunks; i++) {
+        wchunk *c = &b->chunks[i];
+        if (c->out_fd >= 0) {
+            c->seg->fd = c->out_fd;
+            s->disk_tail_fd = c->out_fd;
+        }
+        if (ok)
+            c->seg->written = c->file_off + c->len;
+    }
+    s->stats.writes++;
+    s->stats.fsyncs += s->job_fsyncs;
+    free(s->job_unlinks);
+    s->job_unlinks = NULL;
+    s->job_n_unlinks = 0;
+
+    if (ok) {
+        if (b != NULL) {
+            s->written_seq = b->last_seq;
+            b->len = 0;
+            b->nchunks = 0;
+            b->last_seq = 0;
+            s->inflight = NULL;
+        }
+        if (s->job_sync || s->opts.fsync == JB_STORE_FSYNC_NONE)
+            s->durable_seq = s->written_seq;
+        if (s->closing && s->job_sync && s->active->len == 0)
+            s->close_synced = true;
+    } else {
+        /* The failed buffer stays as inflight so that its records stay readable. */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s/%s: %s", s->dir, s->job_what,
+                 strerror(status != 0 ? EIO : s->job_errno));
+        set_failed(s, JB_EIO, msg);
+    }
+
+    drain_waiters(s);
+    if (s->failed == JB_OK && !s->closing)
+        apply_retention(s, wall_ms());
+    kick(s);
+    finish_close_maybe(s);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    jb_store *s = t->data;
+    drain_waiters(s);
+    if (s->memory && s->failed == JB_OK && !s->closing)
+        apply_retention(s, wall_ms());
+    finish_close_maybe(s);
+}
+
+static void defer_drain(jb_store *s)
+{
+    if (!uv_is_active((uv_handle_t *)&s->timer))
+        uv_timer_start(&s->timer, on_timer, 0, 0);
+}
+
+/* ---- teardown ---------------------------------------------------------- */
+
+static void store_free(jb_store *s)
+{
+    for (size_t i = 0; i < s->nsegs; i++)
+        seg_free(s->segs[i]);
+    free(s->segs);
+    for (int i = 0; i < 2; i++) {
+        free(s->bufs[i].data);
+        free(s->bufs[i].chunks);
+    }
+    while (s->whead != NULL) {
+        waiter *w = s->whead;
+        s->whead = w->next;
+        free(w);
+    }
+    free(s->unlinks);
+    free(s->job_unlinks);
+    free(s->rbuf);
+    if (s->dirfd >= 0)
+        close(s->dirfd);
+    free(s->dir);
+    free(s);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    jb_store *s = h->data;
+    jb_store_close_cb cb = s->close_cb;
+    void *userdata = s->close_userdata;
+    jb_status status = s->failed;
+    store_free(s);
+    if (cb != NULL)
+        cb(status, userdata);
+}
+
+static void finish_close_maybe(jb_store *s)
+{
+    if (!s->closing || s->finishing || s->job_running)
+        return;
+    if (s->failed == JB_OK && (!s->close_synced || s->active->len > 0 || s->n_unlinks > 0))
+        return;
+    s->finishing = true;
+    drain_waiters(s);
+    if (s->whead != NULL)
+        JB_BUG("flush requests left after the final sync");
+    uv_close((uv_handle_t *)&s->timer, on_timer_closed);
+}
+
+jb_status jb_store_close(jb_store *s, jb_store_close_cb cb, void *userdata)
+{
+    if (s->closing)
+        return JB_ECLOSED;
+    s->closing = true;
+    s->close_cb = cb;
+    s->close_userdata = userdata;
+    if (s->memory || s->failed != JB_OK) {
+        s->close_synced = true;
+        defer_drain(s);
+        return JB_OK;
+    }
+    kick(s);
+    if (!s->job_running)
+        defer_drain(s);
+    return JB_OK;
+}
+
+/* ---- recovery ---------------------------------------------------------- */
+
+static bool pread_all(int fd, uint8_t *p, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            if (n == 0)
+                errno = EIO;
+            return false;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return true;
+}
+
+/* Makes rbuf hold [off, off+len) of @g's file (len <= what is on disk). */
+static jb_status cache_load(jb_store *s, const seg *g, uint64_t off, size_t len, size_t chunk,
+                            jb_error *err)
+{
+    if (s->rbuf_seg == g && off >= s->rbuf_off && off + len <= s->rbuf_off + s->rbuf_len)
+        return JB_OK;
+    size_t want = len > chunk ? len : chunk;
+    if (want > g->written - off)
+        want = (size_t)(g->written - off);
+    if (!grow((void **)&s->rbuf, &s->rbuf_cap, want, 1))
+        return jb_error_set(err, JB_ENOMEM, "out of memory reading a segment");
+    s->rbuf_seg = NULL;
+    if (!pread_all(g->fd, s->rbuf, want, off)) {
+        char name[JB__SEG_NAME_SIZE];
+        seg_name(name, g->first_seq);
+        return jb_error_set(err, JB_EIO, "%s/%s: read at offset %" PRIu64 ": %s", s->dir, name, off,
+                            strerror(errno));
+    }
+    s->rbuf_seg = g;
+    s->rbuf_off = off;
+    s->rbuf_len = want;
+    return JB_OK;
+}
+
+typedef enum scan_result { SCAN_CLEAN, SCAN_TORN, SCAN_INCONSISTENT } scan_result;
+
+/*
+ * Reads @g's records from the header on (g->written is the file size), fills
+ * its count, index and timestamps, and sets g->bytes to the end of the last
+ * good record. @why says what stopped the scan early.
+ */
+static jb_status scan_segment(jb_store *s, seg *g, scan_result *res, const char **why,
+                              jb_error *err)
+{
+    uint64_t off = JB__SEG_HEADER_BYTES, size = g->written;
+    *res = SCAN_CLEAN;
+    while (off < size) {
+        if (size - off < JB__REC_HEADER_BYTES) {
+            *res = SCAN_TORN;
+            *why = "partial record header";
+            break;
+        }
+        jb_status st = cache_load(s, g, off, JB__REC_HEADER_BYTES, SCAN_CHUNK_BYTES, err);
+        if (st != JB_OK)
+            return st;
+        uint32_t len = get32(s->rbuf + (off - s->rbuf_off) + 4);
+        if (len > JB_STORE_MAX_PAYLOAD) {
+            *res = SCAN_TORN;
+            *why = "impossible record length";
+            break;
+        }
+        if (size - off < JB__REC_HEADER_BYTES + (uint64_t)len) {
+            *res = SCAN_TORN;
+            *why = "record runs past the end of the file";
+            break;
+        }
+        st = cache_load(s, g, off, JB__REC_HEADER_BYTES + len, SCAN_CHUNK_BYTES, err);
+        if (st != JB_OK)
+            return st;
+        const uint8_t *rec = s->rbuf + (off - s->rbuf_off);
+        if (!record_crc_ok(rec)) {
+            *res = SCAN_TORN;
+            *why = "checksum mismatch";
+            break;
+        }
+        if (get64(rec + 8) != g->first_seq + g->count) {
+            *res = SCAN_INCONSISTENT;
+            *why = "unexpected sequence";
+            break;
+        }
+        int64_t ts = (int64_t)get64(rec + 16);
+        if (!idx_add(g, g->first_seq + g->count, off, s->pmax))
+            return jb_error_set(err, JB_ENOMEM, "out of memory indexing a segment");
+        if (ts > s->pmax)
+            s->pmax = ts;
+        if (ts > g->max_ts)
+            g->max_ts = ts;
+        g->count++;
+        off += JB__REC_HEADER_BYTES + len;
+    }
+    g->bytes = off;
+    s->rbuf_seg = NULL;
+    return JB_OK;
+}
+
+static jb_status create_segment_file(jb_store *s, uint64_t first_seq, int *fd_out, jb_error *err)
+{
+    char name[JB__SEG_NAME_SIZE];
+    uint8_t h[JB__SEG_HEADER_BYTES];
+    seg_name(name, first_seq);
+    int fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return jb_error_set(err, JB_EIO, "%s/%s: cannot create: %s", s->dir, name, strerror(errno));
+    encode_seg_header(h, first_seq);
+    if (!pwrite_all(fd, h, sizeof(h), 0) || fdatasync(fd) != 0 || fsync(s->dirfd) != 0) {
+        int e = errno;
+        close(fd);
+        return jb_error_set(err, JB_EIO, "%s/%s: cannot write the header: %s", s->dir, name,
+                            strerror(e));
+    }
+    *fd_out = fd;
+    return JB_OK;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Lists the segment files of the directory, sorted by first sequence. */
+static jb_status list_segments(jb_store *s, uint64_t **out, size_t *n_out, jb_error *err)
+{
+    DIR *d = opendir(s->dir);
+    if (d == NULL)
+        return jb_error_set(err, JB_EIO, "%s: cannot list: %s", s->dir, strerror(errno));
+    uint64_t *v = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        const char *nm = e->d_name;
+        if (strlen(nm) != JB__SEG_NAME_SIZE - 1 || strcmp(nm + 20, ".seg") != 0)
+            continue;
+        uint64_t first = 0;
+        bool digits = true;
+        for (int i = 0; i < 20 && digits; i++) {
+            digits = nm[i] >= '0' && nm[i] <= '9';
+            first = first * 10 + (uint64_t)(nm[i] - '0');
+        }
+        if (!digits || first == 0)
+            continue;
+        if (!grow((void **)&v, &cap, n + 1, sizeof(uint64_t))) {
+            closedir(d);
+            free(v);
+            return jb_error_set(err, JB_ENOMEM, "out of memory listing %s", s->dir);
+        }
+        v[n++] = first;
+    }
+    closedir(d);
+    if (n > 0)
+        qsort(v, n, sizeof(uint64_t), cmp_u64);
+    *out = v;
+    *n_out = n;
+    return JB_OK;
+}
+
+/* Makes the newest segment end at @off (a torn tail), durably. */
+static jb_status truncate_tail(jb_store *s, seg *g, uint64_t off, const char *why, jb_error *err)
+{
+    char name[JB__SEG_NAME_SIZE];
+    seg_name(name, g->first_seq);
+    jb_log(JB_LOG_WARN, "store", "truncated a torn tail",
+           "file=%s/%s offset=%" PRIu64 " dropped_bytes=%" PRIu64 " reason=\"%s\"", s->dir, name,
+           off, g->written - off, why);
+    if (off < JB__SEG_HEADER_BYTES) {
+        uint8_t h[JB__SEG_HEADER_BYTES];
+        encode_seg_header(h, g->first_seq);
+        if (ftruncate(g->fd, 0) != 0 || !pwrite_all(g->fd, h, sizeof(h), 0))
+            goto fail;
+        off = JB__SEG_HEADER_BYTES;
+    } else if (ftruncate(g->fd, (off_t)off) != 0) {
+        goto fail;
+    }
+    if (fdatasync(g->fd) != 0)
+        goto fail;
+    g->written = g->bytes = off;
+    return JB_OK;
+fail:
+    return jb_error_set(err, JB_EIO, "%s/%s: cannot truncate at %" PRIu64 ": %s", s->dir, name, off,
+                        strerror(errno));
+}
+
+static jb_status recover(jb_store *s, jb_error *err)
+{
+    if (mkdir(s->dir, 0755) != 0 && errno != EEXIST)
+        return jb_error_set(err, JB_EIO, "%s: cannot create: %s", s->dir, strerror(errno));
+    s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->dirfd < 0)
+        return jb_error_set(err, JB_EIO, "%s: cannot open: %s", s->dir, strerror(errno));
+    if (flock(s->dirfd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            return jb_error_set(err, JB_EUNAVAILABLE, "%s: in use by another open store", s->dir);
+        return jb_error_set(err, JB_EIO, "%s: cannot lock: %s", s->dir, strerror(errno));
+    }
+
+    uint64_t *firsts = NULL;
+    size_t n = 0;
+    jb_status st = list_segments(s, &firsts, &n, err);
+    if (st != JB_OK)
+        return st;
+
+    for (size_t i = 0; i < n && st == JB_OK; i++) {
+        bool last = i + 1 == n;
+        char name[JB__SEG_NAME_SIZE];
+        seg_name(name, firsts[i]);
+        seg *g = seg_new(firsts[i]);
+        if (g == NULL || !push_seg(s, g)) {
+            seg_free(g);
+            st = jb_error_set(err, JB_ENOMEM, "out of memory opening %s", s->dir);
+            break;
+        }
+        s->total_bytes -= g->bytes;
+        g->created = true;
+        g->fd = openat(s->dirfd, name, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+        struct stat sb;
+        if (g->fd < 0 || fstat(g->fd, &sb) != 0) {
+            st = jb_error_set(err, JB_EIO, "%s/%s: cannot open: %s", s->dir, name, strerror(errno));
+            break;
+        }
+        g->written = (uint64_t)sb.st_size;
+        if (i > 0) {
+            const seg *p = s->segs[i - 1];
+            if (p->first_seq + p->count != g->first_seq) {
+                st = jb_error_set(err, JB_ECORRUPT,
+                                  "%s/%s: starts at sequence %" PRIu64
+                                  " but the segment before it ends at %" PRIu64
+                                  " (a segment is missing or damaged); refusing to open",
+                                  s->dir, name, g->first_seq, p->first_seq + p->count - 1);
+                break;
+            }
+        }
+        uint8_t h[JB__SEG_HEADER_BYTES];
+        const char *why = NULL;
+        if (g->written < JB__SEG_HEADER_BYTES)
+            why = "partial segment header";
+        else if (!pread_all(g->fd, h, sizeof(h), 0))
+            why = "cannot read the segment header";
+        else
+            why = check_seg_header(h, g->first_seq);
+        if (why != NULL) {
+            if (!last) {
+                st = jb_error_set(err, JB_ECORRUPT, "%s/%s: offset 0: %s; refusing to open", s->dir,
+                                  name, why);
+                break;
+            }
+            st = truncate_tail(s, g, 0, why, err);
+            s->total_bytes += g->bytes;
+            continue;
+        }
+        scan_result res;
+        st = scan_segment(s, g, &res, &why, err);
+        if (st != JB_OK)
+            break;
+        if (res == SCAN_INCONSISTENT || (res == SCAN_TORN && !last)) {
+            st = jb_error_set(err, JB_ECORRUPT,
+                              "%s/%s: offset %" PRIu64 ": %s in %s segment; refusing to open "
+                              "(records from this offset on cannot be read)",
+                              s->dir, name, g->bytes, why, last ? "the newest" : "an older");
+            break;
+        }
+        if (res == SCAN_TORN)
+            st = truncate_tail(s, g, g->bytes, why, err);
+        s->total_bytes += g->bytes;
+    }
+    free(firsts);
+    if (st != JB_OK)
+        return st;
+
+    if (s->nsegs == 0) {
+        seg *g = seg_new(1);
+        if (g == NULL || !push_seg(s, g)) {
+            seg_free(g);
+            return jb_error_set(err, JB_ENOMEM, "out of memory opening %s", s->dir);
+        }
+        st = create_segment_file(s, 1, &g->fd, err);
+        if (st != JB_OK)
+            return st;
+        g->created = true;
+        g->written = g->bytes;
+    }
+    seg *t = tail_seg(s);
+    s->disk_tail_fd = t->fd;
+    s->next_seq = t->first_seq + t->count;
+    s->written_seq = s->durable_seq = s->next_seq - 1;
+    return JB_OK;
+}
+
+/* ---- open -------------------------------------------------------------- */
+
+jb_status jb_store_fsync_parse(const char *name, jb_store_fsync *out, jb_error *err)
+{
+    static const char *const names[] = {"batch", "always", "none"};
+    for (int i = 0; i < 3; i++) {
+        if (name != NULL && strcmp(name, names[i]) == 0) {
+            *out = (jb_store_fsync)i;
+            return JB_OK;
+        }
+    }
+    return jb_error_set(err, JB_EINVAL, "fsync policy '%s': expected always, batch or none",
+                        name ? name : "(null)");
+}
+
+jb_status jb_store_open(uv_loop_t *loop, const jb_store_options *opts, jb_store **out,
+                        jb_error *err)
+{
+    if (loop == NULL || opts == NULL || out == NULL)
+        return jb_error_set(err, JB_EINVAL, "jb_store_open: loop, options and out are required");
+    if (opts->fsync != JB_STORE_FSYNC_BATCH && opts->fsync != JB_STORE_FSYNC_ALWAYS &&
+        opts->fsync != JB_STORE_FSYNC_NONE)
+        return jb_error_set(err, JB_EINVAL, "unknown fsync policy %d", (int)opts->fsync);
+    if (opts->segment_bytes != 0 && opts->segment_bytes < MIN_SEGMENT_BYTES)
+        return jb_error_set(err, JB_EINVAL, "segment size %" PRIu64 " is below the minimum %u",
+                            opts->segment_bytes, MIN_SEGMENT_BYTES);
+    if (opts->retention_max_age_ms < 0)
+        return jb_error_set(err, JB_EINVAL, "negative retention age");
+
+    jb_store *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory");
+    s->loop = loop;
+    s->opts = *opts;
+    s->opts.dir = NULL;
+    if (s->opts.segment_bytes == 0)
+        s->opts.segment_bytes = DEFAULT_SEGMENT_BYTES;
+    if (s->opts.max_unflushed_bytes == 0)
+        s->opts.max_unflushed_bytes = DEFAULT_MAX_UNFLUSHED;
+    if (s->opts.write_trigger_bytes == 0)
+        s->opts.write_trigger_bytes = DEFAULT_WRITE_TRIGGER;
+    s->dirfd = -1;
+    s->disk_tail_fd = -1;
+    s->pmax = INT64_MIN;
+    s->next_seq = 1;
+    s->active = &s->bufs[0];
+    s->memory = opts->dir == NULL;
+
+    jb_status st = JB_OK;
+    if (s->memory) {
+        seg *g = seg_new(1);
+        if (g == NULL || !push_seg(s, g) || (g->mem = malloc(JB__SEG_HEADER_BYTES)) == NULL) {
+            if (s->nsegs == 0)
+                seg_free(g);
+            st = jb_error_set(err, JB_ENOMEM, "out of memory");
+        } else {
+            g->mem_cap = JB__SEG_HEADER_BYTES;
+            encode_seg_header(g->mem, 1);
+            g->written = g->bytes;
+        }
+    } else if ((s->dir = strdup(opts->dir)) == NULL) {
+        st = jb_error_set(err, JB_ENOMEM, "out of memory");
+    } else {
+        st = recover(s, err);
+    }
+    if (st != JB_OK) {
+        store_free(s);
+        return st;
+    }
+    uv_timer_init(loop, &s->timer);
+    s->timer.data = s;
+    *out = s;
+    return JB_OK;
+}
+
+/* ---- append ------------------------------------------------------------ */
+
+/* Starts a new segment at the next sequence. */
+static bool roll(jb_store *s)
+{
+    seg *g = seg_new(s->next_seq);
+    if (g == NULL)
+        return false;
+    if (s->memory) {
+        g->mem = malloc(JB__SEG_HEADER_BYTES);
+        if (g->mem == NULL) {
+            seg_free(g);
+            return false;
+        }
+        g->mem_cap = JB__SEG_HEADER_BYTES;
+        encode_seg_header(g->mem, g->first_seq);
+        g->written = g->bytes;
+    }
+    if (!push_seg(s, g)) {
+        seg_free(g);
+        return false;
+    }
+    return true;
+}
+
+/* Appends one validated record; false only when out of memory. */
+static bool append_one(jb_store *s, int64_t ts, const void *payload, size_t len)
+{
+    size_t rec = JB__REC_HEADER_BYTES + len;
+    seg *g = tail_seg(s);
+    if (g->count > 0 && g->bytes + rec > s->opts.segment_bytes) {
+        if (!roll(s))
+            return false;
+        g = tail_seg(s);
+        if (s->memory)
+            apply_retention(s, wall_ms());
+    }
+    uint64_t seq = s->next_seq;
+    uint8_t *dst;
+    if (!idx_add(g, seq, g->bytes, s->pmax))
+        return false;
+    if (s->memory) {
+        if (!grow((void **)&g->mem, &g->mem_cap, g->bytes + rec, 1))
+            return false;
+        dst = g->mem + g->bytes;
+    } else {
+        wbuf *b = s->active;
+        if (!grow((void **)&b->data, &b->cap, b->len + rec, 1))
+            return false;
+        wchunk *c = b->nchunks > 0 ? &b->chunks[b->nchunks - 1] : NULL;
+        if (c == NULL || c->seg != g) {
+            if (!grow((void **)&b->chunks, &b->chunk_cap, b->nchunks + 1, sizeof(wchunk)))
+                return false;
+            c = &b->chunks[b->nchunks++];
+            *c = (wchunk){.seg = g,
+                          .seg_first_seq = g->first_seq,
+                          .file_off = g->bytes,
+                          .buf_off = b->len,
+                          .create = !g->created,
+                          .out_fd = -1};
+            g->created = true;
+        }
+        dst = b->data + b->len;
+        c->len += rec;
+        b->len += rec;
+        b->last_seq = seq;
+    }
+    encode_record(dst, seq, ts, payload, len);
+    g->bytes += rec;
+    g->count++;
+    if (ts > g->max_ts)
+        g->max_ts = ts;
+    if (ts > s->pmax)
+        s->pmax = ts;
+    s->total_bytes += rec;
+    s->next_seq++;
+    if (s->memory) {
+        g->written = g->bytes;
+        s->written_seq = s->durable_seq = seq;
+    }
+    return true;
+}
+
+static size_t buffered(const jb_store *s)
+{
+    return s->active->len + (s->inflight ? s->inflight->len : 0);
+}
+
+static jb_status append_check(jb_store *s, size_t total, jb_error *err)
+{
+    if (s->closing)
+        return jb_error_set(err, JB_ECLOSED, "the store is closing");
+    if (s->failed != JB_OK)
+        return jb_error_set(err, s->failed, "%s", s->fail_err.message);
+    if (s->memory)
+        return JB_OK;
+    if (total > s->opts.max_unflushed_bytes)
+        return jb_error_set(err, JB_ETOOBIG, "%zu bytes exceed max_unflushed_bytes (%zu)", total,
+                            s->opts.max_unflushed_bytes);
+    if (buffered(s) + total > s->opts.max_unflushed_bytes)
+        return jb_error_set(err, JB_EBACKPRESSURE,
+                            "the writer is behind: %zu bytes buffered, limit %zu", buffered(s),
+                            s->opts.max_unflushed_bytes);
+    return JB_OK;
+}
+
+static jb_status append_done(jb_store *s, bool ok, jb_error *err)
+{
+    if (!ok) {
+        set_failed(s, JB_ENOMEM, "out of memory while appending");
+        return jb_error_set(err, JB_ENOMEM, "out of memory while appending; the store stopped");
+    }
+    if (!s->memory && !s->job_running && s->active->len >= s->opts.write_trigger_bytes)
+        kick(s);
+    return JB_OK;
+}
+
+jb_status jb_store_append(jb_store *s, int64_t timestamp_ms, const void *payload, size_t len,
+                          uint64_t *seq, jb_error *err)
+{
+    if (len > JB_STORE_MAX_PAYLOAD)
+        return jb_error_set(err, JB_ETOOBIG, "payload of %zu bytes exceeds %u", len,
+                            JB_STORE_MAX_PAYLOAD);
+    if (payload == NULL && len > 0)
+        return jb_error_set(err, JB_EINVAL, "NULL payload");
+    jb_status st = append_check(s, JB__REC_HEADER_BYTES + len, err);
+    if (st != JB_OK)
+        return st;
+    uint64_t first = s->next_seq;
+    st = append_done(s, append_one(s, timestamp_ms, payload, len), err);
+    if (st == JB_OK && seq != NULL)
+        *seq = first;
+    return st;
+}
+
+jb_status jb_store_append_batch(jb_store *s, const jb_store_entry *entries, size_t n,
+                                uint64_t *first_seq, jb_error *err)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (entries[i].len > JB_STORE_MAX_PAYLOAD)
+            return jb_error_set(err, JB_ETOOBIG, "entry %zu: payload of %zu bytes exceeds %u", i,
+                                entries[i].len, JB_STORE_MAX_PAYLOAD);
+        if (entries[i].payload == NULL && entries[i].len > 0)
+            return jb_error_set(err, JB_EINVAL, "entry %zu: NULL payload", i);
+        total += JB__REC_HEADER_BYTES + entries[i].len;
+    }
+    jb_status st = append_check(s, total, err);
+    if (st != JB_OK)
+        return st;
+    uint64_t first = s->next_seq;
+    bool ok = true;
+    for (size_t i = 0; i < n && ok; i++)
+        ok = append_one(s, entries[i].timestamp_ms, entries[i].payload, entries[i].len);
+    st = append_done(s, ok, err);
+    if (st == JB_OK && first_seq != NULL)
+        *first_seq = first;
+    return st;
+}
+
+/* ---- flush ------------------------------------------------------------- */
+
+jb_status jb_store_flush(jb_store *s, jb_store_flush_cb cb, void *userdata)
+{
+    if (cb == NULL)
+        return JB_EINVAL;
+    if (s->closing)
+        return JB_ECLOSED;
+    if (s->failed != JB_OK)
+        return s->failed;
+    waiter *w = malloc(sizeof(*w));
+    if (w == NULL)
+        return JB_ENOMEM;
+    *w = (waiter){NULL, s->next_seq - 1, cb, userdata};
+    if (s->wtail != NULL)
+        s->wtail->next = w;
+    else
+        s->whead = w;
+    s->wtail = w;
+    if (w->target <= s->durable_seq)
+        defer_drain(s);
+    else
+        kick(s);
+    return JB_OK;
+}
+
+uint64_t jb_store_durable_seq(const jb_store *s)
+{
+    return s->durable_seq;
+}
+
+uint64_t jb_store_first_seq(const jb_store *s)
+{
+    return s->segs[0]->first_seq;
+}
+
+uint64_t jb_store_last_seq(const jb_store *s)
+{
+    return s->next_seq - 1;
+}
+
+/* ---- reads ------------------------------------------------------------- */
+
+/*
+ * Points *@rec at the whole record at @off of @g (header and payload). The
+ * pointer is valid until the next fetch or append. Checks the CRC of
+ * records read from disk when @verify.
+ */
+static jb_status fetch(jb_store *s, const seg *g, uint64_t off, bool verify, const uint8_t **rec,
+                       jb_error *err)
+{
+    if (s->memory) {
+        *rec = g->mem + off;
+        return JB_OK;
+    }
+    if (off >= g->written) {
+        const wbuf *bufs[2] = {s->inflight, s->active};
+        for (int i = 0; i < 2; i++) {
+            const wbuf *b = bufs[i];
+            for (size_t k = 0; b != NULL && k < b->nchunks; k++) {
+                const wchunk *c = &b->chunks[k];
+                if (c->seg == g && off >= c->file_off && off < c->file_off + c->len) {
+                    *rec = b->data + c->buf_off + (off - c->file_off);
+                    return JB_OK;
+                }
+            }
+        }
+        JB_BUG("record at offset %" PRIu64 " of segment %" PRIu64 " is nowhere", off, g->first_seq);
+    }
+    char name[JB__SEG_NAME_SIZE];
+    const char *why = NULL;
+    jb_status st = JB_OK;
+    if (g->written - off < JB__REC_HEADER_BYTES) {
+        why = "partial record header";
+    } else if ((st = cache_load(s, g, off, JB__REC_HEADER_BYTES, READ_CHUNK_BYTES, err)) != JB_OK) {
+        return st;
+    } else {
+        uint32_t len = get32(s->rbuf + (off - s->rbuf_off) + 4);
+        if (len > JB_STORE_MAX_PAYLOAD || g->written - off < JB__REC_HEADER_BYTES + (uint64_t)len)
+            why = "impossible record length";
+        else if ((st = cache_load(s, g, off, JB__REC_HEADER_BYTES + len, READ_CHUNK_BYTES, err)) !=
+                 JB_OK)
+            return st;
+        else if (verify && !record_crc_ok(s->rbuf + (off - s->rbuf_off)))
+            why = "checksum mismatch";
+    }
+    if (why != NULL) {
+        seg_name(name, g->first_seq);
+        return jb_error_set(err, JB_ECORRUPT, "%s/%s: offset %" PRIu64 ": %s", s->dir, name, off,
+                            why);
+    }
+    *rec = s->rbuf + (off - s->rbuf_off);
+    return JB_OK;
+}
+
+/* Finds the offset of @seq (stored) in segment @gi. */
+static jb_status locate(jb_store *s, size_t gi, uint64_t seq, uint64_t *off_out, jb_error *err)
+{
+    const seg *g = s->segs[gi];
+    size_t lo = 0, hi = g->nidx;
+    while (hi - lo > 1) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g->idx[mid].seq <= seq)
+            lo = mid;
+        else
+            hi = mid;
+    }
+    uint64_t at = g->idx[lo].seq, off = g->idx[lo].off;
+    while (at < seq) {
+        const uint8_t *rec;
+        jb_status st = fetch(s, g, off, false, &rec, err);
+        if (st != JB_OK)
+            return st;
+        off += JB__REC_HEADER_BYTES + get32(rec + 4);
+        at++;
+    }
+    *off_out = off;
+    return JB_OK;
+}
+
+static jb_status read_from(jb_store *s, uint64_t from_seq, size_t max_records, size_t max_bytes,
+                           jb_store_visit_fn visit, void *userdata, size_t *n_visited,
+                           jb_error *err)
+{
+    size_t n = 0, bytes = 0;
+    uint64_t seq = from_seq, off = 0;
+    size_t gi = 0;
+    jb_status st = JB_OK;
+    if (seq < s->next_seq) {
+        gi = find_seg(s, seq);
+        st = locate(s, gi, seq, &off, err);
+    }
+    s->reading++;
+    while (st == JB_OK && seq < s->next_seq && (max_records == 0 || n < max_records)) {
+        const seg *g = s->segs[gi];
+        if (seq >= g->first_seq + g->count) {
+            gi++;
+            off = JB__SEG_HEADER_BYTES;
+            continue;
+        }
+        const uint8_t *p;
+        st = fetch(s, g, off, true, &p, err);
+        if (st != JB_OK)
+            break;
+        jb_store_record rec = {get64(p + 8), (int64_t)get64(p + 16), p + JB__REC_HEADER_BYTES,
+                               get32(p + 4)};
+        if (rec.seq != seq) {
+            char name[JB__SEG_NAME_SIZE];
+            seg_name(name, g->first_seq);
+            st = jb_error_set(err, JB_ECORRUPT,
+                              "%s/%s: offset %" PRIu64 ": sequence %" PRIu64 ", expected %" PRIu64,
+                              s->dir ? s->dir : "(memory)", name, off, rec.seq, seq);
+            break;
+        }
+        if (max_bytes > 0 && n > 0 && bytes + rec.len > max_bytes)
+            break;
+        n++;
+        bytes += rec.len;
+        off += JB__REC_HEADER_BYTES + rec.len;
+        seq++;
+        if (visit(&rec, userdata) != 0)
+            break;
+    }
+    s->reading--;
+    if (n_visited != NULL)
+        *n_visited = n;
+    return st;
+}
+
+jb_status jb_store_read(jb_store *s, uint64_t from_seq, size_t max_records, size_t max_bytes,
+                        jb_store_visit_fn visit, void *userdata, size_t *n_visited, jb_error *err)
+{
+    if (visit == NULL)
+        return jb_error_set(err, JB_EINVAL, "jb_store_read: a visitor is required");
+    if (from_seq < jb_store_first_seq(s))
+        return jb_error_set(err, JB_ENOENT,
+                            "sequence %" PRIu64 " is gone: the store starts at %" PRIu64, from_seq,
+                            jb_store_first_seq(s));
+    return read_from(s, from_seq, max_records, max_bytes, visit, userdata, n_visited, err);
+}
+
+typedef struct seek_state {
+    int64_t ts;
+    uint64_t found;
+} seek_state;
+
+static int seek_visit(const jb_store_record *rec, void *userdata)
+{
+    seek_state *st = userdata;
+    if (rec->timestamp_ms >= st->ts) {
+        st->found = rec->seq;
+        return 1;
+    }
+    return 0;
+}
+
+jb_status jb_store_seek_time(jb_store *s, int64_t timestamp_ms, uint64_t *seq, jb_error *err)
+{
+    /*
+     * Index entries carry the largest timestamp before them, which never
+     * decreases; the last entry whose maximum is still below the target is
+     * where the first record at or after it can start, so the scan from there
+     * is at most one index block long.
+     */
+    uint64_t start = jb_store_first_seq(s);
+    for (size_t gi = s->nsegs; gi-- > 0;) {
+        const seg *g = s->segs[gi];
+        if (g->nidx == 0 || g->idx[0].pmax >= timestamp_ms)
+            continue;
+        size_t lo = 0, hi = g->nidx;
+        while (hi - lo > 1) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (g->idx[mid].pmax < timestamp_ms)
+                lo = mid;
+            else
+                hi = mid;
+        }
+        start = g->idx[lo].seq;
+        break;
+    }
+    seek_state st = {timestamp_ms, 0};
+    jb_status rc = read_from(s, start, 0, 0, seek_visit, &st, NULL, err);
+    if (rc != JB_OK)
+        return rc;
+    if (st.found == 0)
+        return jb_error_set(err, JB_ENOENT, "no record at or after %" PRId64, timestamp_ms);
+    *seq = st.found;
+    return JB_OK;
+}
+
+/* ---- retention and stats ----------------------------------------------- */
+
+void jb_store_set_min_needed(jb_store *s, uint64_t seq)
+{
+    s->min_needed = seq;
+}
+
+jb_status jb_store_retain(jb_store *s, int64_t now_ms, size_t *n_deleted, jb_error *err)
+{
+    if (s->reading > 0)
+        return jb_error_set(err, JB_EINVAL, "jb_store_retain called from a read visitor");
+    if (s->closing)
+        return jb_error_set(err, JB_ECLOSED, "the store is closing");
+    size_t n = apply_retention(s, now_ms);
+    if (n_deleted != NULL)
+        *n_deleted = n;
+    return JB_OK;
+}
+
+void jb_store_get_stats(const jb_store *s, jb_store_stats *out)
+{
+    *out = s->stats;
+    out->segments = s->nsegs;
+    out->bytes = s->total_bytes;
+    out->buffered = s->memory ? 0 : buffered(s);
+}
+
+void jb__store_set_write_delay(jb_store *s, unsigned ms)
+{
+    s->write_delay_ms = ms;
+}
