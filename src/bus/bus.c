@@ -1,0 +1,928 @@
+/*
+ * The bus engine: publish, durability, the event cache and deduplication
+ * (include/jimbot/bus.h). Groups, delivery and acks are in group.c; saved
+ * group positions in state.c.
+ *
+ * Publish path (all on the loop thread):
+ *   validate every event -> answer duplicates from the dedup index ->
+ *   match topics against the routes (the subscription trie) -> refuse if a
+ *   matched group is full -> append the envelopes to the store (all or
+ *   none) -> keep each event in the cache and offer it to the live groups
+ *   it matched -> queue the publish until the store reports it durable.
+ *
+ * Durability: one store flush in flight at a time; publishes that arrive
+ * meanwhile ride the next one (group commit). When a flush completes, the
+ * publishes it covers are answered in order, then delivery runs (at once
+ * with a window of 0, else at the window's close or when a batch is full).
+ *
+ * Nothing here blocks: the store writes and fsyncs on libuv's threadpool,
+ * and the group state is saved there too (state.c).
+ */
+#include "bus/bus_internal.h"
+
+#include "core/buf.h"
+#include "jimbot/log.h"
+#include "jimbot/topic.h"
+#include "rpc/envelope.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_ID_BYTES     256
+#define MAX_NAME_BYTES   256 /* type and source */
+#define MAX_HEADERS      64
+#define DEDUP_MAX_IDS    1000000
+#define HOUSEKEEPING_MS  100
+#define RETRY_HINT_MS    50
+
+struct jb__pending_publish {
+    jb__pending_publish *next;
+    jb_bus_publish_cb cb;
+    void *userdata;
+    uint64_t last_seq; /* durable once the store reaches it (0: nothing stored) */
+    size_t n;
+    uint64_t *seqs;
+    uint8_t *dups;
+};
+
+typedef struct jb__dedup_item {
+    struct jb__dedup_item *next;
+    uint64_t seq;
+    uint64_t at_ms;
+    char id[];
+} jb__dedup_item;
+
+uint64_t jb__bus_now_ms(const jb_bus *bus)
+{
+    (void)bus;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- events in memory ---------------------------------------------------- */
+
+static size_t str_bytes(const char *s)
+{
+    return s != NULL ? strlen(s) + 1 : 1;
+}
+
+static char *copy_str(char **cursor, const char *s)
+{
+    char *out = *cursor;
+    size_t n = s != NULL ? strlen(s) : 0;
+    if (n > 0)
+        memcpy(out, s, n);
+    out[n] = '\0';
+    *cursor += n + 1;
+    return out;
+}
+
+/*
+ * One allocation: the jb__ev, the header array, the strings, the payload and
+ * the encoded envelope. @encoded may be NULL: then the envelope is encoded
+ * here (publish); otherwise it is copied (events read back from the log).
+ */
+static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded,
+                        size_t encoded_len)
+{
+    size_t size = sizeof(jb__ev) + src->n_headers * sizeof(jb_header);
+    size += str_bytes(src->id) + str_bytes(src->topic) + str_bytes(src->type) +
+            str_bytes(src->source);
+    for (size_t i = 0; i < src->n_headers; i++)
+        size += str_bytes(src->headers[i].key) + str_bytes(src->headers[i].value);
+    if (encoded == NULL)
+        encoded_len = jb__envelope_size(src);
+    size += src->payload_len + encoded_len;
+
+    jb__ev *e = malloc(size);
+    if (e == NULL)
+        return NULL;
+    e->refs = 1;
+    e->size = (uint32_t)size;
+    jb_header *headers = (jb_header *)(e + 1);
+    char *cursor = (char *)(headers + src->n_headers);
+    jb_event *ev = &e->ev;
+    ev->id = copy_str(&cursor, src->id);
+    ev->topic = copy_str(&cursor, src->topic);
+    ev->type = copy_str(&cursor, src->type);
+    ev->source = copy_str(&cursor, src->source);
+    for (size_t i = 0; i < src->n_headers; i++) {
+        headers[i].key = copy_str(&cursor, src->headers[i].key);
+        headers[i].value = copy_str(&cursor, src->headers[i].value);
+    }
+    ev->headers = headers;
+    ev->n_headers = src->n_headers;
+    ev->timestamp_ms = src->timestamp_ms;
+    ev->payload = cursor;
+    ev->payload_len = src->payload_len;
+    if (src->payload_len > 0)
+        memcpy(cursor, src->payload, src->payload_len);
+    cursor += src->payload_len;
+    ev->encoded = cursor;
+    ev->encoded_len = encoded_len;
+    if (encoded != NULL)
+        memcpy(cursor, encoded, encoded_len);
+    else
+        jb__envelope_encode(ev, (uint8_t *)cursor);
+    ev->sequence = seq;
+    ev->delivery_attempt = 0;
+    return e;
+}
+
+jb__ev *jb__ev_ref(jb__ev *e)
+{
+    e->refs++;
+    return e;
+}
+
+void jb__ev_unref(jb__ev *e)
+{
+    if (e != NULL && --e->refs == 0)
+        free(e);
+}
+
+jb__ev *jb__ev_from_record(uint64_t seq, const void *data, size_t len, jb_error *err)
+{
+    jb__envelope *env;
+    const jb_event *ev;
+    if (jb__envelope_decode(data, len, &env, &ev, err) != JB_OK)
+        return NULL;
+    jb__ev *e = ev_build(ev, seq, data, len);
+    jb__envelope_free(env);
+    if (e == NULL)
+        jb_error_set(err, JB_ENOMEM, "out of memory reading event %llu", (unsigned long long)seq);
+    return e;
+}
+
+/* ---- the cache of recent events ----------------------------------------- */
+
+static void cache_evict_to(jb_bus *bus, size_t limit)
+{
+    while (bus->cache_len > 0 && bus->cache_bytes > limit) {
+        jb__ev *e = bus->cache[bus->cache_start];
+        bus->cache[bus->cache_start] = NULL;
+        bus->cache_start = (bus->cache_start + 1) & (bus->cache_cap - 1);
+        bus->cache_len--;
+        bus->cache_first++;
+        bus->cache_bytes -= e->size;
+        jb__ev_unref(e);
+    }
+}
+
+static int cache_push(jb_bus *bus, jb__ev *e)
+{
+    if (bus->cache_len > 0 && e->ev.sequence != bus->cache_first + bus->cache_len)
+        JB_BUG("cache out of order: %llu after %llu", (unsigned long long)e->ev.sequence,
+               (unsigned long long)(bus->cache_first + bus->cache_len - 1));
+    if (bus->cache_len == bus->cache_cap) {
+        size_t cap = bus->cache_cap ? bus->cache_cap * 2 : 1024;
+        jb__ev **c = malloc(cap * sizeof(*c));
+        if (c == NULL)
+            return -1;
+        for (size_t i = 0; i < bus->cache_len; i++)
+            c[i] = bus->cache[(bus->cache_start + i) & (bus->cache_cap - 1)];
+        free(bus->cache);
+        bus->cache = c;
+        bus->cache_cap = cap;
+        bus->cache_start = 0;
+    }
+    if (bus->cache_len == 0)
+        bus->cache_first = e->ev.sequence;
+    bus->cache[(bus->cache_start + bus->cache_len) & (bus->cache_cap - 1)] = jb__ev_ref(e);
+    bus->cache_len++;
+    bus->cache_bytes += e->size;
+    cache_evict_to(bus, bus->opts.cache_bytes);
+    return 0;
+}
+
+typedef struct fetch_ctx {
+    jb__ev *e;
+    jb_error *err;
+} fetch_ctx;
+
+static int fetch_visit(const jb_store_record *rec, void *userdata)
+{
+    fetch_ctx *ctx = userdata;
+    ctx->e = jb__ev_from_record(rec->seq, rec->payload, rec->len, ctx->err);
+    return 1;
+}
+
+jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err)
+{
+    if (bus->cache_len > 0 && seq >= bus->cache_first && seq < bus->cache_first + bus->cache_len)
+        return jb__ev_ref(bus->cache[(bus->cache_start + (seq - bus->cache_first)) &
+                                     (bus->cache_cap - 1)]);
+    fetch_ctx ctx = {.e = NULL, .err = err};
+    size_t n = 0;
+    if (jb_store_read(bus->store, seq, 1, 0, fetch_visit, &ctx, &n, err) != JB_OK)
+        return NULL;
+    if (n == 0)
+        jb_error_set(err, JB_ENOENT, "event %llu is not in the log", (unsigned long long)seq);
+    return ctx.e;
+}
+
+/* ---- deduplication ------------------------------------------------------ */
+
+static void dedup_expire(jb_bus *bus, uint64_t now_ms)
+{
+    uint64_t window = bus->opts.dedup_window_ms;
+    while (bus->dedup_head != NULL &&
+           (bus->dedup_head->at_ms + window < now_ms || bus->dedup.len > DEDUP_MAX_IDS)) {
+        jb__dedup_item *it = bus->dedup_head;
+        bus->dedup_head = it->next;
+        if (bus->dedup_head == NULL)
+            bus->dedup_tail = NULL;
+        if ((uint64_t)(uintptr_t)jb__strmap_get(&bus->dedup, it->id) == it->seq)
+            jb__strmap_del(&bus->dedup, it->id);
+        free(it);
+    }
+}
+
+static void dedup_add(jb_bus *bus, const char *id, uint64_t seq, uint64_t at_ms)
+{
+    size_t n = strlen(id);
+    jb__dedup_item *it = malloc(sizeof(*it) + n + 1);
+    if (it == NULL)
+        return; /* Deduplication is best effort under memory pressure. */
+    it->next = NULL;
+    it->seq = seq;
+    it->at_ms = at_ms;
+    memcpy(it->id, id, n + 1);
+    if (bus->dedup_tail != NULL)
+        bus->dedup_tail->next = it;
+    else
+        bus->dedup_head = it;
+    bus->dedup_tail = it;
+    jb__strmap_put(&bus->dedup, id, (void *)(uintptr_t)seq);
+}
+
+static int dedup_rebuild_visit(const jb_store_record *rec, void *userdata)
+{
+    jb_bus *bus = userdata;
+    jb__envelope *env;
+    const jb_event *ev;
+    if (jb__envelope_decode(rec->payload, rec->len, &env, &ev, NULL) != JB_OK)
+        return 0;
+    if (ev->id != NULL && ev->id[0] != '\0')
+        dedup_add(bus, ev->id, rec->seq, (uint64_t)rec->timestamp_ms);
+    jb__envelope_free(env);
+    return 0;
+}
+
+static void dedup_rebuild(jb_bus *bus)
+{
+    uint64_t now = jb__bus_now_ms(bus);
+    uint64_t seq;
+    if (jb_store_seek_time(bus->store, (int64_t)(now - bus->opts.dedup_window_ms), &seq, NULL) !=
+        JB_OK)
+        return;
+    size_t n = 0;
+    jb_store_read(bus->store, seq, 0, 0, dedup_rebuild_visit, bus, &n, NULL);
+    if (bus->dedup.len > 0)
+        jb_log(JB_LOG_INFO, "bus", "dedup index rebuilt", "ids=%zu from_sequence=%llu",
+               bus->dedup.len, (unsigned long long)seq);
+}
+
+/* ---- durability --------------------------------------------------------- */
+
+static void request_flush(jb_bus *bus);
+void jb__bus_maybe_finish_close(jb_bus *bus);
+
+static void complete_publish(jb__pending_publish *p, jb_status st, const jb_error *err)
+{
+    if (p->cb != NULL)
+        p->cb(st, p->seqs, p->dups, p->n, err, p->userdata);
+    free(p->seqs);
+    free(p);
+}
+
+static void on_flushed(jb_status status, uint64_t durable_seq, const jb_error *err,
+                       void *userdata)
+{
+    jb_bus *bus = userdata;
+    bus->flush_in_flight = 0;
+    if (status == JB_OK && durable_seq > bus->durable_seq)
+        bus->durable_seq = durable_seq;
+    while (bus->pending_head != NULL &&
+           (status != JB_OK || bus->pending_head->last_seq <= bus->durable_seq)) {
+        jb__pending_publish *p = bus->pending_head;
+        bus->pending_head = p->next;
+        if (bus->pending_head == NULL)
+            bus->pending_tail = NULL;
+        bus->stats.pending_publishes--;
+        complete_publish(p, status, err);
+    }
+    if (status != JB_OK)
+        jb_log(JB_LOG_ERROR, "bus", "the log failed; publishes are refused", "error=%s detail=%s",
+               jb_status_name(status), err ? err->message : "");
+    if (bus->flush_again || bus->pending_head != NULL) {
+        bus->flush_again = 0;
+        if (status == JB_OK)
+            request_flush(bus);
+    }
+    if (bus->closing) {
+        jb__bus_maybe_finish_close(bus);
+        return;
+    }
+    jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
+    if (bus->state_dirty)
+        jb__state_save(bus);
+}
+
+static void request_flush(jb_bus *bus)
+{
+    if (bus->flush_in_flight) {
+        bus->flush_again = 1;
+        return;
+    }
+    jb_error err;
+    jb_status st = jb_store_flush(bus->store, on_flushed, bus);
+    if (st != JB_OK) {
+        /* The store is stopped or closing: answer everything pending with it. */
+        jb_error_set(&err, st, "the log refused a flush: %s", jb_strerror(st));
+        while (bus->pending_head != NULL) {
+            jb__pending_publish *p = bus->pending_head;
+            bus->pending_head = p->next;
+            bus->stats.pending_publishes--;
+            complete_publish(p, st, &err);
+        }
+        bus->pending_tail = NULL;
+        return;
+    }
+    bus->flush_in_flight = 1;
+}
+
+/* ---- publish ------------------------------------------------------------ */
+
+static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t index, jb_error *err)
+{
+    jb_error terr;
+    if (jb_topic_validate(ev->topic, &terr) != JB_OK)
+        return jb_error_set(err, JB_EINVAL, "event %zu: %s", index, terr.message);
+    if (ev->id != NULL && strlen(ev->id) > MAX_ID_BYTES)
+        return jb_error_set(err, JB_EINVAL, "event %zu: id longer than %d bytes", index,
+                            MAX_ID_BYTES);
+    if ((ev->type != NULL && strlen(ev->type) > MAX_NAME_BYTES) ||
+        (ev->source != NULL && strlen(ev->source) > MAX_NAME_BYTES))
+        return jb_error_set(err, JB_EINVAL, "event %zu: type or source longer than %d bytes",
+                            index, MAX_NAME_BYTES);
+    if (ev->payload_len > 0 && ev->payload == NULL)
+        return jb_error_set(err, JB_EINVAL, "event %zu: payload_len without payload", index);
+    if (ev->n_headers > MAX_HEADERS)
+        return jb_error_set(err, JB_EINVAL, "event %zu: %zu headers (at most %d)", index,
+                            ev->n_headers, MAX_HEADERS);
+    for (size_t i = 0; i < ev->n_headers; i++) {
+        if (ev->headers[i].key == NULL || ev->headers[i].key[0] == '\0')
+            return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index,
+                                i);
+    }
+    size_t size = jb__envelope_size(ev);
+    if (size > bus->opts.max_event_bytes)
+        return jb_error_set(err, JB_ETOOBIG, "event %zu: %zu bytes, over the limit of %u bytes",
+                            index, size, bus->opts.max_event_bytes);
+    return JB_OK;
+}
+
+/* Collects the groups matched by one topic, without repeats. */
+typedef struct match_set {
+    jb__group **v;
+    size_t n, cap;
+    int oom;
+} match_set;
+
+static void collect_group(void *item, void *userdata)
+{
+    match_set *m = userdata;
+    for (size_t i = 0; i < m->n; i++) {
+        if (m->v[i] == item)
+            return;
+    }
+    if (m->n == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 8;
+        jb__group **v = realloc(m->v, cap * sizeof(*v));
+        if (v == NULL) {
+            m->oom = 1;
+            return;
+        }
+        m->v = v;
+        m->cap = cap;
+    }
+    m->v[m->n++] = item;
+}
+
+/*
+ * The shared publish path. @internal: dead letters, which skip the groups'
+ * pending limit (refusing them would keep the original stuck).
+ */
+static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_publish_cb cb,
+                         void *userdata, int internal, uint32_t *retry_after_ms, jb_error *err)
+{
+    if (bus->closing)
+        return jb_error_set(err, JB_ECLOSED, "the bus is shutting down");
+    if (n == 0)
+        return jb_error_set(err, JB_EINVAL, "a publish needs at least one event");
+    for (size_t i = 0; i < n; i++) {
+        jb_status st = validate_event(bus, &events[i], i, err);
+        if (st != JB_OK)
+            return st;
+    }
+
+    jb__pending_publish *p = calloc(1, sizeof(*p));
+    uint64_t *seqs = calloc(n, sizeof(uint64_t) + 1);
+    jb_store_entry *entries = malloc(n * sizeof(*entries));
+    uint8_t **encoded = calloc(n, sizeof(*encoded));
+    /* groups_of[i]: the matched groups of event i (its slice of `all`). */
+    size_t *group_start = calloc(n + 1, sizeof(size_t));
+    size_t *enc_len = calloc(n, sizeof(size_t));
+    /* dup_of[i]: the earlier event of this request that event i repeats, or SIZE_MAX. */
+    size_t *dup_of = malloc(n * sizeof(size_t));
+    match_set all = {0};
+    jb_status st = JB_OK;
+    if (p == NULL || seqs == NULL || entries == NULL || encoded == NULL || group_start == NULL ||
+        enc_len == NULL || dup_of == NULL) {
+        st = jb_error_set(err, JB_ENOMEM, "out of memory publishing %zu events", n);
+        goto fail;
+    }
+    p->seqs = seqs;
+    p->dups = (uint8_t *)(seqs + n);
+    p->n = n;
+    p->cb = cb;
+    p->userdata = userdata;
+
+    /* Duplicates, routes, and the groups' limits. */
+    uint64_t now = jb__bus_now_ms(bus);
+    dedup_expire(bus, now);
+    size_t n_store = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *id = events[i].id;
+        group_start[i] = all.n;
+        dup_of[i] = SIZE_MAX;
+        if (id != NULL && id[0] != '\0') {
+            void *hit = jb__strmap_get(&bus->dedup, id);
+            if (hit != NULL) {
+                p->dups[i] = 1;
+                p->seqs[i] = (uint64_t)(uintptr_t)hit;
+                continue;
+            }
+            for (size_t k = 0; k < i; k++) {
+                if (!p->dups[k] && events[k].id != NULL && strcmp(events[k].id, id) == 0) {
+                    p->dups[i] = 1;
+                    dup_of[i] = k;
+                    break;
+                }
+            }
+            if (p->dups[i])
+                continue;
+        }
+        match_set one = {0};
+        jb__sublist_match(bus->routes, events[i].topic, collect_group, &one);
+        if (one.oom) {
+            free(one.v);
+            st = jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
+            goto fail;
+        }
+        for (size_t k = 0; k < one.n; k++) {
+            jb__group *g = one.v[k];
+            size_t already = 0;
+            for (size_t j = 0; j < all.n; j++)
+                already += all.v[j] == g;
+            if (!internal && g->pending + already + 1 > bus->opts.max_group_pending) {
+                free(one.v);
+                bus->stats.backpressured++;
+                if (retry_after_ms != NULL)
+                    *retry_after_ms = g->ack_wait_ms < 1000 ? g->ack_wait_ms : 1000;
+                st = jb_error_set(err, JB_EBACKPRESSURE,
+                                  "group '%s' holds %llu unhandled events (limit %u); retry "
+                                  "after it catches up",
+                                  g->name, (unsigned long long)g->pending,
+                                  bus->opts.max_group_pending);
+                goto fail;
+            }
+            match_set *m = &all;
+            if (m->n == m->cap) {
+                size_t cap = m->cap ? m->cap * 2 : 16;
+                jb__group **v = realloc(m->v, cap * sizeof(*v));
+                if (v == NULL) {
+                    free(one.v);
+                    st = jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
+                    goto fail;
+                }
+                m->v = v;
+                m->cap = cap;
+            }
+            m->v[m->n++] = g;
+        }
+        free(one.v);
+
+        jb_event stamped = events[i];
+        if (stamped.timestamp_ms == 0)
+            stamped.timestamp_ms = (int64_t)now;
+        size_t size = jb__envelope_size(&stamped);
+        encoded[i] = malloc(size ? size : 1);
+        if (encoded[i] == NULL) {
+            st = jb_error_set(err, JB_ENOMEM, "out of memory encoding an event");
+            goto fail;
+        }
+        jb__envelope_encode(&stamped, encoded[i]);
+        enc_len[i] = size;
+        entries[n_store++] = (jb_store_entry){
+            .timestamp_ms = stamped.timestamp_ms, .payload = encoded[i], .len = size};
+    }
+    group_start[n] = all.n;
+
+    uint64_t first_seq = 0;
+    if (n_store > 0) {
+        st = jb_store_append_batch(bus->store, entries, n_store, &first_seq, err);
+        if (st == JB_EBACKPRESSURE) {
+            bus->stats.backpressured++;
+            if (retry_after_ms != NULL)
+                *retry_after_ms = RETRY_HINT_MS;
+        }
+        if (st != JB_OK)
+            goto fail;
+    }
+
+    /* Stored: from here on nothing can fail the publish. */
+    uint64_t seq = first_seq;
+    for (size_t i = 0; i < n; i++) {
+        if (p->dups[i]) {
+            bus->stats.duplicates++;
+            continue;
+        }
+        jb_event stamped = events[i];
+        if (stamped.timestamp_ms == 0)
+            stamped.timestamp_ms = (int64_t)now;
+        jb__ev *e = ev_build(&stamped, seq, encoded[i], enc_len[i]);
+        p->seqs[i] = seq;
+        p->last_seq = seq;
+        bus->stats.published++;
+        if (e == NULL) {
+            /* Stored but not cached: lagging reads will fetch it from the log. */
+            for (size_t k = group_start[i]; k < group_start[i + 1]; k++) {
+                jb__group *g = all.v[k];
+                g->pending++;
+                if (g->live) {
+                    g->live = 0;
+                    g->cursor = seq;
+                }
+            }
+            seq++;
+            continue;
+        }
+        if (stamped.id != NULL && stamped.id[0] != '\0')
+            dedup_add(bus, stamped.id, seq, now);
+        if (bus->opts.test_mode && bus->n_published < SIZE_MAX) {
+            if (bus->n_published == bus->published_cap) {
+                size_t cap = bus->published_cap ? bus->published_cap * 2 : 64;
+                jb__ev **v = realloc(bus->published, cap * sizeof(*v));
+                if (v != NULL) {
+                    bus->published = v;
+                    bus->published_cap = cap;
+                }
+            }
+            if (bus->n_published < bus->published_cap)
+                bus->published[bus->n_published++] = jb__ev_ref(e);
+        }
+        cache_push(bus, e);
+        for (size_t k = group_start[i]; k < group_start[i + 1]; k++) {
+            jb__group *g = all.v[k];
+            g->pending++;
+            jb__group_offer(g, e);
+        }
+        jb__ev_unref(e);
+        seq++;
+    }
+    /* Duplicates within the request take the sequence of their first copy. */
+    for (size_t i = 0; i < n; i++) {
+        if (dup_of[i] != SIZE_MAX)
+            p->seqs[i] = p->seqs[dup_of[i]];
+        /* A duplicate is answered once its original is durable too. */
+        if (p->seqs[i] > p->last_seq)
+            p->last_seq = p->seqs[i];
+    }
+    if (n_store > 0)
+        bus->stats.last_sequence = first_seq + n_store - 1;
+
+    for (size_t i = 0; i < n; i++)
+        free(encoded[i]);
+    free(encoded);
+    free(entries);
+    free(group_start);
+    free(enc_len);
+    free(dup_of);
+    free(all.v);
+
+    if (bus->pending_tail != NULL)
+        bus->pending_tail->next = p;
+    else
+        bus->pending_head = p;
+    bus->pending_tail = p;
+    bus->stats.pending_publishes++;
+    request_flush(bus);
+    return JB_OK;
+
+fail:
+    if (encoded != NULL) {
+        for (size_t i = 0; i < n; i++)
+            free(encoded[i]);
+    }
+    free(encoded);
+    free(entries);
+    free(group_start);
+    free(enc_len);
+    free(dup_of);
+    free(all.v);
+    free(seqs);
+    free(p);
+    return st;
+}
+
+jb_status jb_bus_publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_publish_cb cb,
+                         void *userdata, uint32_t *retry_after_ms, jb_error *err)
+{
+    return publish(bus, events, n, cb, userdata, 0, retry_after_ms, err);
+}
+
+jb_status jb__bus_publish_internal(jb_bus *bus, const jb_event *ev, jb_bus_publish_cb cb,
+                                   void *userdata, jb_error *err)
+{
+    return publish(bus, ev, 1, cb, userdata, 1, NULL, err);
+}
+
+void jb__bus_mark_dirty(jb_bus *bus)
+{
+    bus->state_dirty = 1;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t)
+{
+    jb_bus *bus = t->data;
+    uint64_t now = jb__bus_now_ms(bus);
+    dedup_expire(bus, now);
+    jb__bus_deliver_all(bus, 1);
+    /* Retention never removes what a group still needs. */
+    uint64_t floor = UINT64_MAX;
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+        uint64_t f = jb__group_floor(value);
+        if (f < floor)
+            floor = f;
+    }
+    jb_store_set_min_needed(bus->store, floor);
+    if (bus->state_dirty && !bus->flush_in_flight)
+        jb__state_save(bus);
+}
+
+jb_status jb_aggregate_kind_parse(const char *name, jb_aggregate_kind *out, jb_error *err)
+{
+    static const char *const names[] = {"keep", "last", "count"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(name, names[i]) == 0) {
+            *out = (jb_aggregate_kind)i;
+            return JB_OK;
+        }
+    }
+    return jb_error_set(err, JB_EINVAL, "unknown aggregation '%s' (keep, last or count)", name);
+}
+
+static void apply_defaults(jb_bus_options *o)
+{
+#define DEFAULT(field, value)                                                                      \
+    if (o->field == 0)                                                                             \
+    o->field = (value)
+    DEFAULT(batch_window_ms, 100);
+    DEFAULT(max_batch_size, 1000);
+    DEFAULT(ack_wait_ms, 30000);
+    DEFAULT(max_deliver, 5);
+    DEFAULT(dedup_window_ms, 120000);
+    DEFAULT(max_event_bytes, 1024 * 1024);
+    DEFAULT(max_in_flight, 1000);
+    DEFAULT(max_group_pending, 1000000);
+    DEFAULT(nack_backoff_ms, 100);
+    DEFAULT(max_backoff_ms, 30000);
+    DEFAULT(cache_bytes, (size_t)64 * 1024 * 1024);
+#undef DEFAULT
+    if (o->batch_window_ms == JB_BUS_WINDOW_IMMEDIATE || o->test_mode)
+        o->batch_window_ms = 0;
+}
+
+static jb_status copy_rules(jb_bus *bus, const jb_bus_options *opts, jb_error *err)
+{
+    if (opts->n_rules == 0)
+        return JB_OK;
+    bus->rules = calloc(opts->n_rules, sizeof(*bus->rules));
+    if (bus->rules == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory copying aggregation rules");
+    for (size_t i = 0; i < opts->n_rules; i++) {
+        const jb_aggregate_rule *r = &opts->rules[i];
+        if (r->type == NULL || r->type[0] == '\0')
+            return jb_error_set(err, JB_EINVAL, "aggregation rule %zu has no event type", i);
+        if (r->kind == JB_AGGREGATE_CUSTOM && r->fn == NULL)
+            return jb_error_set(err, JB_EINVAL, "custom aggregation for '%s' has no function",
+                                r->type);
+        if ((unsigned)r->kind > JB_AGGREGATE_CUSTOM)
+            return jb_error_set(err, JB_EINVAL, "aggregation rule for '%s': unknown kind %d",
+                                r->type, (int)r->kind);
+        bus->rules[i] = *r;
+        bus->rules[i].type = strdup(r->type);
+        bus->rules[i].key_header = strdup(r->key_header ? r->key_header : "key");
+        if (bus->rules[i].type == NULL || bus->rules[i].key_header == NULL)
+            return jb_error_set(err, JB_ENOMEM, "out of memory copying aggregation rules");
+    }
+    bus->opts.rules = bus->rules;
+    return JB_OK;
+}
+
+static void bus_free(jb_bus *bus)
+{
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value))
+        jb__group_free(value);
+    jb__strmap_release(&bus->groups);
+    jb__sublist_free(bus->routes);
+    cache_evict_to(bus, 0);
+    free(bus->cache);
+    while (bus->dedup_head != NULL) {
+        jb__dedup_item *d = bus->dedup_head;
+        bus->dedup_head = d->next;
+        free(d);
+    }
+    jb__strmap_release(&bus->dedup);
+    for (size_t i = 0; i < bus->n_published; i++)
+        jb__ev_unref(bus->published[i]);
+    free(bus->published);
+    free(bus->snapshot);
+    free(bus->scratch);
+    free(bus->scratch_ptrs);
+    free(bus->scratch_evs);
+    free(bus->scratch_idx);
+    free(bus->scratch_keep);
+    free(bus->scratch_summary);
+    for (size_t i = 0; i < bus->opts.n_rules && bus->rules != NULL; i++) {
+        free((char *)bus->rules[i].type);
+        free((char *)bus->rules[i].key_header);
+    }
+    free(bus->rules);
+    free(bus->state_path);
+    free(bus);
+}
+
+jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, jb_error *err)
+{
+    jb_bus *bus = calloc(1, sizeof(*bus));
+    if (bus == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory creating the bus");
+    bus->loop = loop;
+    bus->opts = *opts;
+    bus->opts.rules = NULL;
+    bus->opts.state_path = NULL;
+    apply_defaults(&bus->opts);
+    jb__strmap_init(&bus->dedup);
+    jb__strmap_init(&bus->groups);
+    bus->routes = jb__sublist_new();
+    jb_status st = copy_rules(bus, opts, err);
+    if (st == JB_OK && bus->routes == NULL)
+        st = jb_error_set(err, JB_ENOMEM, "out of memory creating the bus");
+    if (st == JB_OK && opts->state_path != NULL) {
+        bus->state_path = strdup(opts->state_path);
+        if (bus->state_path == NULL)
+            st = jb_error_set(err, JB_ENOMEM, "out of memory creating the bus");
+    }
+    if (st == JB_OK && opts->test_mode) {
+        jb_store_options so = {0};
+        st = jb_store_open(loop, &so, &bus->store, err);
+        bus->owns_store = st == JB_OK;
+    } else if (st == JB_OK) {
+        bus->store = opts->store;
+        if (bus->store == NULL)
+            st = jb_error_set(err, JB_EINVAL, "the bus needs a store (or test mode)");
+    }
+    if (st == JB_OK) {
+        bus->durable_seq = jb_store_durable_seq(bus->store);
+        bus->stats.last_sequence = jb_store_last_seq(bus->store);
+        st = jb__state_load(bus, err);
+    }
+    if (st != JB_OK) {
+        if (bus->owns_store)
+            jb_store_close(bus->store, NULL, NULL);
+        bus_free(bus);
+        return st;
+    }
+    dedup_rebuild(bus);
+
+    uv_timer_init(loop, &bus->timer);
+    bus->timer.data = bus;
+    uint64_t period = bus->opts.batch_window_ms ? bus->opts.batch_window_ms : HOUSEKEEPING_MS;
+    uv_timer_start(&bus->timer, on_timer, period, period);
+    uv_timer_init(loop, &bus->kick);
+    bus->kick.data = bus;
+    bus->handles_open = 2;
+    *out = bus;
+    return JB_OK;
+}
+
+static void on_store_closed(jb_status status, void *userdata)
+{
+    jb_bus *bus = userdata;
+    (void)status;
+    jb_bus_close_cb cb = bus->close_cb;
+    void *ud = bus->close_userdata;
+    bus_free(bus);
+    if (cb != NULL)
+        cb(ud);
+}
+
+static void finish_close(jb_bus *bus)
+{
+    if (bus->handles_open > 0 || bus->flush_in_flight || bus->state_saving ||
+        bus->pending_head != NULL)
+        return;
+    jb_error err;
+    if (bus->state_path != NULL && jb__state_save_now(bus, &err) != JB_OK)
+        jb_log(JB_LOG_ERROR, "bus", "could not save group positions", "error=%s", err.message);
+    if (bus->owns_store && jb_store_close(bus->store, on_store_closed, bus) == JB_OK)
+        return;
+    on_store_closed(JB_OK, bus);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    jb_bus *bus = h->data;
+    bus->handles_open--;
+    finish_close(bus);
+}
+
+/* Called by state.c when a background save ends, and by the flush callback. */
+void jb__bus_maybe_finish_close(jb_bus *bus)
+{
+    if (bus->closing)
+        finish_close(bus);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    jb_bus *bus = t->data;
+    jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
+}
+
+void jb__bus_kick(jb_bus *bus)
+{
+    if (!bus->closing && !uv_is_active((uv_handle_t *)&bus->kick))
+        uv_timer_start(&bus->kick, on_kick, 0, 0);
+}
+
+void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)
+{
+    if (bus->in_deliver)
+        JB_BUG("jb_bus_close() called from a deliver callback");
+    if (bus->closing)
+        return;
+    /* Flush the open window to subscribers first. */
+    jb__bus_deliver_all(bus, 1);
+    bus->closing = 1;
+    bus->close_cb = cb;
+    bus->close_userdata = userdata;
+    /* End subscriptions: no more callbacks. */
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+        jb__group *g = value;
+        while (g->subs != NULL) {
+            jb_bus_sub *s = g->subs;
+            g->subs = s->next == s ? NULL : s->next;
+            s->prev->next = s->next;
+            s->next->prev = s->prev;
+            free(s);
+        }
+        g->n_subs = 0;
+    }
+    uv_close((uv_handle_t *)&bus->timer, on_timer_closed);
+    uv_close((uv_handle_t *)&bus->kick, on_timer_closed);
+}
+
+void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out)
+{
+    *out = bus->stats;
+    out->groups = bus->groups.len;
+    out->cached_events = bus->cache_len;
+    out->cached_bytes = bus->cache_bytes;
+    out->durable_sequence = bus->durable_seq;
+}
+
+const jb_event *jb_bus_published(const jb_bus *bus, size_t i)
+{
+    return i < bus->n_published ? &bus->published[i]->ev : NULL;
+}
+
+size_t jb_bus_published_count(const jb_bus *bus)
+{
+    return bus->n_published;
+}

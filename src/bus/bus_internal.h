@@ -1,0 +1,188 @@
+/*
+ * The bus engine's internal structures, shared by bus.c (publish, durability,
+ * the cache, dedup), group.c (groups, subscribers, delivery, acks) and
+ * state.c (saved group positions).
+ *
+ * Memory is bounded by construction:
+ *   - jb__ev: one allocation per event held in memory, refcounted; held by
+ *     the cache (at most cache_bytes), by group rings and by the test-mode
+ *     record;
+ *   - a group's ring holds at most JB__RING_CAP outstanding events;
+ *   - pending publishes are bounded by the store's unflushed-bytes limit.
+ */
+#ifndef JB_BUS_INTERNAL_H
+#define JB_BUS_INTERNAL_H
+
+#include "bus/sublist.h"
+#include "core/strmap.h"
+#include "jimbot/bus.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+/* An event held in memory. `ev` points into the same allocation. */
+typedef struct jb__ev {
+    uint32_t refs;
+    uint32_t size;   /* bytes of the allocation, for cache accounting */
+    jb_event ev;     /* ev.encoded: the stored envelope (no sequence/attempt) */
+} jb__ev;
+
+jb__ev *jb__ev_ref(jb__ev *e);
+void jb__ev_unref(jb__ev *e);
+
+/* Builds an event from a stored envelope; NULL with @err set if malformed. */
+jb__ev *jb__ev_from_record(uint64_t seq, const void *data, size_t len, jb_error *err);
+
+/* The event with sequence @seq (a new reference), from the cache or the log. */
+jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err);
+
+enum jb__entry_state {
+    JB__DUE = 0,      /* waiting for delivery (not before due_ms) */
+    JB__IN_FLIGHT = 1,
+    JB__DONE = 2,     /* acked, aggregated out or dead-lettered */
+    JB__DYING = 3,    /* its dead-letter copy is being stored */
+};
+
+typedef struct jb__entry {
+    uint64_t seq;
+    jb__ev *ev;       /* a reference; NULL once DONE */
+    jb_bus_sub *holder;
+    uint64_t when_ms; /* DUE: not before; IN_FLIGHT: ack deadline */
+    uint32_t attempts;
+    uint8_t state;
+} jb__entry;
+
+#define JB__RING_CAP 16384
+
+typedef struct jb__group {
+    char *name;
+    char *pattern;
+    int private_group;
+    uint32_t ack_wait_ms;
+    uint32_t max_deliver;
+    /* Outstanding events in sequence order: ring[(head + i) % cap]. */
+    jb__entry *ring;
+    size_t cap; /* a power of two, at most JB__RING_CAP */
+    size_t head, count;
+    size_t first_due; /* offset from head below which nothing is DUE */
+    /* Live: caught up; new matching events enter the ring at publish.
+     * Lagging: `cursor` is the next sequence to scan from the log. */
+    int live;
+    uint64_t cursor;
+    /* Events at or after `boundary` were counted in `pending` at publish;
+     * older ones (history, or from before a restart) when scanned. */
+    uint64_t boundary;
+    uint64_t pending;
+    uint64_t in_flight;
+    /* Acked sequences above the saved floor, from the state file. */
+    uint64_t *restored_acked;
+    size_t n_restored, restored_pos;
+    /* Subscribers, in a circular list for round-robin. */
+    jb_bus_sub *subs; /* the next one to serve */
+    uint32_t n_subs;
+    int doomed; /* a private group to remove once delivery is over */
+    jb_bus *bus;
+} jb__group;
+
+struct jb_bus_sub {
+    jb__group *group;
+    jb_bus_deliver_fn deliver;
+    void *userdata;
+    uint32_t max_in_flight;
+    uint32_t in_flight;
+    int delivering; /* inside its deliver callback */
+    int dead;       /* unsubscribed from inside its callback */
+    jb_bus_sub *next, *prev;
+};
+
+typedef struct jb__pending_publish jb__pending_publish;
+
+struct jb_bus {
+    uv_loop_t *loop;
+    jb_bus_options opts;
+    jb_aggregate_rule *rules;
+    jb_store *store;
+    int owns_store;
+    char *state_path;
+    int closing;
+
+    /* Durability. */
+    jb__pending_publish *pending_head, *pending_tail;
+    int flush_in_flight;
+    int flush_again;
+    uint64_t durable_seq;
+
+    /* Recent events by sequence: cache[(cache_start + i) % cache_cap] holds
+     * sequence cache_first + i. */
+    jb__ev **cache;
+    size_t cache_cap, cache_start, cache_len;
+    uint64_t cache_first;
+    size_t cache_bytes;
+
+    /* Deduplication: id -> sequence, expiring in publish order. */
+    jb__strmap dedup;
+    struct jb__dedup_item *dedup_head, *dedup_tail;
+
+    /* Groups and routing. */
+    jb__strmap groups; /* name -> jb__group */
+    jb__sublist *routes;
+    uint64_t private_counter;
+    int state_dirty;
+    int state_saving;
+    uv_work_t state_work;
+    struct jb__state_job *state_job;
+
+    uv_timer_t timer; /* window close and housekeeping */
+    uv_timer_t kick;  /* delivery soon, outside the caller's stack */
+    int in_deliver, deliver_again, deliver_again_closed, any_doomed;
+    jb__group **snapshot; /* the groups being delivered to */
+    size_t snapshot_cap;
+    jb_event *scratch;    /* per-delivery copies of events */
+    const jb_event **scratch_ptrs;
+    jb__ev **scratch_evs;
+    size_t *scratch_idx;
+    uint8_t *scratch_keep;
+    jb_event **scratch_summary;
+    size_t scratch_cap;
+
+    /* Test mode: every published event, in order. */
+    jb__ev **published;
+    size_t n_published, published_cap;
+
+    jb_bus_stats stats;
+    jb_bus_close_cb close_cb;
+    void *close_userdata;
+    int handles_open;
+};
+
+uint64_t jb__bus_now_ms(const jb_bus *bus);
+
+/* group.c */
+jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uint32_t ack_wait_ms,
+                         uint32_t max_deliver);
+void jb__group_free(jb__group *g);
+/* A new durable-pending event for a live group (it matched at publish). */
+void jb__group_offer(jb__group *g, jb__ev *e);
+/* Scans lagging groups, delivers what is due, handles deadlines. */
+void jb__bus_deliver_all(jb_bus *bus, int window_closed);
+/* The lowest sequence the group still needs. */
+uint64_t jb__group_floor(const jb__group *g);
+
+/* Frees groups marked doomed (private groups whose subscriber left). */
+void jb__bus_reap_groups(jb_bus *bus);
+/* Asks for a delivery round soon, from the loop, not from the caller's stack. */
+void jb__bus_kick(jb_bus *bus);
+
+/* bus.c, used by group.c for dead letters. */
+jb_status jb__bus_publish_internal(jb_bus *bus, const jb_event *ev, jb_bus_publish_cb cb,
+                                   void *userdata, jb_error *err);
+void jb__bus_mark_dirty(jb_bus *bus);
+
+/* state.c */
+jb_status jb__state_load(jb_bus *bus, jb_error *err);
+/* Saves the groups' positions in the background (one save at a time). */
+void jb__state_save(jb_bus *bus);
+/* Synchronous save, for close. */
+jb_status jb__state_save_now(jb_bus *bus, jb_error *err);
+
+#endif /* JB_BUS_INTERNAL_H */

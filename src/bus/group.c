@@ -1,0 +1,928 @@
+/*
+ * Consumer groups: subscribers, delivery in batches, aggregation, acks,
+ * redelivery and dead letters (include/jimbot/bus.h).
+ *
+ * A group keeps its outstanding events in a ring ordered by sequence; each
+ * entry is DUE (waiting, maybe not before a backoff time), IN_FLIGHT (held
+ * by one subscriber until an ack deadline), DYING (its dead-letter copy is
+ * being stored) or DONE. Handled entries leave the ring from its head, so
+ * the head's sequence is the group's ack floor: everything below it that
+ * matched the group is handled, which is what state.c saves.
+ *
+ * A live group gets new events straight from publish (bus.c offers each
+ * event to the live groups whose pattern matched it, found by the trie);
+ * a group whose ring filled up, or that starts from history, lags: it scans
+ * the log from its cursor with the direct matcher until it catches up and
+ * goes live again. So memory per group is bounded by the ring, and a slow
+ * group costs nothing to the others.
+ *
+ * Re-entrancy: deliver callbacks may ack, nack, subscribe and unsubscribe.
+ * A nested delivery round is folded into the running one (in_deliver), and
+ * subscribers and private groups that go away during a callback are freed
+ * after it returns.
+ */
+#include "bus/bus_internal.h"
+
+#include "jimbot/log.h"
+#include "jimbot/topic.h"
+#include "rpc/envelope.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCAN_BUDGET   4096 /* log records a lagging group reads per round */
+#define DLQ_RETRY_MS  1000
+#define MAX_GROUP_LEN 128
+
+static jb__entry *at(const jb__group *g, size_t i)
+{
+    return &g->ring[(g->head + i) & (g->cap - 1)];
+}
+
+static uint64_t backoff_ms(const jb_bus *bus, uint32_t attempts)
+{
+    uint64_t d = bus->opts.nack_backoff_ms;
+    for (uint32_t i = 1; i < attempts && d < bus->opts.max_backoff_ms; i++)
+        d *= 2;
+    return d < bus->opts.max_backoff_ms ? d : bus->opts.max_backoff_ms;
+}
+
+/* ---- the ring ----------------------------------------------------------- */
+
+static int ring_push(jb__group *g, uint64_t seq, jb__ev *e)
+{
+    if (g->count == g->cap) {
+        if (g->cap >= JB__RING_CAP)
+            return 0;
+        size_t cap = g->cap ? g->cap * 2 : 64;
+        jb__entry *ring = malloc(cap * sizeof(*ring));
+        if (ring == NULL)
+            return 0;
+        for (size_t i = 0; i < g->count; i++)
+            ring[i] = *at(g, i);
+        free(g->ring);
+        g->ring = ring;
+        g->cap = cap;
+        g->head = 0;
+    }
+    *at(g, g->count) = (jb__entry){.seq = seq, .ev = jb__ev_ref(e), .state = JB__DUE};
+    g->count++;
+    return 1;
+}
+
+/* Index of @seq in the ring, or SIZE_MAX. */
+static size_t ring_find(const jb__group *g, uint64_t seq)
+{
+    size_t lo = 0, hi = g->count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint64_t s = at(g, mid)->seq;
+        if (s == seq)
+            return mid;
+        if (s < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return SIZE_MAX;
+}
+
+static void ring_pop_done(jb__group *g)
+{
+    int popped = 0;
+    while (g->count > 0 && at(g, 0)->state == JB__DONE) {
+        g->head = (g->head + 1) & (g->cap - 1);
+        g->count--;
+        if (g->first_due > 0)
+            g->first_due--;
+        popped = 1;
+    }
+    if (popped)
+        jb__bus_mark_dirty(g->bus);
+}
+
+static void mark_due(jb__group *g, size_t i, uint64_t when_ms)
+{
+    jb__entry *en = at(g, i);
+    en->state = JB__DUE;
+    en->when_ms = when_ms;
+    en->holder = NULL;
+    if (i < g->first_due)
+        g->first_due = i;
+}
+
+/* An entry is handled: acked, aggregated out or dead-lettered. */
+static void mark_done(jb__group *g, jb__entry *en)
+{
+    if (en->state == JB__IN_FLIGHT) {
+        if (en->holder != NULL)
+            en->holder->in_flight--;
+        g->in_flight--;
+    }
+    en->state = JB__DONE;
+    en->holder = NULL;
+    jb__ev_unref(en->ev);
+    en->ev = NULL;
+    if (g->pending > 0)
+        g->pending--;
+}
+
+uint64_t jb__group_floor(const jb__group *g)
+{
+    if (g->count > 0)
+        return at(g, 0)->seq;
+    return g->live ? g->bus->stats.last_sequence + 1 : g->cursor;
+}
+
+/* ---- groups ------------------------------------------------------------- */
+
+jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uint32_t ack_wait_ms,
+                         uint32_t max_deliver)
+{
+    jb__group *g = calloc(1, sizeof(*g));
+    if (g == NULL)
+        return NULL;
+    g->name = strdup(name);
+    g->pattern = strdup(pattern);
+    if (g->name == NULL || g->pattern == NULL ||
+        jb__sublist_insert(bus->routes, pattern, g, NULL) != JB_OK) {
+        free(g->name);
+        free(g->pattern);
+        free(g);
+        return NULL;
+    }
+    g->bus = bus;
+    g->ack_wait_ms = ack_wait_ms;
+    g->max_deliver = max_deliver;
+    g->boundary = bus->stats.last_sequence + 1;
+    g->cursor = g->boundary;
+    g->live = 1;
+    jb__strmap_put(&bus->groups, name, g);
+    return g;
+}
+
+void jb__group_free(jb__group *g)
+{
+    jb_bus *bus = g->bus;
+    jb__sublist_remove(bus->routes, g->pattern, g);
+    for (size_t i = 0; i < g->count; i++)
+        jb__ev_unref(at(g, i)->ev);
+    while (g->subs != NULL) {
+        jb_bus_sub *s = g->subs;
+        g->subs = s->next == s ? NULL : s->next;
+        s->prev->next = s->next;
+        s->next->prev = s->prev;
+        free(s);
+    }
+    free(g->ring);
+    free(g->restored_acked);
+    free(g->name);
+    free(g->pattern);
+    free(g);
+}
+
+void jb__bus_reap_groups(jb_bus *bus)
+{
+    if (!bus->any_doomed || bus->in_deliver)
+        return;
+    bus->any_doomed = 0;
+    for (;;) {
+        jb__group *doomed = NULL;
+        size_t it = 0;
+        const char *name;
+        void *value;
+        while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+            if (((jb__group *)value)->doomed) {
+                doomed = value;
+                break;
+            }
+        }
+        if (doomed == NULL)
+            return;
+        jb__strmap_del(&bus->groups, doomed->name);
+        jb__group_free(doomed);
+    }
+}
+
+void jb__group_offer(jb__group *g, jb__ev *e)
+{
+    if (!g->live)
+        return; /* It will find the event when its scan gets there. */
+    if (!ring_push(g, e->ev.sequence, e)) {
+        g->live = 0;
+        g->cursor = e->ev.sequence;
+    }
+}
+
+static int restored_acked(jb__group *g, uint64_t seq)
+{
+    while (g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] < seq)
+        g->restored_pos++;
+    return g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] == seq;
+}
+
+/* A lagging group reads the log from its cursor, bounded by @budget records. */
+static void scan(jb__group *g, size_t budget)
+{
+    jb_bus *bus = g->bus;
+    while (!g->live && budget-- > 0) {
+        if (g->cursor > bus->stats.last_sequence) {
+            g->live = 1;
+            free(g->restored_acked);
+            g->restored_acked = NULL;
+            g->n_restored = g->restored_pos = 0;
+            break;
+        }
+        if (g->count >= JB__RING_CAP)
+            break;
+        jb_error err;
+        jb_error_clear(&err);
+        jb__ev *e = jb__bus_fetch(bus, g->cursor, &err);
+        if (e == NULL) {
+            uint64_t first = jb_store_first_seq(bus->store);
+            if (err.code == JB_ENOENT && g->cursor < first) {
+                jb_log(JB_LOG_WARN, "bus", "events removed by retention before the group read them",
+                       "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
+                       (unsigned long long)(first - 1));
+                g->cursor = first;
+                continue;
+            }
+            jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s",
+                   g->name, (unsigned long long)g->cursor, err.message);
+            break;
+        }
+        if (jb_pattern_matches(g->pattern, e->ev.topic) && !restored_acked(g, g->cursor)) {
+            if (g->cursor < g->boundary)
+                g->pending++;
+            ring_push(g, g->cursor, e);
+        }
+        jb__ev_unref(e);
+        g->cursor++;
+    }
+}
+
+/* ---- dead letters ------------------------------------------------------- */
+
+typedef struct dlq_ctx {
+    jb_bus *bus;
+    uint64_t seq;
+    char group[];
+} dlq_ctx;
+
+static void on_dead_letter_stored(jb_status status, const uint64_t *sequences,
+                                  const uint8_t *duplicates, size_t n, const jb_error *err,
+                                  void *userdata)
+{
+    (void)sequences, (void)duplicates, (void)n;
+    dlq_ctx *ctx = userdata;
+    jb__group *g = jb__strmap_get(&ctx->bus->groups, ctx->group);
+    size_t i = g != NULL ? ring_find(g, ctx->seq) : SIZE_MAX;
+    if (i != SIZE_MAX && at(g, i)->state == JB__DYING) {
+        jb__entry *en = at(g, i);
+        if (status == JB_OK) {
+            mark_done(g, en);
+            ctx->bus->stats.dead_lettered++;
+            ring_pop_done(g);
+        } else {
+            en->when_ms = jb__bus_now_ms(ctx->bus) + DLQ_RETRY_MS;
+            jb_log(JB_LOG_WARN, "bus", "dead letter not stored; will retry",
+                   "group=%s sequence=%llu error=%s", g->name, (unsigned long long)ctx->seq,
+                   err ? err->message : jb_strerror(status));
+        }
+    }
+    free(ctx);
+}
+
+static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
+{
+    jb_bus *bus = g->bus;
+    if (en->state == JB__IN_FLIGHT) {
+        if (en->holder != NULL)
+            en->holder->in_flight--;
+        g->in_flight--;
+    }
+    en->state = JB__DYING;
+    en->holder = NULL;
+    en->when_ms = 0;
+
+    const jb_event *src = &en->ev->ev;
+    char topic[JB_TOPIC_MAX_BYTES + 1];
+    if ((size_t)snprintf(topic, sizeof(topic), "dlq.%s", src->topic) >= sizeof(topic))
+        snprintf(topic, sizeof(topic), "dlq._topic_too_long");
+    char seq[24], attempts[16];
+    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)en->seq);
+    snprintf(attempts, sizeof(attempts), "%u", en->attempts);
+    jb_header *headers = malloc((src->n_headers + 5) * sizeof(*headers));
+    size_t glen = strlen(g->name);
+    dlq_ctx *ctx = malloc(sizeof(*ctx) + glen + 1);
+    if (headers == NULL || ctx == NULL) {
+        free(headers);
+        free(ctx);
+        en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
+        return;
+    }
+    memcpy(headers, src->headers, src->n_headers * sizeof(*headers));
+    size_t nh = src->n_headers;
+    headers[nh++] = (jb_header){"jimbot-dlq-reason", reason};
+    headers[nh++] = (jb_header){"jimbot-dlq-group", g->name};
+    headers[nh++] = (jb_header){"jimbot-dlq-topic", src->topic};
+    headers[nh++] = (jb_header){"jimbot-dlq-sequence", seq};
+    headers[nh++] = (jb_header){"jimbot-dlq-attempts", attempts};
+    jb_event dlq = *src;
+    dlq.topic = topic;
+    dlq.headers = headers;
+    dlq.n_headers = nh;
+    dlq.id = NULL; /* The copy must not be taken for a duplicate of the original. */
+    ctx->bus = bus;
+    ctx->seq = en->seq;
+    memcpy(ctx->group, g->name, glen + 1);
+    jb_error err;
+    if (jb__bus_publish_internal(bus, &dlq, on_dead_letter_stored, ctx, &err) != JB_OK) {
+        en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
+        jb_log(JB_LOG_WARN, "bus", "dead letter not stored; will retry",
+               "group=%s sequence=%s error=%s", g->name, seq, err.message);
+        free(ctx);
+    }
+    free(headers);
+}
+
+/* Ack deadlines and dead-letter retries: run at each window close or housekeeping tick. */
+static void check_deadlines(jb__group *g, uint64_t now)
+{
+    for (size_t i = 0; i < g->count; i++) {
+        jb__entry *en = at(g, i);
+        if (en->state == JB__IN_FLIGHT && en->when_ms <= now) {
+            en->holder->in_flight--;
+            g->in_flight--;
+            en->holder = NULL;
+            if (en->attempts >= g->max_deliver) {
+                en->state = JB__DUE; /* dead_letter() expects it out of flight */
+                char reason[64];
+                snprintf(reason, sizeof(reason), "no ack after %u deliveries", en->attempts);
+                dead_letter(g, en, reason);
+            } else {
+                mark_due(g, i, now + backoff_ms(g->bus, en->attempts));
+            }
+        } else if (en->state == JB__DYING && en->when_ms != 0 && en->when_ms <= now) {
+            dead_letter(g, en, "max deliveries reached (retried)");
+        }
+    }
+}
+
+/* ---- aggregation -------------------------------------------------------- */
+
+static const char *header_value(const jb_event *ev, const char *key)
+{
+    for (size_t i = 0; i < ev->n_headers; i++) {
+        if (strcmp(ev->headers[i].key, key) == 0)
+            return ev->headers[i].value;
+    }
+    return NULL;
+}
+
+/*
+ * A "count" summary: the newest event of the batch with two more headers.
+ * Its encoded form is the original's with the two header entries appended
+ * (map entries of a concatenated encoding add up). Returns an allocation
+ * holding the jb_event, its headers, strings and encoding; NULL if out of
+ * memory (the event is then delivered as is).
+ */
+static jb_event *count_summary(const jb_event *src, size_t count)
+{
+    char n[24];
+    snprintf(n, sizeof(n), "%zu", count);
+    jb_header extra[2] = {{"jimbot-aggregate", "count"}, {"jimbot-count", n}};
+    jb_event tail = {.headers = extra, .n_headers = 2};
+    size_t tail_len = jb__envelope_size(&tail);
+    size_t size = sizeof(jb_event) + (src->n_headers + 2) * sizeof(jb_header) + src->encoded_len +
+                  tail_len + sizeof(n);
+    jb_event *out = malloc(size);
+    if (out == NULL)
+        return NULL;
+    *out = *src;
+    jb_header *h = (jb_header *)(out + 1);
+    memcpy(h, src->headers, src->n_headers * sizeof(*h));
+    char *count_copy = (char *)(h + src->n_headers + 2);
+    memcpy(count_copy, n, sizeof(n));
+    h[src->n_headers] = extra[0];
+    h[src->n_headers + 1] = (jb_header){"jimbot-count", count_copy};
+    uint8_t *enc = (uint8_t *)count_copy + sizeof(n);
+    memcpy(enc, src->encoded, src->encoded_len);
+    tail.headers = h + src->n_headers;
+    jb__envelope_encode(&tail, enc + src->encoded_len);
+    out->headers = h;
+    out->n_headers = src->n_headers + 2;
+    out->encoded = enc;
+    out->encoded_len = src->encoded_len + tail_len;
+    return out;
+}
+
+/*
+ * Applies the rules to a batch: @evs are the events (by batch position),
+ * keep[i] is set to 0 for those left out; summary[i] gets an allocated
+ * replacement event for "count" carriers.
+ */
+static void aggregate(jb_bus *bus, jb__ev **evs, size_t n, uint8_t *keep, jb_event **summary)
+{
+    for (size_t r = 0; r < bus->opts.n_rules; r++) {
+        const jb_aggregate_rule *rule = &bus->rules[r];
+        if (rule->kind == JB_AGGREGATE_KEEP)
+            continue;
+        size_t matched = 0, last = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(evs[i]->ev.type, rule->type) == 0) {
+                matched++;
+                last = i;
+            }
+        }
+        if (matched == 0)
+            continue;
+        if (rule->kind == JB_AGGREGATE_COUNT) {
+            for (size_t i = 0; i < n; i++) {
+                if (i != last && strcmp(evs[i]->ev.type, rule->type) == 0)
+                    keep[i] = 0;
+            }
+            summary[last] = count_summary(&evs[last]->ev, matched);
+        } else if (rule->kind == JB_AGGREGATE_LAST) {
+            jb__strmap seen;
+            jb__strmap_init(&seen);
+            for (size_t i = n; i-- > 0;) {
+                if (strcmp(evs[i]->ev.type, rule->type) != 0)
+                    continue;
+                const char *key = header_value(&evs[i]->ev, rule->key_header);
+                if (key == NULL)
+                    continue;
+                if (jb__strmap_get(&seen, key) != NULL)
+                    keep[i] = 0;
+                else
+                    jb__strmap_put(&seen, key, (void *)1);
+            }
+            jb__strmap_release(&seen);
+        } else if (rule->kind == JB_AGGREGATE_CUSTOM) {
+            const jb_event **sel = malloc(matched * sizeof(*sel));
+            uint8_t *k = malloc(matched);
+            size_t *pos = malloc(matched * sizeof(*pos));
+            if (sel != NULL && k != NULL && pos != NULL) {
+                size_t m = 0;
+                for (size_t i = 0; i < n; i++) {
+                    if (strcmp(evs[i]->ev.type, rule->type) == 0) {
+                        sel[m] = &evs[i]->ev;
+                        k[m] = 1;
+                        pos[m++] = i;
+                    }
+                }
+                rule->fn(sel, m, k, rule->userdata);
+                for (size_t j = 0; j < m; j++)
+                    keep[pos[j]] = k[j] != 0;
+            }
+            free(sel);
+            free(k);
+            free(pos);
+        }
+    }
+}
+
+/* ---- delivery ----------------------------------------------------------- */
+
+static int scratch_reserve(jb_bus *bus, size_t n)
+{
+    if (n <= bus->scratch_cap)
+        return 1;
+    jb_event *ev = realloc(bus->scratch, n * sizeof(*ev));
+    if (ev != NULL)
+        bus->scratch = ev;
+    const jb_event **ptrs = realloc(bus->scratch_ptrs, n * sizeof(*ptrs));
+    if (ptrs != NULL)
+        bus->scratch_ptrs = ptrs;
+    jb__ev **evs = realloc(bus->scratch_evs, n * sizeof(*evs));
+    if (evs != NULL)
+        bus->scratch_evs = evs;
+    size_t *idx = realloc(bus->scratch_idx, n * sizeof(*idx));
+    if (idx != NULL)
+        bus->scratch_idx = idx;
+    uint8_t *keep = realloc(bus->scratch_keep, n);
+    if (keep != NULL)
+        bus->scratch_keep = keep;
+    jb_event **summary = realloc(bus->scratch_summary, n * sizeof(*summary));
+    if (summary != NULL)
+        bus->scratch_summary = summary;
+    if (ev == NULL || ptrs == NULL || evs == NULL || idx == NULL || keep == NULL ||
+        summary == NULL)
+        return 0;
+    bus->scratch_cap = n;
+    return 1;
+}
+
+/*
+ * Collects up to @limit deliverable entries (DUE, due now, durable) into
+ * bus->scratch_idx (ring positions). Returns how many.
+ */
+static size_t collect_due(jb__group *g, uint64_t now, size_t limit)
+{
+    jb_bus *bus = g->bus;
+    while (g->first_due < g->count && at(g, g->first_due)->state != JB__DUE)
+        g->first_due++;
+    size_t n = 0;
+    for (size_t i = g->first_due; i < g->count && n < limit; i++) {
+        jb__entry *en = at(g, i);
+        if (en->seq > bus->durable_seq)
+            break;
+        if (en->state == JB__DUE && en->when_ms <= now)
+            bus->scratch_idx[n++] = i;
+    }
+    return n;
+}
+
+/*
+ * Delivers one batch of @n entries (positions in bus->scratch_idx) to @s.
+ * Returns 0 when the group went away during the callback.
+ */
+static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
+{
+    jb_bus *bus = g->bus;
+    jb__ev **evs = bus->scratch_evs;
+    uint8_t *keep = bus->scratch_keep;
+    jb_event **summary = bus->scratch_summary;
+    for (size_t k = 0; k < n; k++) {
+        jb__entry *en = at(g, bus->scratch_idx[k]);
+        en->state = JB__IN_FLIGHT;
+        en->attempts++;
+        en->holder = s;
+        en->when_ms = now + g->ack_wait_ms;
+        s->in_flight++;
+        g->in_flight++;
+        if (en->attempts > 1)
+            bus->stats.redelivered++;
+        evs[k] = jb__ev_ref(en->ev);
+        keep[k] = 1;
+        summary[k] = NULL;
+    }
+    if (bus->opts.n_rules > 0)
+        aggregate(bus, evs, n, keep, summary);
+
+    size_t out = 0;
+    for (size_t k = 0; k < n; k++) {
+        jb__entry *en = at(g, bus->scratch_idx[k]);
+        if (!keep[k]) {
+            mark_done(g, en);
+            bus->stats.aggregated_out++;
+            continue;
+        }
+        jb_event *copy = &bus->scratch[out];
+        *copy = summary[k] != NULL ? *summary[k] : evs[k]->ev;
+        copy->sequence = en->seq;
+        copy->delivery_attempt = en->attempts;
+        bus->scratch_ptrs[out++] = copy;
+    }
+    bus->stats.delivered += out;
+    ring_pop_done(g);
+
+    int group_alive = 1;
+    if (out > 0) {
+        s->delivering = 1;
+        s->deliver(s, bus->scratch_ptrs, out, s->userdata);
+        s->delivering = 0;
+        if (s->dead) {
+            free(s);
+            group_alive = !g->doomed;
+        }
+    }
+    for (size_t k = 0; k < n; k++) {
+        free(summary[k]);
+        jb__ev_unref(evs[k]);
+    }
+    return group_alive;
+}
+
+static void deliver_group(jb__group *g, uint64_t now, int window_closed)
+{
+    jb_bus *bus = g->bus;
+    size_t batch = bus->opts.max_batch_size;
+    uint32_t idle = 0;
+    while (g->n_subs > 0 && idle < g->n_subs && !bus->closing) {
+        jb_bus_sub *s = g->subs;
+        g->subs = s->next;
+        uint32_t credits = s->max_in_flight > s->in_flight ? s->max_in_flight - s->in_flight : 0;
+        size_t limit = credits < batch ? credits : batch;
+        if (limit == 0) {
+            idle++;
+            continue;
+        }
+        if (!scratch_reserve(bus, batch))
+            return;
+        size_t n = collect_due(g, now, limit);
+        if (n == 0)
+            return; /* Nothing due for anyone. */
+        if (!window_closed && n < batch)
+            return; /* A partial batch waits for the window to close. */
+        idle = 0;
+        if (!deliver_batch(g, s, n, now))
+            return;
+    }
+}
+
+static void deliver_round(jb_bus *bus, int window_closed)
+{
+    uint64_t now = jb__bus_now_ms(bus);
+    size_t n = bus->groups.len;
+    if (n > bus->snapshot_cap) {
+        jb__group **v = realloc(bus->snapshot, n * sizeof(*v));
+        if (v == NULL)
+            return;
+        bus->snapshot = v;
+        bus->snapshot_cap = n;
+    }
+    size_t it = 0, k = 0;
+    const char *name;
+    void *value;
+    while (k < n && jb__strmap_next(&bus->groups, &it, &name, &value))
+        bus->snapshot[k++] = value;
+    for (size_t i = 0; i < k && !bus->closing; i++) {
+        jb__group *g = bus->snapshot[i];
+        if (g->doomed)
+            continue;
+        scan(g, SCAN_BUDGET);
+        if (window_closed)
+            check_deadlines(g, now);
+        deliver_group(g, now, window_closed);
+    }
+}
+
+void jb__bus_deliver_all(jb_bus *bus, int window_closed)
+{
+    if (bus->closing)
+        return;
+    if (bus->in_deliver) {
+        bus->deliver_again = 1;
+        bus->deliver_again_closed |= window_closed;
+        return;
+    }
+    bus->in_deliver = 1;
+    deliver_round(bus, window_closed);
+    while (bus->deliver_again && !bus->closing) {
+        int closed = bus->deliver_again_closed || bus->opts.batch_window_ms == 0;
+        bus->deliver_again = 0;
+        bus->deliver_again_closed = 0;
+        deliver_round(bus, closed);
+    }
+    bus->in_deliver = 0;
+    jb__bus_reap_groups(bus);
+}
+
+/* ---- subscriptions ------------------------------------------------------ */
+
+static jb_status validate_group_name(const char *name, jb_error *err)
+{
+    size_t n = strlen(name);
+    if (n > MAX_GROUP_LEN)
+        return jb_error_set(err, JB_EINVAL, "group name of %zu bytes (at most %d)", n,
+                            MAX_GROUP_LEN);
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '-' || c == '.';
+        if (!ok)
+            return jb_error_set(err, JB_EINVAL,
+                                "group name '%s' has an invalid character at byte %zu (letters, "
+                                "digits, '_', '-' and '.' only)",
+                                name, i);
+    }
+    if (name[0] == '_')
+        return jb_error_set(err, JB_EINVAL, "group names starting with '_' are reserved");
+    return JB_OK;
+}
+
+/* Where a new group's scan starts, per its deliver policy. */
+static void set_start(jb_bus *bus, jb__group *g, const jb_bus_sub_options *o)
+{
+    uint64_t first = jb_store_first_seq(bus->store);
+    uint64_t start = bus->stats.last_sequence + 1;
+    switch (o->deliver_policy) {
+    case JB_DELIVER_NEW:
+        break;
+    case JB_DELIVER_ALL:
+        start = first;
+        break;
+    case JB_DELIVER_FROM_SEQUENCE:
+        start = o->start_sequence > first ? o->start_sequence : first;
+        break;
+    case JB_DELIVER_FROM_TIME: {
+        uint64_t seq;
+        if (jb_store_seek_time(bus->store, o->start_time_ms, &seq, NULL) == JB_OK)
+            start = seq;
+        break;
+    }
+    }
+    if (start <= bus->stats.last_sequence) {
+        g->live = 0;
+        g->cursor = start;
+    }
+}
+
+jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_deliver_fn deliver,
+                           void *userdata, jb_bus_sub **out, jb_error *err)
+{
+    if (bus->closing)
+        return jb_error_set(err, JB_ECLOSED, "the bus is shutting down");
+    if (deliver == NULL)
+        return jb_error_set(err, JB_EINVAL, "subscribe needs a deliver callback");
+    jb_status st = jb_pattern_validate(opts->pattern, err);
+    if (st != JB_OK)
+        return st;
+    if ((unsigned)opts->deliver_policy > JB_DELIVER_FROM_TIME)
+        return jb_error_set(err, JB_EINVAL, "unknown deliver policy %d", (int)opts->deliver_policy);
+    char private_name[48];
+    const char *name = opts->group;
+    int private_group = name == NULL || name[0] == '\0';
+    if (private_group) {
+        snprintf(private_name, sizeof(private_name), "_private.%llu",
+                 (unsigned long long)++bus->private_counter);
+        name = private_name;
+    } else if ((st = validate_group_name(name, err)) != JB_OK) {
+        return st;
+    }
+
+    jb__group *g = jb__strmap_get(&bus->groups, name);
+    if (g != NULL && g->doomed)
+        return jb_error_set(err, JB_EUNAVAILABLE, "group '%s' is being removed", name);
+    if (g != NULL && strcmp(g->pattern, opts->pattern) != 0)
+        return jb_error_set(err, JB_EINVAL,
+                            "group '%s' already exists with pattern '%s' (a group has one pattern)",
+                            name, g->pattern);
+    jb_bus_sub *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory subscribing");
+    if (g == NULL) {
+        g = jb__group_new(bus, name, opts->pattern,
+                          opts->ack_wait_ms ? opts->ack_wait_ms : bus->opts.ack_wait_ms,
+                          opts->max_deliver ? opts->max_deliver : bus->opts.max_deliver);
+        if (g == NULL) {
+            free(s);
+            return jb_error_set(err, JB_ENOMEM, "out of memory creating group '%s'", name);
+        }
+        g->private_group = private_group;
+        set_start(bus, g, opts);
+        if (!private_group)
+            jb__bus_mark_dirty(bus);
+        jb_log(JB_LOG_INFO, "bus", "group created", "group=%s pattern=%s from=%llu", g->name,
+               g->pattern, (unsigned long long)(g->live ? g->boundary : g->cursor));
+    }
+    s->group = g;
+    s->deliver = deliver;
+    s->userdata = userdata;
+    s->max_in_flight = opts->max_in_flight ? opts->max_in_flight : bus->opts.max_in_flight;
+    if (g->subs == NULL) {
+        s->next = s->prev = s;
+        g->subs = s;
+    } else {
+        s->next = g->subs;
+        s->prev = g->subs->prev;
+        s->prev->next = s;
+        g->subs->prev = s;
+    }
+    g->n_subs++;
+    bus->stats.subscriptions++;
+    jb__bus_kick(bus);
+    *out = s;
+    return JB_OK;
+}
+
+void jb_bus_unsubscribe(jb_bus_sub *s)
+{
+    if (s == NULL || s->dead)
+        return;
+    jb__group *g = s->group;
+    jb_bus *bus = g->bus;
+    uint64_t now = jb__bus_now_ms(bus);
+    for (size_t i = 0; i < g->count; i++) {
+        jb__entry *en = at(g, i);
+        if (en->state == JB__IN_FLIGHT && en->holder == s) {
+            g->in_flight--;
+            mark_due(g, i, now);
+        }
+    }
+    s->in_flight = 0;
+    if (s->next == s) {
+        g->subs = NULL;
+    } else {
+        s->prev->next = s->next;
+        s->next->prev = s->prev;
+        if (g->subs == s)
+            g->subs = s->next;
+    }
+    g->n_subs--;
+    bus->stats.subscriptions--;
+    if (g->private_group && g->n_subs == 0) {
+        g->doomed = 1;
+        bus->any_doomed = 1;
+    }
+    if (s->delivering) {
+        s->dead = 1; /* freed by deliver_batch() once the callback returns */
+    } else {
+        free(s);
+        jb__bus_reap_groups(bus);
+    }
+    if (g->n_subs > 0)
+        jb__bus_kick(bus);
+}
+
+const char *jb_bus_sub_group(const jb_bus_sub *s)
+{
+    return s->group->name;
+}
+
+uint32_t jb_bus_sub_in_flight(const jb_bus_sub *s)
+{
+    return s->in_flight;
+}
+
+/* ---- acks --------------------------------------------------------------- */
+
+static jb__group *find_group(jb_bus *bus, const char *name, jb_error *err)
+{
+    jb__group *g = name != NULL ? jb__strmap_get(&bus->groups, name) : NULL;
+    if (g == NULL || g->doomed)
+        jb_error_set(err, JB_ENOENT, "unknown group '%s'", name ? name : "");
+    return g != NULL && !g->doomed ? g : NULL;
+}
+
+static void note_unknown(uint64_t seq, uint64_t *unknown, size_t *n_unknown)
+{
+    if (unknown != NULL)
+        unknown[*n_unknown] = seq;
+    (*n_unknown)++;
+}
+
+jb_status jb_bus_ack(jb_bus *bus, const char *group, const uint64_t *sequences, size_t n,
+                     uint64_t *unknown, size_t *n_unknown, jb_error *err)
+{
+    jb__group *g = find_group(bus, group, err);
+    if (g == NULL)
+        return JB_ENOENT;
+    size_t bad = 0;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = ring_find(g, sequences[k]);
+        jb__entry *en = i != SIZE_MAX ? at(g, i) : NULL;
+        /* A late ack of an event waiting for redelivery still counts. */
+        if (en != NULL &&
+            (en->state == JB__IN_FLIGHT || (en->state == JB__DUE && en->attempts > 0))) {
+            mark_done(g, en);
+            bus->stats.acked++;
+        } else {
+            note_unknown(sequences[k], unknown, &bad);
+        }
+    }
+    if (n_unknown != NULL)
+        *n_unknown = bad;
+    ring_pop_done(g);
+    jb__bus_mark_dirty(bus);
+    jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
+    return JB_OK;
+}
+
+jb_status jb_bus_nack(jb_bus *bus, const char *group, const uint64_t *sequences, size_t n,
+                      uint32_t delay_ms, uint64_t *unknown, size_t *n_unknown, jb_error *err)
+{
+    jb__group *g = find_group(bus, group, err);
+    if (g == NULL)
+        return JB_ENOENT;
+    uint64_t now = jb__bus_now_ms(bus);
+    size_t bad = 0;
+    for (size_t k = 0; k < n; k++) {
+        size_t i = ring_find(g, sequences[k]);
+        jb__entry *en = i != SIZE_MAX ? at(g, i) : NULL;
+        if (en == NULL || en->state != JB__IN_FLIGHT) {
+            note_unknown(sequences[k], unknown, &bad);
+            continue;
+        }
+        en->holder->in_flight--;
+        g->in_flight--;
+        en->holder = NULL;
+        if (en->attempts >= g->max_deliver) {
+            en->state = JB__DUE;
+            char reason[64];
+            snprintf(reason, sizeof(reason), "nacked after %u deliveries", en->attempts);
+            dead_letter(g, en, reason);
+        } else {
+            mark_due(g, i, now + (delay_ms ? delay_ms : backoff_ms(bus, en->attempts)));
+        }
+    }
+    if (n_unknown != NULL)
+        *n_unknown = bad;
+    jb__bus_kick(bus);
+    return JB_OK;
+}
+
+jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_group_info *out)
+{
+    const jb__group *g = group != NULL ? jb__strmap_get(&bus->groups, group) : NULL;
+    if (g == NULL)
+        return JB_ENOENT;
+    out->ack_floor = jb__group_floor(g);
+    out->pending = g->pending;
+    out->in_flight = g->in_flight;
+    out->outstanding = g->count;
+    out->subscribers = g->n_subs;
+    return JB_OK;
+}
