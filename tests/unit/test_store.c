@@ -214,7 +214,7 @@ static size_t count_segments(const char *dir, char names[][32], size_t max)
         size_t l = strlen(e->d_name);
         if (l > 4 && strcmp(e->d_name + l - 4, ".seg") == 0) {
             if (names != NULL && n < max)
-                snprintf(names[n], 32, "%s", e->d_name);
+                snprintf(names[n], 32, "%.31s", e->d_name);
             n++;
         }
     }
