@@ -116,17 +116,17 @@ typedef struct jb_bus_options {
     jb_store *store;
     /* Where group positions and acks are kept; NULL keeps them in memory. */
     const char *state_path;
-    uint32_t batch_window_ms;      /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
-    uint32_t max_batch_size;       /* 1000 */
-    uint32_t ack_wait_ms;          /* 30000 */
-    uint32_t max_deliver;          /* 5 */
-    uint32_t dedup_window_ms;      /* 120000 */
-    uint32_t max_event_bytes;      /* 1 MiB: payload plus envelope */
-    uint32_t max_in_flight;        /* 1000: a subscriber's default credits */
-    uint32_t max_group_pending;    /* 1000000: unhandled events per group */
-    uint32_t nack_backoff_ms;      /* 100: first redelivery delay, doubling */
-    uint32_t max_backoff_ms;       /* 30000 */
-    size_t cache_bytes;            /* 64 MiB of recent events kept in memory */
+    uint32_t batch_window_ms;       /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
+    uint32_t max_batch_size;        /* 1000 */
+    uint32_t ack_wait_ms;           /* 30000 */
+    uint32_t max_deliver;           /* 5 */
+    uint32_t dedup_window_ms;       /* 120000 */
+    uint32_t max_event_bytes;       /* 1 MiB: payload plus envelope */
+    uint32_t max_in_flight;         /* 1000: a subscriber's default credits */
+    uint32_t max_group_pending;     /* 1000000: unhandled events per group */
+    uint32_t nack_backoff_ms;       /* 100: first redelivery delay, doubling */
+    uint32_t max_backoff_ms;        /* 30000 */
+    size_t cache_bytes;             /* 64 MiB of recent events kept in memory */
     const jb_aggregate_rule *rules; /* copied */
     size_t n_rules;
     /* Test mode: an in-memory log owned by the bus, window 0, and a record
@@ -240,9 +240,9 @@ jb_status jb_bus_nack(jb_bus *bus, const char *group, const uint64_t *sequences,
                       uint32_t delay_ms, uint64_t *unknown, size_t *n_unknown, jb_error *err);
 
 typedef struct jb_bus_stats {
-    uint64_t published;      /* events stored */
-    uint64_t duplicates;     /* publishes answered from the dedup index */
-    uint64_t delivered;      /* deliveries, redeliveries included */
+    uint64_t published;  /* events stored */
+    uint64_t duplicates; /* publishes answered from the dedup index */
+    uint64_t delivered;  /* deliveries, redeliveries included */
     uint64_t redelivered;
     uint64_t acked;
     uint64_t dead_lettered;
@@ -264,10 +264,10 @@ void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out);
  * unknown group.
  */
 typedef struct jb_bus_group_info {
-    uint64_t ack_floor;    /* every matching event below it is handled */
-    uint64_t pending;      /* matching events stored but not yet handled */
-    uint64_t in_flight;    /* delivered and unacked */
-    uint64_t outstanding;  /* tracked in memory (in flight + due + waiting) */
+    uint64_t ack_floor;   /* every matching event below it is handled */
+    uint64_t pending;     /* matching events stored but not yet handled */
+    uint64_t in_flight;   /* delivered and unacked */
+    uint64_t outstanding; /* tracked in memory (in flight + due + waiting) */
     uint32_t subscribers;
 } jb_bus_group_info;
 

@@ -28,12 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ID_BYTES     256
-#define MAX_NAME_BYTES   256 /* type and source */
-#define MAX_HEADERS      64
-#define DEDUP_MAX_IDS    1000000
-#define HOUSEKEEPING_MS  100
-#define RETRY_HINT_MS    50
+#define MAX_ID_BYTES    256
+#define MAX_NAME_BYTES  256 /* type and source */
+#define MAX_HEADERS     64
+#define DEDUP_MAX_IDS   1000000
+#define HOUSEKEEPING_MS 100
+#define RETRY_HINT_MS   50
 
 struct jb__pending_publish {
     jb__pending_publish *next;
@@ -83,12 +83,11 @@ static char *copy_str(char **cursor, const char *s)
  * the encoded envelope. @encoded may be NULL: then the envelope is encoded
  * here (publish); otherwise it is copied (events read back from the log).
  */
-static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded,
-                        size_t encoded_len)
+static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, size_t encoded_len)
 {
     size_t size = sizeof(jb__ev) + src->n_headers * sizeof(jb_header);
-    size += str_bytes(src->id) + str_bytes(src->topic) + str_bytes(src->type) +
-            str_bytes(src->source);
+    size +=
+        str_bytes(src->id) + str_bytes(src->topic) + str_bytes(src->type) + str_bytes(src->source);
     for (size_t i = 0; i < src->n_headers; i++)
         size += str_bytes(src->headers[i].key) + str_bytes(src->headers[i].value);
     if (encoded == NULL)
@@ -211,8 +210,8 @@ static int fetch_visit(const jb_store_record *rec, void *userdata)
 jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err)
 {
     if (bus->cache_len > 0 && seq >= bus->cache_first && seq < bus->cache_first + bus->cache_len)
-        return jb__ev_ref(bus->cache[(bus->cache_start + (seq - bus->cache_first)) &
-                                     (bus->cache_cap - 1)]);
+        return jb__ev_ref(
+            bus->cache[(bus->cache_start + (seq - bus->cache_first)) & (bus->cache_cap - 1)]);
     fetch_ctx ctx = {.e = NULL, .err = err};
     size_t n = 0;
     if (jb_store_read(bus->store, seq, 1, 0, fetch_visit, &ctx, &n, err) != JB_OK)
@@ -297,8 +296,7 @@ static void complete_publish(jb__pending_publish *p, jb_status st, const jb_erro
     free(p);
 }
 
-static void on_flushed(jb_status status, uint64_t durable_seq, const jb_error *err,
-                       void *userdata)
+static void on_flushed(jb_status status, uint64_t durable_seq, const jb_error *err, void *userdata)
 {
     jb_bus *bus = userdata;
     bus->flush_in_flight = 0;
@@ -365,8 +363,8 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
                             MAX_ID_BYTES);
     if ((ev->type != NULL && strlen(ev->type) > MAX_NAME_BYTES) ||
         (ev->source != NULL && strlen(ev->source) > MAX_NAME_BYTES))
-        return jb_error_set(err, JB_EINVAL, "event %zu: type or source longer than %d bytes",
-                            index, MAX_NAME_BYTES);
+        return jb_error_set(err, JB_EINVAL, "event %zu: type or source longer than %d bytes", index,
+                            MAX_NAME_BYTES);
     if (ev->payload_len > 0 && ev->payload == NULL)
         return jb_error_set(err, JB_EINVAL, "event %zu: payload_len without payload", index);
     if (ev->n_headers > MAX_HEADERS)
@@ -374,8 +372,7 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
                             ev->n_headers, MAX_HEADERS);
     for (size_t i = 0; i < ev->n_headers; i++) {
         if (ev->headers[i].key == NULL || ev->headers[i].key[0] == '\0')
-            return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index,
-                                i);
+            return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index, i);
     }
     size_t size = jb__envelope_size(ev);
     if (size > bus->opts.max_event_bytes)
@@ -692,8 +689,8 @@ jb_status jb_aggregate_kind_parse(const char *name, jb_aggregate_kind *out, jb_e
 
 static void apply_defaults(jb_bus_options *o)
 {
-#define DEFAULT(field, value)                                                                      \
-    if (o->field == 0)                                                                             \
+#define DEFAULT(field, value) \
+    if (o->field == 0)        \
     o->field = (value)
     DEFAULT(batch_window_ms, 100);
     DEFAULT(max_batch_size, 1000);

@@ -23,8 +23,8 @@
 /* An event held in memory. `ev` points into the same allocation. */
 typedef struct jb__ev {
     uint32_t refs;
-    uint32_t size;   /* bytes of the allocation, for cache accounting */
-    jb_event ev;     /* ev.encoded: the stored envelope (no sequence/attempt) */
+    uint32_t size; /* bytes of the allocation, for cache accounting */
+    jb_event ev;   /* ev.encoded: the stored envelope (no sequence/attempt) */
 } jb__ev;
 
 jb__ev *jb__ev_ref(jb__ev *e);
@@ -37,15 +37,15 @@ jb__ev *jb__ev_from_record(uint64_t seq, const void *data, size_t len, jb_error 
 jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err);
 
 enum jb__entry_state {
-    JB__DUE = 0,      /* waiting for delivery (not before due_ms) */
+    JB__DUE = 0, /* waiting for delivery (not before due_ms) */
     JB__IN_FLIGHT = 1,
-    JB__DONE = 2,     /* acked, aggregated out or dead-lettered */
-    JB__DYING = 3,    /* its dead-letter copy is being stored */
+    JB__DONE = 2,  /* acked, aggregated out or dead-lettered */
+    JB__DYING = 3, /* its dead-letter copy is being stored */
 };
 
 typedef struct jb__entry {
     uint64_t seq;
-    jb__ev *ev;       /* a reference; NULL once DONE */
+    jb__ev *ev; /* a reference; NULL once DONE */
     jb_bus_sub *holder;
     uint64_t when_ms; /* DUE: not before; IN_FLIGHT: ack deadline */
     uint32_t attempts;
@@ -137,7 +137,7 @@ struct jb_bus {
     int in_deliver, deliver_again, deliver_again_closed, any_doomed;
     jb__group **snapshot; /* the groups being delivered to */
     size_t snapshot_cap;
-    jb_event *scratch;    /* per-delivery copies of events */
+    jb_event *scratch; /* per-delivery copies of events */
     const jb_event **scratch_ptrs;
     jb__ev **scratch_evs;
     size_t *scratch_idx;

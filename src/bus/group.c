@@ -507,8 +507,7 @@ static int scratch_reserve(jb_bus *bus, size_t n)
     jb_event **summary = realloc(bus->scratch_summary, n * sizeof(*summary));
     if (summary != NULL)
         bus->scratch_summary = summary;
-    if (ev == NULL || ptrs == NULL || evs == NULL || idx == NULL || keep == NULL ||
-        summary == NULL)
+    if (ev == NULL || ptrs == NULL || evs == NULL || idx == NULL || keep == NULL || summary == NULL)
         return 0;
     bus->scratch_cap = n;
     return 1;

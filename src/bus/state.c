@@ -216,8 +216,10 @@ jb_status jb__state_save_now(jb_bus *bus, jb_error *err)
 
 static jb_status parse_error(jb_error *err, const char *path, int line, const char *why)
 {
-    return jb_error_set(err, JB_ECORRUPT, "%s:%d: %s (move the file away to start the groups "
-                                          "afresh)", path, line, why);
+    return jb_error_set(err, JB_ECORRUPT,
+                        "%s:%d: %s (move the file away to start the groups "
+                        "afresh)",
+                        path, line, why);
 }
 
 jb_status jb__state_load(jb_bus *bus, jb_error *err)
@@ -251,8 +253,8 @@ jb_status jb__state_load(jb_bus *bus, jb_error *err)
         unsigned ack_wait, max_deliver;
         unsigned long long floor;
         size_t n_acked;
-        if (sscanf(line, "group %159s %255s %u %u %llu %zu", name, pattern, &ack_wait,
-                   &max_deliver, &floor, &n_acked) != 6 ||
+        if (sscanf(line, "group %159s %255s %u %u %llu %zu", name, pattern, &ack_wait, &max_deliver,
+                   &floor, &n_acked) != 6 ||
             jb_pattern_validate(pattern, NULL) != JB_OK || max_deliver == 0) {
             st = parse_error(err, bus->state_path, lineno, "malformed group line");
             break;
@@ -285,8 +287,7 @@ jb_status jb__state_load(jb_bus *bus, jb_error *err)
         }
         if (floor > last + 1) {
             jb_log(JB_LOG_WARN, "bus", "group position is past the end of the log; rewinding",
-                   "group=%s floor=%llu last_sequence=%llu", name, floor,
-                   (unsigned long long)last);
+                   "group=%s floor=%llu last_sequence=%llu", name, floor, (unsigned long long)last);
             floor = last + 1;
         }
         jb__group *g = jb__group_new(bus, name, pattern, ack_wait, max_deliver);
@@ -307,7 +308,7 @@ jb_status jb__state_load(jb_bus *bus, jb_error *err)
     if (st == JB_OK && !ended)
         st = parse_error(err, bus->state_path, lineno, "truncated (no end line)");
     if (st == JB_OK && bus->groups.len > 0)
-        jb_log(JB_LOG_INFO, "bus", "group positions loaded", "groups=%zu file=%s",
-               bus->groups.len, bus->state_path);
+        jb_log(JB_LOG_INFO, "bus", "group positions loaded", "groups=%zu file=%s", bus->groups.len,
+               bus->state_path);
     return st;
 }

@@ -122,8 +122,8 @@ struct jb__envelope {
     jb_header headers[];
 };
 
-jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out,
-                              const jb_event **ev, jb_error *err)
+jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out, const jb_event **ev,
+                              jb_error *err)
 {
     Jimbot__Infra__V1__Event *msg = jimbot__infra__v1__event__unpack(NULL, len, data);
     if (msg == NULL)

@@ -42,8 +42,8 @@ typedef struct jb__envelope jb__envelope;
  * event whose strings are not valid. On success *@out holds the event; its
  * `encoded` field is not set (the caller has the bytes).
  */
-jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out,
-                              const jb_event **ev, jb_error *err);
+jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out, const jb_event **ev,
+                              jb_error *err);
 void jb__envelope_free(jb__envelope *env);
 
 #endif /* JB_RPC_ENVELOPE_H */

@@ -1,0 +1,792 @@
+/*
+ * Unit tests for the bus engine (src/bus/): routing to groups, sharing
+ * within a group, batch windows, aggregation rules, acks, redelivery, dead
+ * letters, deduplication, backpressure, saved positions across restarts,
+ * and bounded memory under a slow consumer.
+ *
+ * Each test runs a real libuv loop; tests never assert durations, they wait
+ * for conditions with a generous deadline so that a bug fails instead of
+ * hanging.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "jimbot/bus.h"
+#include "jimbot/log.h"
+#include "jimbot/store.h"
+
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+/* ---- harness ------------------------------------------------------------ */
+
+typedef struct received {
+    jb_bus *bus;
+    char group[64];
+    int auto_ack; /* ack every batch as it arrives */
+    int nack;     /* nack every batch as it arrives */
+    size_t batches;
+    size_t events;
+    size_t max_batch;
+    uint32_t max_in_flight_seen;
+    uint64_t seqs[4096];
+    uint32_t attempts[4096];
+    char topics[64][64];
+    char last_headers[512];
+    jb_bus_sub *sub;
+} received;
+
+static void on_deliver(jb_bus_sub *sub, const jb_event *const *events, size_t n, void *userdata)
+{
+    received *r = userdata;
+    r->batches++;
+    if (n > r->max_batch)
+        r->max_batch = n;
+    uint64_t acks[4096];
+    for (size_t i = 0; i < n; i++) {
+        if (r->events < 4096) {
+            r->seqs[r->events] = events[i]->sequence;
+            r->attempts[r->events] = events[i]->delivery_attempt;
+        }
+        if (r->events < 64)
+            snprintf(r->topics[r->events], sizeof(r->topics[0]), "%s", events[i]->topic);
+        r->last_headers[0] = '\0';
+        for (size_t h = 0; h < events[i]->n_headers; h++) {
+            size_t used = strlen(r->last_headers);
+            snprintf(r->last_headers + used, sizeof(r->last_headers) - used, "%s=%s;",
+                     events[i]->headers[h].key, events[i]->headers[h].value);
+        }
+        r->events++;
+        if (i < 4096)
+            acks[i] = events[i]->sequence;
+    }
+    uint32_t held = jb_bus_sub_in_flight(sub);
+    if (held > r->max_in_flight_seen)
+        r->max_in_flight_seen = held;
+    if (r->auto_ack)
+        assert_int_equal(jb_bus_ack(r->bus, jb_bus_sub_group(sub), acks, n, NULL, NULL, NULL),
+                         JB_OK);
+    if (r->nack)
+        assert_int_equal(jb_bus_nack(r->bus, jb_bus_sub_group(sub), acks, n, 1, NULL, NULL, NULL),
+                         JB_OK);
+}
+
+typedef struct publish_result {
+    int done;
+    jb_status status;
+    uint64_t seqs[1024];
+    uint8_t dups[1024];
+} publish_result;
+
+static void on_published(jb_status status, const uint64_t *seqs, const uint8_t *dups, size_t n,
+                         const jb_error *err, void *userdata)
+{
+    (void)err;
+    publish_result *r = userdata;
+    r->done++;
+    r->status = status;
+    for (size_t i = 0; i < n && i < 1024; i++) {
+        r->seqs[i] = seqs[i];
+        r->dups[i] = dups[i];
+    }
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    *(int *)t->data = 1;
+}
+
+/* Runs @loop until *@flag becomes non-zero (or a counter reaches @want). */
+static void run_until(uv_loop_t *loop, const size_t *value, size_t want)
+{
+    int expired = 0;
+    uv_timer_t deadline;
+    uv_timer_init(loop, &deadline);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, on_deadline, 20000, 0);
+    while (*value < want && !expired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (*value < want)
+        fail_msg("timed out: got %zu, wanted %zu", *value, want);
+}
+
+/* Runs @loop for about @ms (to let timers fire when nothing should happen). */
+static void run_for(uv_loop_t *loop, unsigned ms)
+{
+    size_t flag = 0;
+    int expired = 0;
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    t.data = &expired;
+    uv_timer_start(&t, on_deadline, ms, 0);
+    while (!expired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    (void)flag;
+}
+
+static void on_closed(void *userdata)
+{
+    (*(size_t *)userdata)++;
+}
+
+static void close_bus(uv_loop_t *loop, jb_bus *bus)
+{
+    size_t closed = 0;
+    jb_bus_close(bus, on_closed, &closed);
+    run_until(loop, &closed, 1);
+}
+
+static void on_store_closed(jb_status st, void *userdata)
+{
+    (void)st;
+    (*(size_t *)userdata)++;
+}
+
+static void close_store(uv_loop_t *loop, jb_store *store)
+{
+    size_t closed = 0;
+    assert_int_equal(jb_store_close(store, on_store_closed, &closed), JB_OK);
+    run_until(loop, &closed, 1);
+}
+
+static jb_status publish_one(jb_bus *bus, const char *topic, const char *type, const char *id,
+                             publish_result *res)
+{
+    jb_event ev = {.topic = topic, .type = type, .id = id, .payload = "x", .payload_len = 1};
+    return jb_bus_publish(bus, &ev, 1, on_published, res, NULL, NULL);
+}
+
+static jb_bus *test_bus(uv_loop_t *loop)
+{
+    jb_bus_options o = {.test_mode = 1};
+    jb_bus *bus;
+    jb_error err;
+    if (jb_bus_new(loop, &o, &bus, &err) != JB_OK)
+        fail_msg("jb_bus_new: %s", err.message);
+    return bus;
+}
+
+static jb_bus_sub *subscribe(jb_bus *bus, const char *pattern, const char *group, received *r,
+                             uint32_t max_in_flight)
+{
+    jb_bus_sub_options so = {.pattern = pattern, .group = group, .max_in_flight = max_in_flight};
+    jb_bus_sub *sub;
+    jb_error err;
+    r->bus = bus;
+    if (jb_bus_subscribe(bus, &so, on_deliver, r, &sub, &err) != JB_OK)
+        fail_msg("subscribe: %s", err.message);
+    r->sub = sub;
+    return sub;
+}
+
+static char *make_tmpdir(void)
+{
+    char tmpl[] = "/tmp/jb-bus-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+static void rm_tree(char *dir)
+{
+    nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS);
+    free(dir);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+static void test_publish_deliver_ack_in_test_mode(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    received r = {.auto_ack = 1};
+    subscribe(bus, "game_events.>", "analytics", &r, 0);
+    publish_result res = {0};
+    assert_int_equal(
+        publish_one(bus, "game_events.hand_played", "jimbot.GameStateUpdate", NULL, &res), JB_OK);
+    run_until(&loop, &r.events, 1);
+    assert_int_equal(res.status, JB_OK);
+    assert_int_equal(res.seqs[0], 1);
+    assert_int_equal(r.seqs[0], 1);
+    assert_int_equal(r.attempts[0], 1);
+    assert_string_equal(r.topics[0], "game_events.hand_played");
+    assert_int_equal(jb_bus_published_count(bus), 1);
+    assert_string_equal(jb_bus_published(bus, 0)->type, "jimbot.GameStateUpdate");
+    assert_null(jb_bus_published(bus, 1));
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "analytics", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(gi.in_flight, 0);
+    assert_int_equal(gi.ack_floor, 2);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_fan_out_and_sharing(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    received a1 = {.auto_ack = 1}, a2 = {.auto_ack = 1}, b = {.auto_ack = 1}, none = {0};
+    subscribe(bus, "game_events.*", "trainer", &a1, 3);
+    subscribe(bus, "game_events.*", "trainer", &a2, 3);
+    subscribe(bus, "game_events.>", "analytics", &b, 0);
+    subscribe(bus, "training_updates", "other", &none, 0);
+    publish_result res = {0};
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(publish_one(bus, "game_events.hand_played", "t", NULL, &res), JB_OK);
+    publish_one(bus, "game_events.a.b", "t", NULL, &res); /* only '>' matches */
+    run_until(&loop, &b.events, 21);
+    run_until(&loop, &a2.events, 1);
+    size_t shared = a1.events + a2.events;
+    run_for(&loop, 50);
+    shared = a1.events + a2.events;
+    assert_int_equal(shared, 20);
+    assert_true(a1.events > 0 && a2.events > 0);
+    assert_int_equal(none.events, 0);
+    /* Within a group no event is given to both members. */
+    for (size_t i = 0; i < a1.events; i++)
+        for (size_t k = 0; k < a2.events; k++)
+            assert_true(a1.seqs[i] != a2.seqs[k]);
+    assert_true(a1.max_in_flight_seen <= 3 && a2.max_in_flight_seen <= 3);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_window_batches_and_max_batch_size(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char *dir = make_tmpdir();
+    jb_store_options so = {.dir = dir};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store, .batch_window_ms = 200, .max_batch_size = 10};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(bus, ">", "g", &r, 100);
+    jb_event evs[25];
+    for (int i = 0; i < 25; i++)
+        evs[i] = (jb_event){.topic = "game_events", .type = "t"};
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(bus, evs, 25, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 25);
+    /* Two full batches of 10 went at once, the last 5 at the window's close. */
+    assert_int_equal(r.batches, 3);
+    assert_int_equal(r.max_batch, 10);
+    assert_int_equal(res.seqs[24], 25);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+static void count_odd_only(const jb_event *const *events, size_t n, uint8_t *keep, void *ud)
+{
+    (*(int *)ud)++;
+    for (size_t i = 0; i < n; i++)
+        keep[i] = events[i]->sequence % 2 == 1;
+}
+
+static void test_aggregation_rules(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int custom_calls = 0;
+    jb_aggregate_rule rules[] = {
+        {.type = "state", .kind = JB_AGGREGATE_LAST, .key_header = "game_id"},
+        {.type = "tick", .kind = JB_AGGREGATE_COUNT},
+        {.type = "odd",
+         .kind = JB_AGGREGATE_CUSTOM,
+         .fn = count_odd_only,
+         .userdata = &custom_calls},
+    };
+    jb_bus_options o = {.batch_window_ms = 100, .rules = rules, .n_rules = 3};
+    jb_store *store;
+    jb_store_options so = {0};
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(bus, ">", "g", &r, 0);
+    jb_header g1[] = {{"game_id", "g1"}}, g2[] = {{"game_id", "g2"}};
+    jb_event evs[] = {
+        {.topic = "a", .type = "state", .headers = g1, .n_headers = 1}, /* 1: superseded */
+        {.topic = "a", .type = "state", .headers = g2, .n_headers = 1}, /* 2: kept */
+        {.topic = "a", .type = "tick"},                                 /* 3 */
+        {.topic = "a", .type = "state", .headers = g1, .n_headers = 1}, /* 4: kept */
+        {.topic = "a", .type = "tick"},                                 /* 5 */
+        {.topic = "a", .type = "tick"},                                 /* 6: the summary */
+        {.topic = "a", .type = "odd"},                                  /* 7: kept */
+        {.topic = "a", .type = "odd"},                                  /* 8: dropped */
+        {.topic = "a", .type = "other"},                                /* 9: kept */
+    };
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(bus, evs, 9, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 5);
+    run_for(&loop, 250);
+    assert_int_equal(r.events, 5);
+    uint64_t want[] = {2, 4, 6, 7, 9};
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(r.seqs[i], want[i]);
+    assert_int_equal(custom_calls, 1);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.aggregated_out, 4);
+    /* Everything is handled: aggregated-out events count as done. */
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "g", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(gi.ack_floor, 10);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_count_summary_headers(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_aggregate_rule rule = {.type = "tick", .kind = JB_AGGREGATE_COUNT};
+    jb_store *store;
+    jb_store_options so = {0};
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store, .batch_window_ms = 100, .rules = &rule, .n_rules = 1};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(bus, ">", "g", &r, 0);
+    jb_header h[] = {{"game_id", "g7"}};
+    jb_event evs[3];
+    for (int i = 0; i < 3; i++)
+        evs[i] = (jb_event){.topic = "a", .type = "tick", .headers = h, .n_headers = 1};
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(bus, evs, 3, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 1);
+    assert_string_equal(r.last_headers, "game_id=g7;jimbot-aggregate=count;jimbot-count=3;");
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_nacked_five_times_goes_to_dead_letters(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    received bad = {.nack = 1}, dlq = {.auto_ack = 1};
+    subscribe(bus, "strategy_requests", "advisor", &bad, 0);
+    subscribe(bus, "dlq.>", "dlq-watch", &dlq, 0);
+    publish_result res = {0};
+    assert_int_equal(publish_one(bus, "strategy_requests", "req", "r-1", &res), JB_OK);
+    run_until(&loop, &dlq.events, 1);
+    assert_int_equal(bad.events, 5); /* delivered max_deliver times, each nacked */
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(bad.seqs[i], 1);
+        assert_int_equal(bad.attempts[i], (uint32_t)i + 1);
+    }
+    assert_string_equal(dlq.topics[0], "dlq.strategy_requests");
+    assert_non_null(strstr(dlq.last_headers, "jimbot-dlq-reason=nacked after 5 deliveries;"));
+    assert_non_null(strstr(dlq.last_headers, "jimbot-dlq-group=advisor;"));
+    assert_non_null(strstr(dlq.last_headers, "jimbot-dlq-sequence=1;"));
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "advisor", &gi), JB_OK);
+    run_for(&loop, 50);
+    assert_int_equal(jb_bus_group_info_get(bus, "advisor", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(gi.ack_floor, 3); /* 1 dead-lettered, 2 is the copy (not matched) */
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.dead_lettered, 1);
+    assert_int_equal(bad.events, 5);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_ack_deadline_redelivers(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .nack_backoff_ms = 1};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0}; /* never acks */
+    jb_bus_sub_options so = {.pattern = "a", .group = "g", .ack_wait_ms = 30};
+    jb_bus_sub *sub;
+    r.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, NULL), JB_OK);
+    publish_result res = {0};
+    publish_one(bus, "a", "t", NULL, &res);
+    run_until(&loop, &r.events, 2);
+    assert_int_equal(r.seqs[1], 1);
+    assert_int_equal(r.attempts[1], 2);
+    /* A late ack of the first delivery is still honoured. */
+    uint64_t seq = 1;
+    size_t unknown = 9;
+    assert_int_equal(jb_bus_ack(bus, "g", &seq, 1, NULL, &unknown, NULL), JB_OK);
+    assert_int_equal(unknown, 0);
+    assert_int_equal(jb_bus_ack(bus, "g", &seq, 1, NULL, &unknown, NULL), JB_OK);
+    assert_int_equal(unknown, 1);
+    assert_int_equal(jb_bus_ack(bus, "nope", &seq, 1, NULL, &unknown, NULL), JB_ENOENT);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_unsubscribe_returns_in_flight_to_group(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    received a = {0}, b = {.auto_ack = 1};
+    jb_bus_sub *sa = subscribe(bus, "a", "g", &a, 100);
+    publish_result res = {0};
+    for (int i = 0; i < 4; i++)
+        publish_one(bus, "a", "t", NULL, &res);
+    run_until(&loop, &a.events, 4);
+    subscribe(bus, "a", "g", &b, 100);
+    jb_bus_unsubscribe(sa);
+    run_until(&loop, &b.events, 4);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(b.attempts[i], 2);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_duplicate_ids_stored_once(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    received r = {.auto_ack = 1};
+    subscribe(bus, "a", "g", &r, 0);
+    publish_result r1 = {0}, r2 = {0};
+    jb_event evs[3] = {
+        {.topic = "a", .id = "id-1"},
+        {.topic = "a", .id = "id-2"},
+        {.topic = "a", .id = "id-1"}, /* a repeat inside the request */
+    };
+    assert_int_equal(jb_bus_publish(bus, evs, 3, on_published, &r1, NULL, NULL), JB_OK);
+    assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, &r2, NULL, NULL), JB_OK);
+    size_t done = 0;
+    while (r1.done + r2.done < 2 && uv_run(&loop, UV_RUN_ONCE))
+        done++;
+    assert_int_equal(r1.seqs[0], 1);
+    assert_int_equal(r1.seqs[1], 2);
+    assert_int_equal(r1.seqs[2], 1);
+    assert_int_equal(r1.dups[2], 1);
+    assert_int_equal(r2.seqs[0], 1);
+    assert_int_equal(r2.seqs[1], 2);
+    assert_true(r2.dups[0] && r2.dups[1]);
+    run_until(&loop, &r.events, 2);
+    run_for(&loop, 30);
+    assert_int_equal(r.events, 2);
+    assert_int_equal(jb_bus_published_count(bus), 2);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.published, 2);
+    assert_int_equal(st.duplicates, 3);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_bad_input_changes_nothing(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .max_event_bytes = 200};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    jb_error err;
+    char big[300];
+    memset(big, 'x', sizeof(big));
+    jb_event evs[2] = {{.topic = "ok"}, {.topic = "ok", .payload = big, .payload_len = 300}};
+    assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, NULL, NULL, &err), JB_ETOOBIG);
+    assert_non_null(strstr(err.message, "event 1"));
+    evs[1] = (jb_event){.topic = "bad..topic"};
+    assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, NULL, NULL, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "empty token"));
+    jb_header empty_key = {"", "v"};
+    evs[1] = (jb_event){.topic = "ok", .headers = &empty_key, .n_headers = 1};
+    assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, NULL, NULL, &err), JB_EINVAL);
+    assert_int_equal(jb_bus_publish(bus, evs, 0, on_published, NULL, NULL, &err), JB_EINVAL);
+    assert_int_equal(jb_bus_published_count(bus), 0);
+
+    received r = {0};
+    jb_bus_sub_options so = {.pattern = "a.*", .group = "g"};
+    jb_bus_sub *sub;
+    r.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, &err), JB_OK);
+    so.pattern = "b";
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "already exists with pattern 'a.*'"));
+    so.pattern = "a.>.b";
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, &err), JB_EINVAL);
+    so = (jb_bus_sub_options){.pattern = "a", .group = "bad name"};
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, &err), JB_EINVAL);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.groups, 1);
+    assert_int_equal(st.last_sequence, 0);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+static void test_full_group_backpressures_publishers(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .max_group_pending = 3};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0}; /* holds everything, acks nothing */
+    subscribe(bus, "a", "slow", &r, 0);
+    publish_result res = {0};
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(publish_one(bus, "a", "t", NULL, &res), JB_OK);
+    jb_error err;
+    uint32_t retry = 0;
+    jb_event ev = {.topic = "a"};
+    assert_int_equal(jb_bus_publish(bus, &ev, 1, on_published, &res, &retry, &err),
+                     JB_EBACKPRESSURE);
+    assert_true(retry > 0);
+    assert_non_null(strstr(err.message, "group 'slow'"));
+    /* Topics the full group does not match are not held back. */
+    ev.topic = "b";
+    assert_int_equal(jb_bus_publish(bus, &ev, 1, on_published, &res, NULL, &err), JB_OK);
+    run_until(&loop, &r.events, 3);
+    uint64_t seqs[] = {1, 2};
+    assert_int_equal(jb_bus_ack(bus, "slow", seqs, 2, NULL, NULL, NULL), JB_OK);
+    ev.topic = "a";
+    assert_int_equal(jb_bus_publish(bus, &ev, 1, on_published, &res, NULL, &err), JB_OK);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Publishes @n events on "game_events.tick" through @bus and waits for durability. */
+static void publish_many(uv_loop_t *loop, jb_bus *bus, size_t n)
+{
+    static publish_result res;
+    jb_event evs[1000];
+    static char payload[100];
+    for (int i = 0; i < 1000; i++)
+        evs[i] = (jb_event){.topic = "game_events.tick",
+                            .type = "t",
+                            .payload = payload,
+                            .payload_len = sizeof(payload),
+                            .timestamp_ms = 1};
+    size_t sent = 0;
+    res.done = 0;
+    size_t batches = 0;
+    while (sent < n) {
+        size_t k = n - sent < 1000 ? n - sent : 1000;
+        jb_status st = jb_bus_publish(bus, evs, k, on_published, &res, NULL, NULL);
+        if (st == JB_EBACKPRESSURE) {
+            uv_run(loop, UV_RUN_ONCE);
+            continue;
+        }
+        assert_int_equal(st, JB_OK);
+        sent += k;
+        batches++;
+        if (batches % 64 == 0)
+            uv_run(loop, UV_RUN_NOWAIT);
+    }
+    size_t done = 0;
+    while ((size_t)res.done < batches) {
+        uv_run(loop, UV_RUN_ONCE);
+        done++;
+    }
+    assert_int_equal(res.status, JB_OK);
+}
+
+static void test_restart_keeps_positions_and_acks(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {
+        .store = store, .state_path = state_path, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0};
+    subscribe(bus, "game_events.>", "trainer", &r, 0);
+    publish_many(&loop, bus, 10);
+    run_until(&loop, &r.events, 10);
+    /* Ack 1-4 and 7: a restart must redeliver 5, 6, 8, 9, 10 only. */
+    uint64_t acks[] = {1, 2, 3, 4, 7};
+    assert_int_equal(jb_bus_ack(bus, "trainer", acks, 5, NULL, NULL, NULL), JB_OK);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received again = {.auto_ack = 1};
+    subscribe(bus, "game_events.>", "trainer", &again, 0);
+    run_until(&loop, &again.events, 5);
+    run_for(&loop, 50);
+    uint64_t want[] = {5, 6, 8, 9, 10};
+    assert_int_equal(again.events, 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(again.seqs[i], want[i]);
+    /* A new group can start from the whole log or from a sequence. */
+    received all = {.auto_ack = 1}, from = {.auto_ack = 1};
+    jb_bus_sub_options all_opts = {
+        .pattern = ">", .group = "replay", .deliver_policy = JB_DELIVER_ALL};
+    jb_bus_sub_options from_opts = {.pattern = ">",
+                                    .group = "tail",
+                                    .deliver_policy = JB_DELIVER_FROM_SEQUENCE,
+                                    .start_sequence = 9};
+    jb_bus_sub *s;
+    all.bus = from.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &all_opts, on_deliver, &all, &s, NULL), JB_OK);
+    assert_int_equal(jb_bus_subscribe(bus, &from_opts, on_deliver, &from, &s, NULL), JB_OK);
+    run_until(&loop, &all.events, 10);
+    run_until(&loop, &from.events, 2);
+    assert_int_equal(from.seqs[0], 9);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+/* The slow consumer's pace: every tick it acks what it received since the last. */
+static void ack_what_is_held(uv_timer_t *t)
+{
+    received *r = t->data;
+    static size_t acked;
+    if (acked > r->events)
+        acked = 0; /* a new test */
+    for (; acked < r->events && acked < 4096; acked++)
+        jb_bus_ack(r->bus, "slow", &r->seqs[acked], 1, NULL, NULL, NULL);
+    if (acked >= 4096) {
+        /* Past the record buffer: ack the newest window generously. */
+        jb_bus_group_info gi;
+        if (jb_bus_group_info_get(r->bus, "slow", &gi) == JB_OK) {
+            uint64_t seqs[8];
+            for (int i = 0; i < 8; i++)
+                seqs[i] = gi.ack_floor + (uint64_t)i;
+            jb_bus_ack(r->bus, "slow", seqs, 8, NULL, NULL, NULL);
+        }
+    }
+}
+
+static long max_rss_kb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss;
+}
+
+/*
+ * A slow consumer (a handful of credits, acking one batch per timer tick)
+ * beside a fast group while 1,000,000 events flow: the slow one never holds
+ * more than its credits, and the engine's memory stays bounded.
+ */
+static void test_slow_consumer_bounded_memory(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store,
+                        .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE,
+                        .max_group_pending = 2000000,
+                        .cache_bytes = 8u << 20};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received fast = {.auto_ack = 1}, slow = {0};
+    subscribe(bus, "game_events.>", "fast", &fast, 5000);
+    subscribe(bus, "game_events.>", "slow", &slow, 8);
+    uv_timer_t slow_acker;
+    uv_timer_init(&loop, &slow_acker);
+    slow_acker.data = &slow;
+    uv_timer_start(&slow_acker, ack_what_is_held, 5, 5);
+
+    publish_many(&loop, bus, 100000); /* warm up allocators and the cache */
+    run_until(&loop, &fast.events, 100000);
+    long rss_before = max_rss_kb();
+    publish_many(&loop, bus, 900000);
+    run_until(&loop, &fast.events, 1000000);
+    long rss_after = max_rss_kb();
+
+    assert_true(slow.max_in_flight_seen <= 8);
+    assert_true(slow.events < 1000000);
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "slow", &gi), JB_OK);
+    assert_true(gi.outstanding <= 16384);
+    assert_true(gi.in_flight <= 8);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_true(st.cached_bytes <= (8u << 20));
+    /* 900,000 more events through the bus grew the peak by less than 64 MiB
+     * (they alone are ~200 MiB encoded). */
+    print_message("peak RSS %ld KiB -> %ld KiB; slow group got %zu events\n", rss_before, rss_after,
+                  slow.events);
+    assert_true(rss_after - rss_before < 64 * 1024);
+    uv_close((uv_handle_t *)&slow_acker, NULL);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+int main(void)
+{
+    jb_log_set_level(JB_LOG_WARN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_publish_deliver_ack_in_test_mode),
+        cmocka_unit_test(test_fan_out_and_sharing),
+        cmocka_unit_test(test_window_batches_and_max_batch_size),
+        cmocka_unit_test(test_aggregation_rules),
+        cmocka_unit_test(test_count_summary_headers),
+        cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
+        cmocka_unit_test(test_ack_deadline_redelivers),
+        cmocka_unit_test(test_unsubscribe_returns_in_flight_to_group),
+        cmocka_unit_test(test_duplicate_ids_stored_once),
+        cmocka_unit_test(test_bad_input_changes_nothing),
+        cmocka_unit_test(test_full_group_backpressures_publishers),
+        cmocka_unit_test(test_restart_keeps_positions_and_acks),
+        cmocka_unit_test(test_slow_consumer_bounded_memory),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
