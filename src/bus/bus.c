@@ -435,6 +435,8 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     /* dup_of[i]: the earlier event of this request that event i repeats, or SIZE_MAX. */
     size_t *dup_of = malloc(n * sizeof(size_t));
     match_set all = {0};
+    jb__strmap request_ids; /* id -> 1 + index of its first event in this request */
+    jb__strmap_init(&request_ids);
     jb_status st = JB_OK;
     if (p == NULL || seqs == NULL || entries == NULL || encoded == NULL || group_start == NULL ||
         enc_len == NULL || dup_of == NULL) {
@@ -462,15 +464,13 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
                 p->seqs[i] = (uint64_t)(uintptr_t)hit;
                 continue;
             }
-            for (size_t k = 0; k < i; k++) {
-                if (!p->dups[k] && events[k].id != NULL && strcmp(events[k].id, id) == 0) {
-                    p->dups[i] = 1;
-                    dup_of[i] = k;
-                    break;
-                }
-            }
-            if (p->dups[i])
+            void *first = jb__strmap_get(&request_ids, id);
+            if (first != NULL) {
+                p->dups[i] = 1;
+                dup_of[i] = (size_t)(uintptr_t)first - 1;
                 continue;
+            }
+            jb__strmap_put(&request_ids, id, (void *)(uintptr_t)(i + 1));
         }
         match_set one = {0};
         jb__sublist_match(bus->routes, events[i].topic, collect_group, &one);
@@ -481,10 +481,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         }
         for (size_t k = 0; k < one.n; k++) {
             jb__group *g = one.v[k];
-            size_t already = 0;
-            for (size_t j = 0; j < all.n; j++)
-                already += all.v[j] == g;
-            if (!internal && g->pending + already + 1 > bus->opts.max_group_pending) {
+            if (!internal && g->pending + g->publish_tally + 1 > bus->opts.max_group_pending) {
                 free(one.v);
                 bus->stats.backpressured++;
                 if (retry_after_ms != NULL)
@@ -509,6 +506,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
                 m->cap = cap;
             }
             m->v[m->n++] = g;
+            g->publish_tally++;
         }
         free(one.v);
 
@@ -527,6 +525,8 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
             .timestamp_ms = stamped.timestamp_ms, .payload = encoded[i], .len = size};
     }
     group_start[n] = all.n;
+    for (size_t k = 0; k < all.n; k++)
+        all.v[k]->publish_tally = 0;
 
     uint64_t first_seq = 0;
     if (n_store > 0) {
@@ -609,6 +609,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     free(enc_len);
     free(dup_of);
     free(all.v);
+    jb__strmap_release(&request_ids);
 
     if (bus->pending_tail != NULL)
         bus->pending_tail->next = p;
@@ -620,6 +621,8 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     return JB_OK;
 
 fail:
+    for (size_t k = 0; k < all.n; k++)
+        all.v[k]->publish_tally = 0;
     if (encoded != NULL) {
         for (size_t i = 0; i < n; i++)
             free(encoded[i]);
@@ -630,6 +633,7 @@ fail:
     free(enc_len);
     free(dup_of);
     free(all.v);
+    jb__strmap_release(&request_ids);
     free(seqs);
     free(p);
     return st;

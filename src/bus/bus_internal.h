@@ -73,6 +73,7 @@ typedef struct jb__group {
      * older ones (history, or from before a restart) when scanned. */
     uint64_t boundary;
     uint64_t pending;
+    uint64_t publish_tally; /* matches in the publish being checked (bus.c) */
     uint64_t in_flight;
     /* Acked sequences above the saved floor, from the state file. */
     uint64_t *restored_acked;
