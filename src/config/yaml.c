@@ -16,6 +16,7 @@
  */
 #include "config/internal.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <yaml.h>
@@ -126,11 +127,16 @@ static int node_push(yparser *p, jb__ynode *n, char *key, int key_line, jb__ynod
     return 0;
 }
 
-static jb__ynode *parse_node(yparser *p, yaml_event_t *ev, int depth);
+static jb__ynode *parse_node(yparser *p, yaml_event_t *ev, int depth, const char *path);
 
-/* Parses the events after a MAPPING_START or SEQUENCE_START into @n. */
-static int parse_children(yparser *p, jb__ynode *n, int depth)
+/*
+ * Parses the events after a MAPPING_START or SEQUENCE_START into @n, whose
+ * dotted path (for errors) is @path.
+ */
+static int parse_children(yparser *p, jb__ynode *n, int depth, const char *path)
 {
+    char child_path[512];
+    snprintf(child_path, sizeof(child_path), "%s", path);
     yaml_event_t ev;
     for (;;) {
         if (next_event(p, &ev) != 0)
@@ -156,10 +162,11 @@ static int parse_children(yparser *p, jb__ynode *n, int depth)
             }
             for (size_t i = 0; i < n->count; i++) {
                 if (strcmp(n->keys[i], k) == 0) {
-                    char reason[160];
+                    char reason[160], full[600];
                     snprintf(reason, sizeof(reason), "duplicate key (first at line %d)",
                              n->key_lines[i]);
-                    yfail(p, line, k, reason);
+                    snprintf(full, sizeof(full), "%s%s%.80s", path, path[0] ? "." : "", k);
+                    yfail(p, line, full, reason);
                     yaml_event_delete(&ev);
                     return -1;
                 }
@@ -175,7 +182,9 @@ static int parse_children(yparser *p, jb__ynode *n, int depth)
                 return -1;
             }
         }
-        jb__ynode *child = parse_node(p, &ev, depth + 1);
+        if (key != NULL)
+            snprintf(child_path, sizeof(child_path), "%s%s%.80s", path, path[0] ? "." : "", key);
+        jb__ynode *child = parse_node(p, &ev, depth + 1, child_path);
         if (child == NULL) {
             free(key);
             return -1;
@@ -186,7 +195,7 @@ static int parse_children(yparser *p, jb__ynode *n, int depth)
 }
 
 /* Builds the node that starts with @ev (which it deletes). */
-static jb__ynode *parse_node(yparser *p, yaml_event_t *ev, int depth)
+static jb__ynode *parse_node(yparser *p, yaml_event_t *ev, int depth, const char *path)
 {
     int line = (int)ev->start_mark.line + 1;
     jb__ynode *n = NULL;
@@ -219,7 +228,7 @@ static jb__ynode *parse_node(yparser *p, yaml_event_t *ev, int depth)
     case YAML_MAPPING_START_EVENT:
     case YAML_SEQUENCE_START_EVENT:
         n = node_new(p, ev->type == YAML_MAPPING_START_EVENT ? JB__YNODE_MAP : JB__YNODE_SEQ, line);
-        if (n != NULL && parse_children(p, n, depth) != 0) {
+        if (n != NULL && parse_children(p, n, depth, path) != 0) {
             jb__ynode_free(n);
             n = NULL;
         }
@@ -267,7 +276,7 @@ jb_status jb__yaml_parse(const char *file, const char *buf, size_t len, jb__ynod
             yaml_event_delete(&ev);
             continue;
         }
-        jb__ynode *n = parse_node(&p, &ev, 0);
+        jb__ynode *n = parse_node(&p, &ev, 0, "");
         if (n == NULL)
             break;
         if (jb__ynode_is_null(n)) {
