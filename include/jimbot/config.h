@@ -149,7 +149,8 @@ jb_config *jb_config_ref(jb_config *cfg);
 /* Drops one reference; the last one frees the snapshot. NULL is a no-op. */
 void jb_config_unref(jb_config *cfg);
 
-/* The number of the snapshot: 1 for a first load, +1 for each applied reload. */
+/* The number of the snapshot: 1 for a first load, +1 for each reload that
+ * changed a value in force. */
 uint64_t jb_config_version(const jb_config *cfg);
 
 /*
@@ -273,8 +274,10 @@ jb_config *jb_config_watcher_current(const jb_config_watcher *w);
 void jb_config_watcher_stats_get(const jb_config_watcher *w, jb_config_watcher_stats *out);
 
 /*
- * Calls @fn after every applied reload (with a non-empty change). Subscribers
- * run in the order they subscribed, on the loop thread.
+ * Calls @fn after a reload that changed a value in force, or changed the set
+ * of keys pending a restart. A reload that only re-reads the same values
+ * calls nobody and keeps the version. Subscribers run in the order they
+ * subscribed, on the loop thread.
  */
 jb_status jb_config_watcher_subscribe(jb_config_watcher *w, jb_config_change_fn fn, void *userdata);
 /* Removes the subscription made with the same @fn and @userdata. */

@@ -14,7 +14,8 @@
  *        ├─ invalid: keep the snapshot in force, log each error, count it
  *        └─ valid: diff with the snapshot in force; restart-only keys keep
  *           their running value and are reported as pending; swap; bump the
- *           version; call the subscribers with what changed
+ *           version if a value took effect; call the subscribers when
+ *           something took effect or the set of pending keys changed
  *
  * Everything runs on the loop thread; the watcher holds one reference to
  * the snapshot in force and drops the old one after the subscribers have
@@ -58,6 +59,7 @@ struct jb_config_watcher {
     unsigned max_delay_ms;
     jb_config_watcher_stats stats;
     seen_file seen[2];
+    char **pending; /* restart-only keys last reported as pending */
     subscriber *subs;
     size_t sub_count;
     int notifying;
@@ -115,6 +117,19 @@ static const char *join(char *const *v, size_t n, char *buf, size_t size)
     return buf;
 }
 
+/* Two NULL-terminated lists (NULL for empty) with the same names in the same order? */
+static int strv_same(char *const *a, char *const *b)
+{
+    static char *const empty[] = {NULL};
+    a = a != NULL ? a : empty;
+    b = b != NULL ? b : empty;
+    for (; *a != NULL && *b != NULL; a++, b++) {
+        if (strcmp(*a, *b) != 0)
+            return 0;
+    }
+    return *a == NULL && *b == NULL;
+}
+
 static void notify(jb_config_watcher *w, const jb_config_change *change)
 {
     w->notifying = 1;
@@ -167,29 +182,37 @@ static jb_status reload(jb_config_watcher *w, const char *why)
         return st;
     }
     jb_config *previous = w->current;
-    if (nc == 0 && np == 0) {
-        /* Same values (maybe moved lines): take the new sources quietly. */
+    char cbuf[1200], pbuf[600];
+    join(pending, np, pbuf, sizeof(pbuf));
+    int pending_news = !strv_same(w->pending, pending);
+    if (nc == 0) {
+        /* Nothing applies (maybe lines moved): take the new sources, same version. */
         next->version = previous->version;
         w->current = next;
+        if (np > 0)
+            jb_log(JB_LOG_WARN, "config", "configuration change needs a restart to take effect",
+                   "version=%llu pending_restart=%s trigger=%s", (unsigned long long)next->version,
+                   pbuf, why);
+        else
+            jb_log(JB_LOG_DEBUG, "config", "configuration reloaded, nothing changed",
+                   "version=%llu trigger=%s", (unsigned long long)next->version, why);
+    } else {
+        next->version = previous->version + 1;
+        w->current = next;
+        jb_log(JB_LOG_INFO, "config", "config reloaded",
+               "version=%llu changed=%s pending_restart=%s trigger=%s",
+               (unsigned long long)next->version, join(changed, nc, cbuf, sizeof(cbuf)), pbuf, why);
+        if (np > 0)
+            jb_log(JB_LOG_WARN, "config", "some changes need a restart to take effect",
+                   "pending_restart=%s", pbuf);
+    }
+    jb__strv_free(w->pending);
+    w->pending = pending;
+    if (nc == 0 && !pending_news) {
         jb_config_unref(previous);
-        jb_log(JB_LOG_DEBUG, "config", "configuration reloaded, nothing changed",
-               "version=%llu trigger=%s", (unsigned long long)next->version, why);
         jb__strv_free(changed);
-        jb__strv_free(pending);
         return JB_OK;
     }
-    next->version = previous->version + 1;
-    w->current = next;
-    w->stats.version = next->version;
-
-    char cbuf[1200], pbuf[600];
-    jb_log(JB_LOG_INFO, "config", "config reloaded",
-           "version=%llu changed=%s pending_restart=%s trigger=%s",
-           (unsigned long long)next->version, join(changed, nc, cbuf, sizeof(cbuf)),
-           join(pending, np, pbuf, sizeof(pbuf)), why);
-    if (np > 0)
-        jb_log(JB_LOG_WARN, "config", "some changes need a restart to take effect",
-               "pending_restart=%s", pbuf);
 
     jb_config_change change = {
         .version = next->version,
@@ -208,7 +231,6 @@ static jb_status reload(jb_config_watcher *w, const char *why)
     notify(w, &change);
     jb_config_unref(previous);
     jb__strv_free(changed);
-    jb__strv_free(pending);
     return JB_OK;
 }
 
@@ -262,6 +284,7 @@ static void watcher_free(jb_config_watcher *w)
     free(w->env_path);
     free(w->seen[0].data);
     free(w->seen[1].data);
+    jb__strv_free(w->pending);
     free(w->subs);
     free(w);
 }
@@ -298,7 +321,6 @@ jb_status jb_config_watcher_new(uv_loop_t *loop, const jb_config_options *opts,
     w->debounce_ms = wopts != NULL && wopts->debounce_ms ? wopts->debounce_ms : 150;
     w->max_delay_ms = wopts != NULL && wopts->max_delay_ms ? wopts->max_delay_ms : 1000;
     w->current = jb_config_ref(initial);
-    w->stats.version = initial->version;
     files_changed(w);
 
     uv_fs_event_init(loop, &w->fs);
