@@ -104,7 +104,8 @@ class Daemon:
                                      stderr=subprocess.PIPE, text=True)
         self.lines = queue.Queue()
         self.log = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
 
     def _pump(self):
         for line in self.proc.stderr:
@@ -129,6 +130,8 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+        self.pump.join(timeout=TIMEOUT)
+        self.proc.stderr.close()
 
 
 def write(path, text):

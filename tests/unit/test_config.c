@@ -47,8 +47,10 @@ static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
     snprintf(f->dir, sizeof(f->dir), "/tmp/jb_test_config_XXXXXX");
-    if (mkdtemp(f->dir) == NULL)
+    if (mkdtemp(f->dir) == NULL) {
+        free(f);
         return -1;
+    }
     snprintf(f->base, sizeof(f->base), "%s/infrastructure.yaml", f->dir);
     f->errs = jb_config_errors_new();
     *state = f;
