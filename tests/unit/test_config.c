@@ -747,7 +747,17 @@ static void on_timeout(uv_timer_t *t)
     r->timed_out = 1;
 }
 
+static void reload_start_opts(reload_env *r, fixture *f, const char *env, const char *text,
+                              const jb_config_watcher_options *wo);
+
 static void reload_start(reload_env *r, fixture *f, const char *env, const char *text)
+{
+    jb_config_watcher_options wo = {.debounce_ms = 100};
+    reload_start_opts(r, f, env, text, &wo);
+}
+
+static void reload_start_opts(reload_env *r, fixture *f, const char *env, const char *text,
+                              const jb_config_watcher_options *wo)
 {
     memset(r, 0, sizeof(*r));
     r->f = f;
@@ -757,8 +767,7 @@ static void reload_start(reload_env *r, fixture *f, const char *env, const char 
     uv_timer_init(&r->loop, &r->timeout);
     r->timeout.data = r;
     jb_config_options o = {.path = f->base, .env = env};
-    jb_config_watcher_options wo = {.debounce_ms = 100};
-    assert_int_equal(jb_config_watcher_new(&r->loop, &o, &wo, f->cfg, &r->w, NULL), JB_OK);
+    assert_int_equal(jb_config_watcher_new(&r->loop, &o, wo, f->cfg, &r->w, NULL), JB_OK);
     assert_int_equal(jb_config_watcher_subscribe(r->w, on_change, r), JB_OK);
     assert_int_equal(jb_config_watcher_start(r->w, NULL), JB_OK);
 }
@@ -941,7 +950,7 @@ static void test_reload_restart_only_key_is_pending(void **state)
     reload_finish(&r);
 }
 
-static void test_reload_rapid_writes_coalesce(void **state)
+static void test_reload_burst_in_one_go(void **state)
 {
     fixture *f = *state;
     reload_env r;
@@ -959,6 +968,49 @@ static void test_reload_rapid_writes_coalesce(void **state)
     jb_config_watcher_stats st;
     jb_config_watcher_stats_get(r.w, &st);
     assert_int_equal(st.reloads, 1);
+    reload_finish(&r);
+}
+
+typedef struct writer {
+    reload_env *r;
+    uv_timer_t timer;
+    int next;
+} writer;
+
+static void on_write_tick(uv_timer_t *t)
+{
+    writer *w = t->data;
+    char text[64];
+    snprintf(text, sizeof(text), "event_bus: {max_batch_size: %d}\n", w->next);
+    write_file(w->r->f, "infrastructure.yaml", text);
+    if (++w->next > 6)
+        uv_timer_stop(t);
+}
+
+/*
+ * Writes spread over time while the loop runs (one every 10 ms), each seen
+ * by the watch, still make one reload: the debounce (500 ms here, a margin
+ * of 50 times the spacing) restarts with every event.
+ */
+static void test_reload_spread_writes_coalesce(void **state)
+{
+    fixture *f = *state;
+    reload_env r;
+    jb_config_watcher_options wo = {.debounce_ms = 500, .max_delay_ms = 10000};
+    reload_start_opts(&r, f, NULL, "event_bus: {max_batch_size: 1}\n", &wo);
+    writer w = {.r = &r, .next = 2};
+    uv_timer_init(&r.loop, &w.timer);
+    w.timer.data = &w;
+    uv_timer_start(&w.timer, on_write_tick, 10, 10);
+    wait_for(&r, 1, 0);
+    assert_int_equal(w.next, 7);
+    assert_int_equal(current_int(&r, "event_bus.max_batch_size"), 6);
+    settle(&r, 800);
+    assert_int_equal(r.subscriber_calls, 1);
+    jb_config_watcher_stats st;
+    jb_config_watcher_stats_get(r.w, &st);
+    assert_int_equal(st.reloads, 1);
+    uv_close((uv_handle_t *)&w.timer, NULL);
     reload_finish(&r);
 }
 
@@ -1034,7 +1086,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reload_env_file_appears_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_invalid_edit_keeps_old, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_restart_only_key_is_pending, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reload_rapid_writes_coalesce, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_burst_in_one_go, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_spread_writes_coalesce, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_request_rereads_secret_files, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
