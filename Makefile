@@ -17,7 +17,7 @@ DATA_DIR ?= var
 export ASAN_OPTIONS ?= detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 
-.PHONY: all build deps configure test run bench schema-check schema-baseline format lint fuzz clean help
+.PHONY: all build deps configure test run bench schema-check schema-baseline format lint fuzz clean help config-doc
 
 all: build
 
@@ -32,6 +32,7 @@ help:
 	@echo "make format           clang-format every C source in place"
 	@echo "make lint             cppcheck and the format check"
 	@echo "make fuzz             build the libFuzzer harnesses with clang (build-fuzz/)"
+	@echo "make config-doc       regenerate docs/configuration.md from the configuration table"
 	@echo "make clean            remove build folders"
 
 deps:
@@ -74,6 +75,9 @@ lint:
 fuzz:
 	@cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang -DJB_FUZZ=ON >/dev/null
 	@cmake --build build-fuzz -j $(JOBS) --target fuzzers
+
+config-doc: build
+	@$(BUILD)/bin/jimbot-config-doc docs/configuration.md.in docs/configuration.md
 
 clean:
 	rm -rf build build-san build-fuzz
