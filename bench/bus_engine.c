@@ -56,6 +56,8 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+static void on_idle(uv_idle_t *h);
+
 static void on_published(jb_status status, const uint64_t *seqs, const uint8_t *dups, size_t n,
                          const jb_error *err, void *userdata)
 {
@@ -66,6 +68,9 @@ static void on_published(jb_status status, const uint64_t *seqs, const uint8_t *
         exit(1);
     }
     r->outstanding--;
+    /* Room again: resume publishing on the next loop turn. */
+    if (r->published < r->target && !uv_is_active((uv_handle_t *)&r->idle))
+        uv_idle_start(&r->idle, on_idle);
 }
 
 static void on_idle(uv_idle_t *h)
@@ -89,7 +94,9 @@ static void on_idle(uv_idle_t *h)
         jb_status st = jb_bus_publish(r->bus, evs, n, on_published, r, NULL, NULL);
         if (st == JB_EBACKPRESSURE) {
             r->backpressured++;
-            return; /* Let the writer catch up: the next idle turn tries again. */
+            if (r->outstanding > 0)
+                uv_idle_stop(h); /* The next durable publish resumes us. */
+            return;
         }
         if (st != JB_OK) {
             fprintf(stderr, "bus_engine: publish: %s\n", jb_strerror(st));
@@ -98,7 +105,8 @@ static void on_idle(uv_idle_t *h)
         r->outstanding++;
         r->published += n;
     }
-    if (r->published >= r->target)
+    /* Done, or waiting for durability: sleep instead of spinning. */
+    if (r->published >= r->target || r->outstanding >= MAX_OUTSTANDING)
         uv_idle_stop(h);
 }
 

@@ -62,15 +62,9 @@ uint64_t jb__bus_now_ms(const jb_bus *bus)
 
 /* ---- events in memory ---------------------------------------------------- */
 
-static size_t str_bytes(const char *s)
-{
-    return s != NULL ? strlen(s) + 1 : 1;
-}
-
-static char *copy_str(char **cursor, const char *s)
+static char *copy_str(char **cursor, const char *s, size_t n)
 {
     char *out = *cursor;
-    size_t n = s != NULL ? strlen(s) : 0;
     if (n > 0)
         memcpy(out, s, n);
     out[n] = '\0';
@@ -80,18 +74,23 @@ static char *copy_str(char **cursor, const char *s)
 
 /*
  * One allocation: the jb__ev, the header array, the strings, the payload and
- * the encoded envelope. @encoded may be NULL: then the envelope is encoded
- * here (publish); otherwise it is copied (events read back from the log).
+ * the encoded envelope (@encoded_len bytes). @encoded may be NULL: then the
+ * envelope is encoded here (publish); otherwise it is copied (events read
+ * back from the log).
  */
 static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, size_t encoded_len)
 {
+    enum { ID, TOPIC, TYPE, SOURCE, FIXED };
+    const char *fixed[FIXED] = {src->id, src->topic, src->type, src->source};
+    size_t len[FIXED];
     size_t size = sizeof(jb__ev) + src->n_headers * sizeof(jb_header);
-    size +=
-        str_bytes(src->id) + str_bytes(src->topic) + str_bytes(src->type) + str_bytes(src->source);
+    for (int k = 0; k < FIXED; k++) {
+        len[k] = fixed[k] != NULL ? strlen(fixed[k]) : 0;
+        size += len[k] + 1;
+    }
     for (size_t i = 0; i < src->n_headers; i++)
-        size += str_bytes(src->headers[i].key) + str_bytes(src->headers[i].value);
-    if (encoded == NULL)
-        encoded_len = jb__envelope_size(src);
+        size += strlen(src->headers[i].key) + 1 +
+                (src->headers[i].value ? strlen(src->headers[i].value) : 0) + 1;
     size += src->payload_len + encoded_len;
 
     jb__ev *e = malloc(size);
@@ -102,13 +101,14 @@ static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, 
     jb_header *headers = (jb_header *)(e + 1);
     char *cursor = (char *)(headers + src->n_headers);
     jb_event *ev = &e->ev;
-    ev->id = copy_str(&cursor, src->id);
-    ev->topic = copy_str(&cursor, src->topic);
-    ev->type = copy_str(&cursor, src->type);
-    ev->source = copy_str(&cursor, src->source);
+    ev->id = copy_str(&cursor, src->id, len[ID]);
+    ev->topic = copy_str(&cursor, src->topic, len[TOPIC]);
+    ev->type = copy_str(&cursor, src->type, len[TYPE]);
+    ev->source = copy_str(&cursor, src->source, len[SOURCE]);
     for (size_t i = 0; i < src->n_headers; i++) {
-        headers[i].key = copy_str(&cursor, src->headers[i].key);
-        headers[i].value = copy_str(&cursor, src->headers[i].value);
+        const char *k = src->headers[i].key, *v = src->headers[i].value;
+        headers[i].key = copy_str(&cursor, k, strlen(k));
+        headers[i].value = copy_str(&cursor, v, v ? strlen(v) : 0);
     }
     ev->headers = headers;
     ev->n_headers = src->n_headers;
@@ -283,6 +283,20 @@ static void dedup_rebuild(jb_bus *bus)
                bus->dedup.len, (unsigned long long)seq);
 }
 
+/* Test mode keeps a reference to every published event, in order. */
+static void record_published(jb_bus *bus, jb__ev *e)
+{
+    if (bus->n_published == bus->published_cap) {
+        size_t cap = bus->published_cap ? bus->published_cap * 2 : 64;
+        jb__ev **v = realloc(bus->published, cap * sizeof(*v));
+        if (v == NULL)
+            return;
+        bus->published = v;
+        bus->published_cap = cap;
+    }
+    bus->published[bus->n_published++] = jb__ev_ref(e);
+}
+
 /* ---- durability --------------------------------------------------------- */
 
 static void request_flush(jb_bus *bus);
@@ -353,10 +367,15 @@ static void request_flush(jb_bus *bus)
 
 /* ---- publish ------------------------------------------------------------ */
 
-static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t index, jb_error *err)
+/*
+ * Checks one event; @same_topic_as_previous skips the topic check when the
+ * previous event of the request had the same, already checked, topic.
+ */
+static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t index,
+                                int same_topic_as_previous, size_t envelope_size, jb_error *err)
 {
     jb_error terr;
-    if (jb_topic_validate(ev->topic, &terr) != JB_OK)
+    if (!same_topic_as_previous && jb_topic_validate(ev->topic, &terr) != JB_OK)
         return jb_error_set(err, JB_EINVAL, "event %zu: %s", index, terr.message);
     if (ev->id != NULL && strlen(ev->id) > MAX_ID_BYTES)
         return jb_error_set(err, JB_EINVAL, "event %zu: id longer than %d bytes", index,
@@ -374,10 +393,9 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
         if (ev->headers[i].key == NULL || ev->headers[i].key[0] == '\0')
             return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index, i);
     }
-    size_t size = jb__envelope_size(ev);
-    if (size > bus->opts.max_event_bytes)
+    if (envelope_size > bus->opts.max_event_bytes)
         return jb_error_set(err, JB_ETOOBIG, "event %zu: %zu bytes, over the limit of %u bytes",
-                            index, size, bus->opts.max_event_bytes);
+                            index, envelope_size, bus->opts.max_event_bytes);
     return JB_OK;
 }
 
@@ -388,29 +406,73 @@ typedef struct match_set {
     int oom;
 } match_set;
 
-static void collect_group(void *item, void *userdata)
+static int match_push(match_set *m, jb__group *g)
 {
-    match_set *m = userdata;
-    for (size_t i = 0; i < m->n; i++) {
-        if (m->v[i] == item)
-            return;
-    }
     if (m->n == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 8;
+        size_t cap = m->cap ? m->cap * 2 : 16;
         jb__group **v = realloc(m->v, cap * sizeof(*v));
         if (v == NULL) {
             m->oom = 1;
-            return;
+            return -1;
         }
         m->v = v;
         m->cap = cap;
     }
-    m->v[m->n++] = item;
+    m->v[m->n++] = g;
+    return 0;
+}
+
+/* One event of a publish request on its way in. */
+typedef struct staged {
+    jb_event ev;      /* the caller's event, timestamp filled in */
+    size_t size;      /* its envelope's size */
+    jb__ev *e;        /* the stored copy (NULL for duplicates) */
+    size_t dup_of;    /* SIZE_MAX, or the earlier event of this request it repeats */
+    size_t g_start;   /* its matched groups: matched.v[g_start .. next's g_start) */
+    uint64_t dup_seq; /* for duplicates of earlier publishes: the original sequence */
+} staged;
+
+/* State of one publish call, released in one place. */
+typedef struct publish_call {
+    staged *st;
+    size_t n_staged; /* entries of st[] initialised */
+    jb_store_entry *entries;
+    match_set matched;
+    jb__strmap ids; /* id -> 1 + index of its first event in this request */
+    jb__pending_publish *p;
+} publish_call;
+
+static void publish_call_release(publish_call *c)
+{
+    for (size_t k = 0; k < c->matched.n; k++)
+        c->matched.v[k]->publish_tally = 0;
+    for (size_t i = 0; i < c->n_staged; i++)
+        jb__ev_unref(c->st[i].e);
+    free(c->st);
+    free(c->entries);
+    free(c->matched.v);
+    jb__strmap_release(&c->ids);
+    if (c->p != NULL) {
+        free(c->p->seqs);
+        free(c->p);
+    }
+}
+
+/* A group has one pattern, so the trie reports it at most once per topic. */
+static void collect_match(void *item, void *userdata)
+{
+    match_push(userdata, item);
 }
 
 /*
  * The shared publish path. @internal: dead letters, which skip the groups'
  * pending limit (refusing them would keep the original stuck).
+ *
+ * Steps: check every event; answer duplicates; route each event (the
+ * previous event's route is reused for a repeated topic, the common case
+ * of a batch); check the groups' limits; build the in-memory copies, whose
+ * encoded envelopes go to the store as they are; append all or none; then
+ * cache, offer to live groups and queue for durability.
  */
 static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_publish_cb cb,
                          void *userdata, int internal, uint32_t *retry_after_ms, jb_error *err)
@@ -419,70 +481,90 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         return jb_error_set(err, JB_ECLOSED, "the bus is shutting down");
     if (n == 0)
         return jb_error_set(err, JB_EINVAL, "a publish needs at least one event");
-    for (size_t i = 0; i < n; i++) {
-        jb_status st = validate_event(bus, &events[i], i, err);
-        if (st != JB_OK)
-            return st;
-    }
 
-    jb__pending_publish *p = calloc(1, sizeof(*p));
-    uint64_t *seqs = calloc(n, sizeof(uint64_t) + 1);
-    jb_store_entry *entries = malloc(n * sizeof(*entries));
-    uint8_t **encoded = calloc(n, sizeof(*encoded));
-    /* groups_of[i]: the matched groups of event i (its slice of `all`). */
-    size_t *group_start = calloc(n + 1, sizeof(size_t));
-    size_t *enc_len = calloc(n, sizeof(size_t));
-    /* dup_of[i]: the earlier event of this request that event i repeats, or SIZE_MAX. */
-    size_t *dup_of = malloc(n * sizeof(size_t));
-    match_set all = {0};
-    jb__strmap request_ids; /* id -> 1 + index of its first event in this request */
-    jb__strmap_init(&request_ids);
+    publish_call c = {0};
+    jb__strmap_init(&c.ids);
     jb_status st = JB_OK;
-    if (p == NULL || seqs == NULL || entries == NULL || encoded == NULL || group_start == NULL ||
-        enc_len == NULL || dup_of == NULL) {
+    c.st = malloc(n * sizeof(*c.st));
+    c.entries = malloc(n * sizeof(*c.entries));
+    c.p = calloc(1, sizeof(*c.p));
+    uint64_t *seqs = calloc(n, sizeof(uint64_t) + 1);
+    if (c.p != NULL)
+        c.p->seqs = seqs;
+    else
+        free(seqs);
+    if (c.st == NULL || c.entries == NULL || c.p == NULL || seqs == NULL) {
         st = jb_error_set(err, JB_ENOMEM, "out of memory publishing %zu events", n);
-        goto fail;
+        goto out;
     }
-    p->seqs = seqs;
+    jb__pending_publish *p = c.p;
     p->dups = (uint8_t *)(seqs + n);
     p->n = n;
     p->cb = cb;
     p->userdata = userdata;
 
-    /* Duplicates, routes, and the groups' limits. */
     uint64_t now = jb__bus_now_ms(bus);
+    for (size_t i = 0; i < n; i++) {
+        staged *s = &c.st[i];
+        s->ev = events[i];
+        if (s->ev.timestamp_ms == 0)
+            s->ev.timestamp_ms = (int64_t)now;
+        s->size = jb__envelope_size(&s->ev);
+        s->e = NULL;
+        s->dup_of = SIZE_MAX;
+        s->dup_seq = 0;
+        s->g_start = 0;
+        c.n_staged = i + 1;
+        int same_topic = i > 0 && events[i].topic != NULL && events[i - 1].topic != NULL &&
+                         strcmp(events[i].topic, events[i - 1].topic) == 0;
+        if ((st = validate_event(bus, &s->ev, i, same_topic, s->size, err)) != JB_OK)
+            goto out;
+    }
+
+    /* Duplicates of earlier publishes, then within this request. */
     dedup_expire(bus, now);
-    size_t n_store = 0;
     for (size_t i = 0; i < n; i++) {
         const char *id = events[i].id;
-        group_start[i] = all.n;
-        dup_of[i] = SIZE_MAX;
-        if (id != NULL && id[0] != '\0') {
-            void *hit = jb__strmap_get(&bus->dedup, id);
-            if (hit != NULL) {
-                p->dups[i] = 1;
-                p->seqs[i] = (uint64_t)(uintptr_t)hit;
-                continue;
-            }
-            void *first = jb__strmap_get(&request_ids, id);
-            if (first != NULL) {
-                p->dups[i] = 1;
-                dup_of[i] = (size_t)(uintptr_t)first - 1;
-                continue;
-            }
-            jb__strmap_put(&request_ids, id, (void *)(uintptr_t)(i + 1));
+        if (id == NULL || id[0] == '\0')
+            continue;
+        void *hit = jb__strmap_get(&bus->dedup, id);
+        if (hit != NULL) {
+            p->dups[i] = 1;
+            c.st[i].dup_seq = (uint64_t)(uintptr_t)hit;
+            continue;
         }
-        match_set one = {0};
-        jb__sublist_match(bus->routes, events[i].topic, collect_group, &one);
-        if (one.oom) {
-            free(one.v);
+        void *first = jb__strmap_get(&c.ids, id);
+        if (first != NULL) {
+            p->dups[i] = 1;
+            c.st[i].dup_of = (size_t)(uintptr_t)first - 1;
+        } else {
+            jb__strmap_put(&c.ids, id, (void *)(uintptr_t)(i + 1));
+        }
+    }
+
+    /* Routes and the groups' limits. */
+    size_t prev = SIZE_MAX; /* the last routed event */
+    for (size_t i = 0; i < n; i++) {
+        staged *s = &c.st[i];
+        s->g_start = c.matched.n;
+        if (p->dups[i])
+            continue;
+        size_t from = c.matched.n;
+        if (prev != SIZE_MAX && strcmp(events[i].topic, events[prev].topic) == 0) {
+            size_t a = c.st[prev].g_start, b = from;
+            for (size_t k = a; k < b; k++)
+                match_push(&c.matched, c.matched.v[k]);
+        } else {
+            jb__sublist_match(bus->routes, events[i].topic, collect_match, &c.matched);
+        }
+        if (c.matched.oom) {
             st = jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
-            goto fail;
+            goto out;
         }
-        for (size_t k = 0; k < one.n; k++) {
-            jb__group *g = one.v[k];
+        prev = i;
+        for (size_t k = from; k < c.matched.n; k++) {
+            jb__group *g = c.matched.v[k];
             if (!internal && g->pending + g->publish_tally + 1 > bus->opts.max_group_pending) {
-                free(one.v);
                 bus->stats.backpressured++;
                 if (retry_after_ms != NULL)
                     *retry_after_ms = g->ack_wait_ms < 1000 ? g->ack_wait_ms : 1000;
@@ -491,125 +573,69 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
                                   "after it catches up",
                                   g->name, (unsigned long long)g->pending,
                                   bus->opts.max_group_pending);
-                goto fail;
+                goto out;
             }
-            match_set *m = &all;
-            if (m->n == m->cap) {
-                size_t cap = m->cap ? m->cap * 2 : 16;
-                jb__group **v = realloc(m->v, cap * sizeof(*v));
-                if (v == NULL) {
-                    free(one.v);
-                    st = jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
-                    goto fail;
-                }
-                m->v = v;
-                m->cap = cap;
-            }
-            m->v[m->n++] = g;
             g->publish_tally++;
         }
-        free(one.v);
-
-        jb_event stamped = events[i];
-        if (stamped.timestamp_ms == 0)
-            stamped.timestamp_ms = (int64_t)now;
-        size_t size = jb__envelope_size(&stamped);
-        encoded[i] = malloc(size ? size : 1);
-        if (encoded[i] == NULL) {
-            st = jb_error_set(err, JB_ENOMEM, "out of memory encoding an event");
-            goto fail;
-        }
-        jb__envelope_encode(&stamped, encoded[i]);
-        enc_len[i] = size;
-        entries[n_store++] = (jb_store_entry){
-            .timestamp_ms = stamped.timestamp_ms, .payload = encoded[i], .len = size};
     }
-    group_start[n] = all.n;
-    for (size_t k = 0; k < all.n; k++)
-        all.v[k]->publish_tally = 0;
 
+    /* The copies kept in memory; their envelopes are what the store writes. */
+    size_t n_store = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p->dups[i])
+            continue;
+        staged *s = &c.st[i];
+        s->e = ev_build(&s->ev, 0, NULL, s->size);
+        if (s->e == NULL) {
+            st = jb_error_set(err, JB_ENOMEM, "out of memory copying an event");
+            goto out;
+        }
+        c.entries[n_store++] = (jb_store_entry){
+            .timestamp_ms = s->ev.timestamp_ms, .payload = s->e->ev.encoded, .len = s->size};
+    }
     uint64_t first_seq = 0;
     if (n_store > 0) {
-        st = jb_store_append_batch(bus->store, entries, n_store, &first_seq, err);
+        st = jb_store_append_batch(bus->store, c.entries, n_store, &first_seq, err);
         if (st == JB_EBACKPRESSURE) {
             bus->stats.backpressured++;
             if (retry_after_ms != NULL)
                 *retry_after_ms = RETRY_HINT_MS;
         }
         if (st != JB_OK)
-            goto fail;
+            goto out;
     }
 
     /* Stored: from here on nothing can fail the publish. */
     uint64_t seq = first_seq;
     for (size_t i = 0; i < n; i++) {
+        staged *s = &c.st[i];
         if (p->dups[i]) {
             bus->stats.duplicates++;
-            continue;
-        }
-        jb_event stamped = events[i];
-        if (stamped.timestamp_ms == 0)
-            stamped.timestamp_ms = (int64_t)now;
-        jb__ev *e = ev_build(&stamped, seq, encoded[i], enc_len[i]);
-        p->seqs[i] = seq;
-        p->last_seq = seq;
-        bus->stats.published++;
-        if (e == NULL) {
-            /* Stored but not cached: lagging reads will fetch it from the log. */
-            for (size_t k = group_start[i]; k < group_start[i + 1]; k++) {
-                jb__group *g = all.v[k];
+            p->seqs[i] = s->dup_of != SIZE_MAX ? p->seqs[s->dup_of] : s->dup_seq;
+        } else {
+            jb__ev *e = s->e;
+            e->ev.sequence = seq;
+            p->seqs[i] = seq;
+            bus->stats.published++;
+            if (e->ev.id[0] != '\0')
+                dedup_add(bus, e->ev.id, seq, now);
+            if (bus->opts.test_mode)
+                record_published(bus, e);
+            cache_push(bus, e);
+            size_t end = i + 1 < n ? c.st[i + 1].g_start : c.matched.n;
+            for (size_t k = s->g_start; k < end; k++) {
+                jb__group *g = c.matched.v[k];
                 g->pending++;
-                if (g->live) {
-                    g->live = 0;
-                    g->cursor = seq;
-                }
+                jb__group_offer(g, e);
             }
             seq++;
-            continue;
         }
-        if (stamped.id != NULL && stamped.id[0] != '\0')
-            dedup_add(bus, stamped.id, seq, now);
-        if (bus->opts.test_mode && bus->n_published < SIZE_MAX) {
-            if (bus->n_published == bus->published_cap) {
-                size_t cap = bus->published_cap ? bus->published_cap * 2 : 64;
-                jb__ev **v = realloc(bus->published, cap * sizeof(*v));
-                if (v != NULL) {
-                    bus->published = v;
-                    bus->published_cap = cap;
-                }
-            }
-            if (bus->n_published < bus->published_cap)
-                bus->published[bus->n_published++] = jb__ev_ref(e);
-        }
-        cache_push(bus, e);
-        for (size_t k = group_start[i]; k < group_start[i + 1]; k++) {
-            jb__group *g = all.v[k];
-            g->pending++;
-            jb__group_offer(g, e);
-        }
-        jb__ev_unref(e);
-        seq++;
-    }
-    /* Duplicates within the request take the sequence of their first copy. */
-    for (size_t i = 0; i < n; i++) {
-        if (dup_of[i] != SIZE_MAX)
-            p->seqs[i] = p->seqs[dup_of[i]];
-        /* A duplicate is answered once its original is durable too. */
+        /* A publish is answered once every sequence it names is durable. */
         if (p->seqs[i] > p->last_seq)
             p->last_seq = p->seqs[i];
     }
     if (n_store > 0)
         bus->stats.last_sequence = first_seq + n_store - 1;
-
-    for (size_t i = 0; i < n; i++)
-        free(encoded[i]);
-    free(encoded);
-    free(entries);
-    free(group_start);
-    free(enc_len);
-    free(dup_of);
-    free(all.v);
-    jb__strmap_release(&request_ids);
 
     if (bus->pending_tail != NULL)
         bus->pending_tail->next = p;
@@ -617,25 +643,11 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         bus->pending_head = p;
     bus->pending_tail = p;
     bus->stats.pending_publishes++;
+    c.p = NULL; /* queued: no longer ours to free */
     request_flush(bus);
-    return JB_OK;
 
-fail:
-    for (size_t k = 0; k < all.n; k++)
-        all.v[k]->publish_tally = 0;
-    if (encoded != NULL) {
-        for (size_t i = 0; i < n; i++)
-            free(encoded[i]);
-    }
-    free(encoded);
-    free(entries);
-    free(group_start);
-    free(enc_len);
-    free(dup_of);
-    free(all.v);
-    jb__strmap_release(&request_ids);
-    free(seqs);
-    free(p);
+out:
+    publish_call_release(&c);
     return st;
 }
 

@@ -860,8 +860,11 @@ jb_status jb_bus_ack(jb_bus *bus, const char *group, const uint64_t *sequences, 
     if (g == NULL)
         return JB_ENOENT;
     size_t bad = 0;
+    size_t next = SIZE_MAX; /* acks usually come in delivery order: try the next slot first */
     for (size_t k = 0; k < n; k++) {
-        size_t i = ring_find(g, sequences[k]);
+        size_t i =
+            next < g->count && at(g, next)->seq == sequences[k] ? next : ring_find(g, sequences[k]);
+        next = i != SIZE_MAX ? i + 1 : SIZE_MAX;
         jb__entry *en = i != SIZE_MAX ? at(g, i) : NULL;
         /* A late ack of an event waiting for redelivery still counts. */
         if (en != NULL &&
