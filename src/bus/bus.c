@@ -906,17 +906,8 @@ void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)
     size_t it = 0;
     const char *name;
     void *value;
-    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
-        jb__group *g = value;
-        while (g->subs != NULL) {
-            jb_bus_sub *s = g->subs;
-            g->subs = s->next == s ? NULL : s->next;
-            s->prev->next = s->next;
-            s->next->prev = s->prev;
-            free(s);
-        }
-        g->n_subs = 0;
-    }
+    while (jb__strmap_next(&bus->groups, &it, &name, &value))
+        jb__group_drop_subs(value);
     uv_close((uv_handle_t *)&bus->timer, on_timer_closed);
     uv_close((uv_handle_t *)&bus->kick, on_timer_closed);
 }

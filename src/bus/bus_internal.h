@@ -162,6 +162,8 @@ uint64_t jb__bus_now_ms(const jb_bus *bus);
 jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uint32_t ack_wait_ms,
                          uint32_t max_deliver);
 void jb__group_free(jb__group *g);
+/* Frees the group's subscriptions without calling anyone (bus close). */
+void jb__group_drop_subs(jb__group *g);
 /* A new durable-pending event for a live group (it matched at publish). */
 void jb__group_offer(jb__group *g, jb__ev *e);
 /* Scans lagging groups, delivers what is due, handles deadlines. */

@@ -162,12 +162,8 @@ jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uin
     return g;
 }
 
-void jb__group_free(jb__group *g)
+void jb__group_drop_subs(jb__group *g)
 {
-    jb_bus *bus = g->bus;
-    jb__sublist_remove(bus->routes, g->pattern, g);
-    for (size_t i = 0; i < g->count; i++)
-        jb__ev_unref(at(g, i)->ev);
     while (g->subs != NULL) {
         jb_bus_sub *s = g->subs;
         g->subs = s->next == s ? NULL : s->next;
@@ -175,6 +171,16 @@ void jb__group_free(jb__group *g)
         s->next->prev = s->prev;
         free(s);
     }
+    g->n_subs = 0;
+}
+
+void jb__group_free(jb__group *g)
+{
+    jb_bus *bus = g->bus;
+    jb__sublist_remove(bus->routes, g->pattern, g);
+    for (size_t i = 0; i < g->count; i++)
+        jb__ev_unref(at(g, i)->ev);
+    jb__group_drop_subs(g);
     free(g->ring);
     free(g->restored_acked);
     free(g->name);
