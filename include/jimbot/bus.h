@@ -153,8 +153,11 @@ typedef void (*jb_bus_close_cb)(void *userdata);
  * Starts closing: publishes are refused (JB_ECLOSED), the open window is
  * flushed to subscribers, pending publishes complete once durable, the
  * group state is saved, timers are closed; then @cb runs and the bus is
- * freed. Subscriptions end (their deliver callbacks are not called again).
- * In test mode the bus's own store is closed too.
+ * freed. Subscriptions end at once: their deliver callbacks are not called
+ * again and their jb_bus_sub handles are freed, so callers must drop them
+ * (and never pass them to jb_bus_unsubscribe()) once this is called. In
+ * test mode the bus's own store is closed too. Must not be called from a
+ * deliver callback.
  */
 void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata);
 
