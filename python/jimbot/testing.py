@@ -159,6 +159,7 @@ class MockEventBus:
                     f"event of {ev.ByteSize()} bytes on '{ev.topic}' (at most {MAX_EVENT_BYTES})")
         out = []
         seen = {}
+        touched = {}
         for ev in events:
             if ev.id and (ev.id in self._ids or ev.id in seen):
                 out.append((self._ids.get(ev.id) or seen[ev.id], True))
@@ -169,22 +170,25 @@ class MockEventBus:
             stored.sequence = len(self._log) + 1
             if not stored.timestamp_ms:
                 stored.timestamp_ms = int(time.time() * 1000)
-            self._store(stored)
+            self._store(stored, touched)
             if ev.id:
                 seen[ev.id] = stored.sequence
             out.append((stored.sequence, False))
         self._ids.update(seen)
+        for group in touched.values():
+            self._dispatch(group)
         await self._run_handlers()
         return out
 
-    def _store(self, stored: pb.Event) -> None:
-        """Append to the log, record, and route to every matching group."""
+    def _store(self, stored: pb.Event, touched: dict) -> None:
+        """Append to the log, record, and queue for every matching group;
+        the groups go into ``touched`` for the caller to dispatch once."""
         self._log.append(stored)
         self.published_events.append((stored.topic, Event(stored, "", self)))
-        for group in list(self._groups.values()):
+        for group in self._groups.values():
             if matches(group.pattern, stored.topic):
                 group.pending.append(stored)
-                self._dispatch(group)
+                touched[group.name] = group
 
     async def flush(self) -> None:
         """Nothing waits in a window here; present for the same surface."""
@@ -380,7 +384,10 @@ class MockEventBus:
                              "jimbot-dlq-sequence": str(ev.sequence),
                              "jimbot-dlq-attempts": str(attempts)})
         dead.sequence = len(self._log) + 1
-        self._store(dead)
+        touched = {}
+        self._store(dead, touched)
+        for group in touched.values():
+            self._dispatch(group)
 
     async def ack(self, group: str, sequences: Iterable[Union[int, Event]]) -> List[int]:
         """Ack delivered events of ``group``; return the sequences that were
