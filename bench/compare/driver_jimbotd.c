@@ -20,6 +20,16 @@
  *     writes its configuration).
  * Until then this driver exits CMP_EXIT_PENDING and the table says
  * "driver pending".
+ *
+ * With the client API as drafted on branch `client` (include/jimbot/client.h
+ * there), the natural mapping is: one jb_client_new() per thread with
+ * {.addr = o->url}; publishers use jb_client_publish_async() with o->batch
+ * events per request and a bounded number of requests in flight (or
+ * jb_client_publish_buffered() + jb_client_flush() with batch_window_ms 0);
+ * consumers use jb_client_subscribe() in pull mode (deliver NULL, group
+ * "bench", max_in_flight >= o->batch), jb_client_sub_next() and
+ * jb_client_sub_ack() per batch. Then link the client library in
+ * bench/compare/CMakeLists.txt.
  */
 #include "compare.h"
 
