@@ -57,6 +57,7 @@ run: deps build
 bench: deps build
 	@cmake --build $(BUILD) -j $(JOBS) --target benchmarks
 	@bash bench/run.sh $(BUILD)
+	@bash bench/compare.sh $(BUILD)
 
 schema-check: build
 	@$(BUILD)/bin/jimbot-schema-check proto/baseline.binpb $(BUILD)/proto/descriptor_set.binpb
