@@ -46,14 +46,15 @@ def free_port():
 class Daemon:
     """jimbotd on a free port in a temporary folder; its stderr is kept."""
 
-    def __init__(self, config="", port=None):
+    def __init__(self, config="", port=None, unix=False):
         self.tmp = tempfile.mkdtemp(prefix="jbtest-")
         self.data_dir = os.path.join(self.tmp, "var")
         self.config_path = os.path.join(self.tmp, "infrastructure.yaml")
         with open(self.config_path, "w") as f:
             f.write(config)
         self.port = port or free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = (f"unix:{os.path.join(self.tmp, 'jimbotd.sock')}" if unix
+                        else f"127.0.0.1:{self.port}")
         self.proc = None
         self.log = []
         self.lines = queue.Queue()

@@ -309,6 +309,18 @@ class Lifecycle(unittest.TestCase):
         finally:
             d.close()
 
+    def test_unix_socket(self):
+        d = Daemon("", unix=True)
+        try:
+            self.assertTrue(any(d.address in line for line in d.log), d.log)
+            ch = d.channel()
+            r = Stubs(ch).health.Check(health_pb2.HealthCheckRequest(), timeout=jbtest.TIMEOUT)
+            self.assertEqual(r.status, health_pb2.HealthCheckResponse.SERVING)
+            ch.close()
+            self.assertEqual(d.stop(), 0)
+        finally:
+            d.close()
+
     def test_sigterm_drains_and_restart_delivers(self):
         d = Daemon("event_bus:\n  batch_window_ms: 50\n")
         try:
