@@ -50,7 +50,7 @@
 #define DEFAULT_CALLS_PER   16
 #define TICK_MS             1000
 #define CLOSE_TICK_MS       20
-#define CLOSE_SETTLE_MS     100
+#define CLOSE_SETTLE_MS     300
 #define RETRY_KEY           "retry-after-ms"
 
 typedef struct inbox_item {
@@ -92,6 +92,7 @@ struct jb_server {
     int cancelled_all;
     int finished;
     uint64_t close_start_ms;
+    uint64_t idle_since_ms; /* since when no call is live (0: some are) */
     uint32_t grace_ms;
     jb__rpc_tag t_shutdown;
     jb_server_close_cb close_cb;
@@ -663,9 +664,15 @@ static void on_tick(uv_timer_t *t)
         check_slow(srv);
         return;
     }
-    uint64_t elapsed = jb__now_ms() - srv->close_start_ms;
-    if (!srv->cancelled_all &&
-        (elapsed >= srv->grace_ms || (srv->n_active == 0 && elapsed >= CLOSE_SETTLE_MS))) {
+    uint64_t now = jb__now_ms();
+    if (srv->n_active > 0)
+        srv->idle_since_ms = 0;
+    else if (srv->idle_since_ms == 0)
+        srv->idle_since_ms = now;
+    /* Calls that just ended may still have bytes on their way out: give the
+     * transport a moment before closing the connections under it. */
+    int settled = srv->idle_since_ms != 0 && now - srv->idle_since_ms >= CLOSE_SETTLE_MS;
+    if (!srv->cancelled_all && (now - srv->close_start_ms >= srv->grace_ms || settled)) {
         /* Also closes idle connections, without which the notify never comes. */
         srv->cancelled_all = 1;
         grpc_server_cancel_all_calls(srv->server);
