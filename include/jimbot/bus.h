@@ -58,8 +58,9 @@ typedef struct jb_header {
  * deduplication), topic, type, source, timestamp_ms (0: the bus's clock),
  * payload and headers; sequence and delivery_attempt are ignored. On
  * delivery every field is set, and `encoded` holds the event serialized as a
- * jimbot.infra.v1.Event message, sequence and delivery attempt included,
- * ready to be forwarded without re-encoding.
+ * jimbot.infra.v1.Event message as stored, without its sequence and delivery
+ * attempt; appending those two fields (protobuf merges concatenated
+ * encodings) gives the full message without re-encoding.
  */
 typedef struct jb_event {
     const char *id;
@@ -146,6 +147,14 @@ jb_status jb_aggregate_kind_parse(const char *name, jb_aggregate_kind *out, jb_e
  * the last dedup window. Free it with jb_bus_close().
  */
 jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, jb_error *err);
+
+/*
+ * Changes the batch window and the batch size of a running bus (a
+ * configuration reload): @batch_window_ms as in jb_bus_options (0: the
+ * default, JB_BUS_WINDOW_IMMEDIATE: none), @max_batch_size 0 for the
+ * default. The window open now closes on the old schedule.
+ */
+void jb_bus_set_window(jb_bus *bus, uint32_t batch_window_ms, uint32_t max_batch_size);
 
 typedef void (*jb_bus_close_cb)(void *userdata);
 
@@ -275,6 +284,14 @@ typedef struct jb_bus_group_info {
 } jb_bus_group_info;
 
 jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_group_info *out);
+
+/*
+ * Calls @fn once for each group (private ones included), in no particular
+ * order, with its name and its view; both are borrowed until @fn returns.
+ * @fn must not subscribe, unsubscribe or close the bus.
+ */
+typedef void (*jb_bus_group_fn)(const char *group, const jb_bus_group_info *info, void *userdata);
+void jb_bus_foreach_group(const jb_bus *bus, jb_bus_group_fn fn, void *userdata);
 
 /*
  * Test mode only: the events published so far (in order, duplicates not

@@ -841,6 +841,23 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
     return JB_OK;
 }
 
+void jb_bus_set_window(jb_bus *bus, uint32_t batch_window_ms, uint32_t max_batch_size)
+{
+    if (bus->closing || bus->opts.test_mode)
+        return;
+    uint32_t window = batch_window_ms == 0                         ? 100
+                      : batch_window_ms == JB_BUS_WINDOW_IMMEDIATE ? 0
+                                                                   : batch_window_ms;
+    bus->opts.max_batch_size = max_batch_size ? max_batch_size : 1000;
+    if (window == bus->opts.batch_window_ms)
+        return;
+    bus->opts.batch_window_ms = window;
+    uint64_t period = window ? window : HOUSEKEEPING_MS;
+    uv_timer_start(&bus->timer, on_timer, period, period);
+    /* What waited for the old window goes now. */
+    jb__bus_kick(bus);
+}
+
 static void on_store_closed(jb_status status, void *userdata)
 {
     jb_bus *bus = userdata;

@@ -934,3 +934,15 @@ jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_gro
     out->subscribers = g->n_subs;
     return JB_OK;
 }
+
+void jb_bus_foreach_group(const jb_bus *bus, jb_bus_group_fn fn, void *userdata)
+{
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+        jb_bus_group_info info;
+        if (jb_bus_group_info_get(bus, name, &info) == JB_OK)
+            fn(name, &info, userdata);
+    }
+}

@@ -10,15 +10,34 @@
  * error printed, exit 1); --check-config prints the resolved values with
  * secrets masked and exits. While running, a jb_config_watcher reloads on
  * file changes and on SIGHUP; the daemon subscribes to apply log.level.
+ *
+ * The engine: the durable log in <data-dir>/log, the bus over it (group
+ * positions in <data-dir>/groups.state) and the gRPC server in front, all
+ * on the one loop. A port already taken, or a data dir in use by another
+ * jimbotd, stops the start with one line and exit 1.
+ *
+ * Shutdown order (SIGTERM/SIGINT): the server drains (health NOT_SERVING,
+ * no new calls, streams end UNAVAILABLE); the bus closes (the open window
+ * is flushed, pending publishes are answered once durable, positions
+ * saved); the log closes (fsync); the server closes after a grace period;
+ * the watcher and the signals close; the loop ends; exit 0.
  */
+#include "jimbot/bus.h"
 #include "jimbot/config.h"
 #include "jimbot/log.h"
+#include "jimbot/server.h"
+#include "jimbot/store.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <uv.h>
+
+/* How long the server waits for calls to finish by themselves at shutdown. */
+#define SHUTDOWN_GRACE_MS 2000
 
 typedef struct jbd_options {
     const char *config_path;
@@ -37,6 +56,12 @@ typedef struct jbd_daemon {
     jbd_options opts;
     jb_config_options config_opts;
     jb_config_watcher *watcher;
+    jb_store *store;
+    jb_bus *bus;
+    jb_server *server;
+    char *state_path;
+    int stopping;
+    int exit_code;
 } jbd_daemon;
 
 static void usage(FILE *out)
@@ -70,14 +95,64 @@ static void on_close(uv_handle_t *handle)
     (void)handle;
 }
 
-static void daemon_stop(jbd_daemon *d, const char *why)
+/* The last step: nothing of the engine is left, close the rest. */
+static void close_handles(jbd_daemon *d)
 {
-    jb_log(JB_LOG_INFO, "daemon", "shutting down", "reason=%s", why);
     jb_config_watcher_close(d->watcher, NULL, NULL);
     d->watcher = NULL;
     uv_close((uv_handle_t *)&d->sigterm, on_close);
     uv_close((uv_handle_t *)&d->sigint, on_close);
     uv_close((uv_handle_t *)&d->sighup, on_close);
+}
+
+static void on_server_closed(void *userdata)
+{
+    close_handles(userdata);
+}
+
+static void on_store_closed(jb_status status, void *userdata)
+{
+    jbd_daemon *d = userdata;
+    d->store = NULL;
+    if (status != JB_OK) {
+        jb_log(JB_LOG_ERROR, "daemon", "the log did not close cleanly", "error=%s",
+               jb_status_name(status));
+        d->exit_code = 1;
+    }
+    if (d->server != NULL) {
+        jb_server *srv = d->server;
+        d->server = NULL;
+        jb_server_close(srv, SHUTDOWN_GRACE_MS, on_server_closed, d);
+    } else {
+        close_handles(d);
+    }
+}
+
+static void close_store(jbd_daemon *d)
+{
+    if (d->store == NULL || jb_store_close(d->store, on_store_closed, d) != JB_OK)
+        on_store_closed(JB_OK, d);
+}
+
+static void on_bus_closed(void *userdata)
+{
+    jbd_daemon *d = userdata;
+    d->bus = NULL;
+    close_store(d);
+}
+
+static void daemon_stop(jbd_daemon *d, const char *why)
+{
+    if (d->stopping)
+        return;
+    d->stopping = 1;
+    jb_log(JB_LOG_INFO, "daemon", "shutting down", "reason=%s", why);
+    if (d->server != NULL)
+        jb_server_drain(d->server);
+    if (d->bus != NULL)
+        jb_bus_close(d->bus, on_bus_closed, d);
+    else
+        close_store(d);
 }
 
 static void on_signal(uv_signal_t *handle, int signum)
@@ -170,9 +245,26 @@ static void apply_log_level(const jbd_daemon *d, const jb_config *cfg)
         jb_log_set_level(level);
 }
 
+static uint32_t cfg_u32(const jb_config *cfg, const char *key)
+{
+    int64_t v = jb_config_get_int(cfg, key, NULL, NULL);
+    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+/* The bus's window in the configuration; 0 there means "none". */
+static uint32_t cfg_window(const jb_config *cfg)
+{
+    uint32_t window = cfg_u32(cfg, "event_bus.batch_window_ms");
+    return window == 0 ? JB_BUS_WINDOW_IMMEDIATE : window;
+}
+
 static void on_config_change(const jb_config_change *change, void *userdata)
 {
-    apply_log_level(userdata, change->config);
+    jbd_daemon *d = userdata;
+    apply_log_level(d, change->config);
+    if (d->bus != NULL && !d->stopping)
+        jb_bus_set_window(d->bus, cfg_window(change->config),
+                          cfg_u32(change->config, "event_bus.max_batch_size"));
 }
 
 /* Loads the configuration; on failure prints every error and returns NULL. */
@@ -199,6 +291,95 @@ static jb_config *load_config(jbd_daemon *d)
     }
     jb_config_errors_free(errs);
     return cfg;
+}
+
+/* mkdir -p: every missing folder of @path. */
+static int make_dirs(const char *path)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof(buf), "%s", path) >= (int)sizeof(buf))
+        return -1;
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char c = *p;
+            *p = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return -1;
+            *p = c;
+            if (c == '\0')
+                return 0;
+        }
+    }
+}
+
+/*
+ * Opens the log, the bus and the server from the configuration in force.
+ * On failure prints one line and returns -1; what was opened stays in @d for
+ * daemon_stop() to close.
+ */
+static int engine_start(jbd_daemon *d, const jb_config *cfg)
+{
+    jb_error err;
+    char path[4096];
+    if (make_dirs(d->opts.data_dir) != 0) {
+        fprintf(stderr, "jimbotd: cannot create the data dir %s: %s\n", d->opts.data_dir,
+                strerror(errno));
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/log", d->opts.data_dir);
+    jb_store_options so = {
+        .dir = path,
+        .retention_max_age_ms =
+            jb_config_get_int(cfg, "event_bus.retention.max_age_seconds", NULL, NULL) * 1000,
+        .retention_max_bytes =
+            (uint64_t)jb_config_get_int(cfg, "event_bus.retention.max_bytes", NULL, NULL),
+    };
+    if (jb_store_fsync_parse(jb_config_get_string(cfg, "event_bus.fsync", NULL, NULL), &so.fsync,
+                             &err) != JB_OK ||
+        jb_store_open(&d->loop, &so, &d->store, &err) != JB_OK) {
+        fprintf(stderr, "jimbotd: cannot open the log in %s: %s\n", path, err.message);
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/groups.state", d->opts.data_dir);
+    d->state_path = strdup(path);
+    uint32_t dedup = cfg_u32(cfg, "event_bus.dedup_window_ms");
+    jb_bus_options bo = {
+        .store = d->store,
+        .state_path = d->state_path,
+        .batch_window_ms = cfg_window(cfg),
+        .max_batch_size = cfg_u32(cfg, "event_bus.max_batch_size"),
+        .ack_wait_ms = cfg_u32(cfg, "event_bus.ack_wait_ms"),
+        .max_deliver = cfg_u32(cfg, "event_bus.max_deliver"),
+        /* The bus reads 0 as its default; 1 ms is as good as off. */
+        .dedup_window_ms = dedup == 0 ? 1 : dedup,
+        .max_event_bytes = cfg_u32(cfg, "event_bus.max_event_bytes"),
+        .max_in_flight = cfg_u32(cfg, "event_bus.max_in_flight"),
+        .max_group_pending = cfg_u32(cfg, "event_bus.max_group_pending"),
+    };
+    if (jb_bus_new(&d->loop, &bo, &d->bus, &err) != JB_OK) {
+        fprintf(stderr, "jimbotd: cannot start the event bus: %s\n", err.message);
+        return -1;
+    }
+    const char *listen = d->opts.listen;
+    if (listen == NULL || listen[0] == '\0')
+        listen = jb_config_get_string(cfg, "event_bus.listen", NULL, NULL);
+    if (listen == NULL || listen[0] == '\0') {
+        snprintf(path, sizeof(path), "127.0.0.1:%d", (int)cfg_u32(cfg, "event_bus.grpc_port"));
+        listen = path;
+    }
+    size_t max_event = bo.max_event_bytes;
+    jb_server_options sv = {
+        .listen = listen,
+        .bus = d->bus,
+        .config = d->watcher,
+        /* A request holds at least one event of up to max_event_bytes. */
+        .max_receive_bytes = max_event + (1u << 20) > (16u << 20) ? max_event + (1u << 20) : 0,
+    };
+    if (jb_server_new(&d->loop, &sv, &d->server, &err) != JB_OK) {
+        fprintf(stderr, "jimbotd: %s\n", err.message);
+        return -1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -244,6 +425,14 @@ int main(int argc, char **argv)
         uv_signal_start(signals[i], on_signal, signums[i]);
     }
 
+    if (engine_start(&d, jb_config_watcher_current(d.watcher)) != 0) {
+        d.exit_code = 1;
+        daemon_stop(&d, "start failed");
+        uv_run(&d.loop, UV_RUN_DEFAULT);
+        uv_loop_close(&d.loop);
+        free(d.state_path);
+        return 1;
+    }
     jb_log(JB_LOG_INFO, "daemon", "started",
            "version=%s config=%s env=%s data_dir=%s config_version=%llu pid=%d", JB_VERSION,
            d.opts.config_path, d.opts.env, d.opts.data_dir,
@@ -256,6 +445,7 @@ int main(int argc, char **argv)
                uv_strerror(rc));
         return 1;
     }
+    free(d.state_path);
     jb_log(JB_LOG_INFO, "daemon", "stopped", NULL);
-    return 0;
+    return d.exit_code;
 }

@@ -144,7 +144,9 @@ class Reload(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "infrastructure.yaml")
             write(path, "event_bus:\n  batch_window_ms: 100\n  grpc_port: 50051\n")
-            daemon = Daemon("-c", path, "--env", "it", "--data-dir", os.path.join(d, "var"))
+            # Its own socket: the configured port may be in use on this host.
+            daemon = Daemon("-c", path, "--env", "it", "--data-dir", os.path.join(d, "var"),
+                            "--listen", "unix:" + os.path.join(d, "jimbotd.sock"))
             try:
                 daemon.wait_for("daemon", "started")
 

@@ -1,0 +1,104 @@
+/*
+ * jimbot/server.h: the gRPC front of the engine, as jimbotd runs it.
+ *
+ * A jb_server serves, on one address, the services of docs/grpc.md:
+ * jimbot.infra.v1.EventBus over a jb_bus, grpc.health.v1.Health, and the
+ * part of jimbot.infra.v1.Infrastructure that exists so far
+ * (GetResourceStatus); every other method is answered UNIMPLEMENTED.
+ *
+ * Threading: the server belongs to the loop it was created on. Every
+ * function here must be called on that loop's thread. gRPC core's
+ * completion queue is pumped by one thread of the server's own, which only
+ * hands finished operations to the loop (a queue and uv_async_send); every
+ * call's state machine and every engine call runs on the loop.
+ *
+ * Lifecycle, in the order jimbotd follows at SIGTERM:
+ *   jb_server_new()    binds the address and starts serving;
+ *   jb_server_drain()  health turns NOT_SERVING, no new calls are accepted
+ *                      (those that still arrive get UNAVAILABLE), live
+ *                      Subscribe streams end with UNAVAILABLE and give their
+ *                      unacked events back to their groups; Publish calls
+ *                      already accepted keep waiting for their answer;
+ *   jb_bus_close()     (the caller) flushes the window and answers those
+ *                      Publish calls once durable;
+ *   jb_server_close()  after a grace period cancels what is left, waits for
+ *                      gRPC to finish, joins the thread, frees the server.
+ * The bus must stay alive until jb_server_drain() has returned; after that
+ * the server calls into it only to be answered for publishes it accepted
+ * before, so the bus may close and be freed before jb_server_close().
+ */
+#ifndef JIMBOT_SERVER_H
+#define JIMBOT_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "jimbot/bus.h"
+#include "jimbot/config.h"
+#include "jimbot/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct jb_server jb_server;
+
+/* Options, copied by jb_server_new(); zero fields take the defaults shown. */
+typedef struct jb_server_options {
+    /* "HOST:PORT" (port 0 picks a free one) or "unix:PATH". Required. */
+    const char *listen;
+    /* The engine. Borrowed; see the lifecycle above. */
+    jb_bus *bus;
+    /* Read at each GetResourceStatus for the configured limits. Borrowed;
+     * may be NULL (the schema defaults are reported then). */
+    jb_config_watcher *config;
+    /* Largest request accepted, in bytes (16 MiB). */
+    size_t max_receive_bytes;
+    /* Bytes queued for one stream above which the client counts as a slow
+     * consumer (64 MiB). */
+    size_t max_stream_bytes;
+    /* A stream whose oldest outstanding send is older than this is a slow
+     * consumer (30000 ms). Slow consumers are cancelled with
+     * RESOURCE_EXHAUSTED "slow consumer". */
+    uint32_t slow_consumer_ms;
+    /* Calls kept requested from gRPC per method, so that calls to one method
+     * are not serialized (16). */
+    uint32_t calls_per_method;
+} jb_server_options;
+
+/*
+ * Creates a server on @loop, binds @opts->listen and starts serving. A taken
+ * port or an address that cannot be bound fails with JB_EUNAVAILABLE ("cannot
+ * listen on ..."). gRPC core is initialised here (grpc_init) and shut down
+ * by jb_server_close(). End it with jb_server_drain() then jb_server_close().
+ */
+jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_server **out,
+                        jb_error *err);
+
+/* The address as bound ("127.0.0.1:50051", the port resolved; "unix:PATH"). */
+const char *jb_server_address(const jb_server *srv);
+
+/*
+ * Starts draining (see the lifecycle above). Idempotent. After it returns,
+ * the server never subscribes, acks or publishes on the bus again.
+ */
+void jb_server_drain(jb_server *srv);
+
+typedef void (*jb_server_close_cb)(void *userdata);
+
+/*
+ * Finishes the shutdown: drains if not done yet, waits up to @grace_ms for
+ * calls to end by themselves (answers being sent), then cancels every call
+ * left and closes the connections; once gRPC has let go of everything the
+ * thread is joined, gRPC core is shut down, @cb (may be NULL) runs on the
+ * loop and @srv is freed.
+ */
+void jb_server_close(jb_server *srv, uint32_t grace_ms, jb_server_close_cb cb, void *userdata);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* JIMBOT_SERVER_H */

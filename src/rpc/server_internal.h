@@ -1,0 +1,142 @@
+/*
+ * The gRPC server's internals, shared by server.c (the completion-queue
+ * pump, the life of a call, drain and close) and services.c (the method
+ * handlers). Nothing outside src/rpc/ includes this file: it is the one
+ * place where gRPC core's types meet the engine's.
+ *
+ * A call (jb__call) is one request from gRPC core plus its state machine.
+ * It is created before gRPC has a call for it (the request slot), lives on
+ * the loop thread only, and is freed once every batch it started has
+ * completed and nothing in the engine holds it (refs == 0).
+ */
+#ifndef JB_RPC_SERVER_INTERNAL_H
+#define JB_RPC_SERVER_INTERNAL_H
+
+#include "jimbot/bus.h"
+#include "jimbot/server.h"
+
+#include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdint.h>
+
+/* A completion-queue tag: the handler runs on the loop with gRPC's `ok`. */
+typedef struct jb__rpc_tag {
+    void (*fn)(struct jb__rpc_tag *tag, int ok);
+} jb__rpc_tag;
+
+#define JB__CONTAINER_OF(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+typedef struct jb__call jb__call;
+
+/* A registered method: its path and its handlers. */
+typedef struct jb__method {
+    const char *path;
+    /* Runs once a call has arrived, with c->payload (may be NULL). */
+    void (*start)(jb__call *c);
+    /* Optional: the client went away or the call ended (RECV_CLOSE came);
+     * release engine resources here. Runs once. */
+    void (*closed)(jb__call *c);
+    /* Optional: the server started draining while the call is live. */
+    void (*drain)(jb__call *c);
+    /* Optional: frees c->state; runs just before the call is freed. */
+    void (*release)(jb__call *c);
+} jb__method;
+
+/* A queued outgoing stream message. */
+typedef struct jb__outmsg {
+    struct jb__outmsg *next;
+    grpc_byte_buffer *bb;
+    size_t bytes;
+} jb__outmsg;
+
+struct jb__call {
+    jb_server *srv;
+    const jb__method *m; /* NULL for an unknown method */
+    size_t method_index;
+    grpc_call *call;
+    gpr_timespec deadline;
+    grpc_metadata_array md;
+    grpc_call_details details; /* unknown methods only */
+    grpc_byte_buffer *payload;
+    int refs; /* batches outstanding + holds */
+    int cancelled;
+    unsigned closed : 1;      /* RECV_CLOSE_ON_SERVER completed */
+    unsigned initial_md : 1;  /* initial metadata sent (or in the final batch) */
+    unsigned finishing : 1;   /* the status is sent or waits for the queue */
+    unsigned status_sent : 1; /* the final batch is posted */
+    unsigned send_busy : 1;
+    unsigned live : 1;   /* linked in srv->calls */
+    unsigned active : 1; /* gRPC gave it a call */
+    jb__rpc_tag t_new, t_close, t_send, t_done, t_md;
+    uint64_t send_since_ms; /* when the outstanding send started */
+    /* Stream output: one SEND_MESSAGE at a time, the rest queued here. */
+    jb__outmsg *q_head, *q_tail;
+    size_t q_bytes;
+    jb__outmsg *sending;
+    /* The final status, kept alive until its batch completes. */
+    grpc_status_code code;
+    grpc_slice status_details;
+    grpc_metadata trailer;
+    size_t n_trailer;
+    grpc_metadata initial;
+    size_t n_initial;
+    grpc_byte_buffer *response;
+    jb__call *prev, *next; /* live calls */
+    void *state;           /* the method's */
+};
+
+/* ---- server.c: what handlers use ----------------------------------------- */
+
+jb_bus *jb__server_bus(const jb_server *srv);
+int jb__server_draining(const jb_server *srv);
+jb_config_watcher *jb__server_config(const jb_server *srv);
+size_t jb__server_max_stream_bytes(const jb_server *srv);
+uint64_t jb__now_ms(void);
+
+/* Keeps @c alive while the engine holds it (a publish in progress). */
+void jb__call_hold(jb__call *c);
+void jb__call_unhold(jb__call *c);
+
+/*
+ * Reads the request payload into one contiguous buffer (malloc'd, caller
+ * frees); NULL when there is none. *@len gets the length.
+ */
+uint8_t *jb__call_read_payload(jb__call *c, size_t *len);
+
+/*
+ * Ends a unary call: initial metadata, @msg (packed, may be NULL) and the
+ * status @code with @details (copied; may be NULL). @retry_after_ms > 0
+ * adds the trailing metadata "retry-after-ms". Only once per call.
+ */
+void jb__call_finish(jb__call *c, const ProtobufCMessage *msg, grpc_status_code code,
+                     const char *details, uint32_t retry_after_ms);
+
+/* The same with a jb_status mapped to its gRPC code, the message as detail. */
+void jb__call_fail(jb__call *c, jb_status st, const char *details, uint32_t retry_after_ms);
+
+/* jb_status to gRPC status code (docs/grpc.md has the table). */
+grpc_status_code jb__grpc_code(jb_status st);
+
+/* Streams: sends initial metadata now, with one optional entry (copied). */
+void jb__call_send_initial(jb__call *c, const char *key, const char *value);
+
+/*
+ * Streams: queues @bb (takes ownership) for sending. Returns 0, or -1 when
+ * the stream's queue is over its limit (the caller ends the stream).
+ */
+int jb__call_send(jb__call *c, grpc_byte_buffer *bb, size_t bytes);
+
+/*
+ * Streams: ends the stream with @code and @details (static or copied).
+ * @drop: discard what is queued (else it is sent first). A stream with a
+ * send outstanding that must end now is cancelled with the status instead.
+ */
+void jb__call_end(jb__call *c, grpc_status_code code, const char *details, int drop);
+
+/* ---- services.c ----------------------------------------------------------- */
+
+/* The methods served, in registration order, and their count. */
+extern const jb__method jb__methods[];
+extern const size_t jb__n_methods;
+
+#endif /* JB_RPC_SERVER_INTERNAL_H */

@@ -1,0 +1,570 @@
+/*
+ * The methods jimbotd serves (docs/grpc.md): jimbot.infra.v1.EventBus over
+ * the jb_bus, grpc.health.v1.Health, and Infrastructure.GetResourceStatus.
+ * server.c owns the calls' life; this file turns requests into engine calls
+ * and engine results into responses and status codes.
+ *
+ * Invariants:
+ *   - Every request is decoded by protobuf-c first; a missing payload or
+ *     bytes that do not decode are INVALID_ARGUMENT and reach no engine
+ *     function, so malformed input changes nothing.
+ *   - While the server drains, nothing new reaches the bus: every handler
+ *     answers UNAVAILABLE "shutting down" (the bus may be closed and freed
+ *     by then).
+ *   - Subscribe streams forward the stored envelopes as they are: an
+ *     EventBatch is `repeated Event events = 1`, so each event is the tag
+ *     0x0a, a varint length, the stored bytes and the sequence/attempt
+ *     suffix; nothing is re-encoded.
+ *   - A stream's subscription is ended exactly once (closed, drained or
+ *     found slow), which gives its unacked events back to the group.
+ *
+ * Runs on the loop thread only.
+ */
+#include "rpc/envelope.h"
+#include "rpc/server_internal.h"
+
+#include "jimbot/infra/v1/event_bus.pb-c.h"
+#include "jimbot/infra/v1/health.pb-c.h"
+#include "jimbot/infra/v1/infrastructure.pb-c.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* An EventBatch stays under the 4 MiB a gRPC client accepts by default
+ * (a single larger event goes alone). */
+#define MAX_BATCH_MESSAGE (4u * 1024 * 1024 - 64 * 1024)
+#define SHUTTING_DOWN     "shutting down"
+
+/* Decodes the call's payload with @desc; NULL when missing or malformed. */
+static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
+{
+    size_t len = 0;
+    uint8_t *buf = jb__call_read_payload(c, &len);
+    if (buf == NULL)
+        return NULL;
+    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, buf);
+    free(buf);
+    return msg;
+}
+
+/* Answers a missing or malformed request. */
+static void malformed(jb__call *c, const char *what)
+{
+    char msg[96];
+    snprintf(msg, sizeof(msg), "malformed %s", what);
+    jb__call_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg, 0);
+}
+
+static int refuse_if_draining(jb__call *c)
+{
+    if (!jb__server_draining(c->srv))
+        return 0;
+    jb__call_finish(c, NULL, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 0);
+    return 1;
+}
+
+/* ---- EventBus.Publish ----------------------------------------------------- */
+
+static void on_published(jb_status st, const uint64_t *seqs, const uint8_t *dups, size_t n,
+                         const jb_error *err, void *userdata)
+{
+    jb__call *c = userdata;
+    if (st != JB_OK) {
+        jb__call_fail(c, st, err != NULL ? err->message : jb_strerror(st), 0);
+        jb__call_unhold(c);
+        return;
+    }
+    protobuf_c_boolean *d = malloc((n ? n : 1) * sizeof(*d));
+    if (d == NULL) {
+        jb__call_fail(c, JB_ENOMEM, "out of memory answering a publish", 0);
+        jb__call_unhold(c);
+        return;
+    }
+    int any_dup = 0;
+    for (size_t i = 0; i < n; i++) {
+        d[i] = dups[i] != 0;
+        any_dup |= d[i];
+    }
+    Jimbot__Infra__V1__PublishResponse resp = JIMBOT__INFRA__V1__PUBLISH_RESPONSE__INIT;
+    resp.n_sequences = n;
+    resp.sequences = (uint64_t *)seqs;
+    /* Parallel to sequences; left out when all false (its default). */
+    resp.n_duplicates = any_dup ? n : 0;
+    resp.duplicates = d;
+    jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    free(d);
+    jb__call_unhold(c);
+}
+
+static void publish_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    Jimbot__Infra__V1__PublishRequest *req = (Jimbot__Infra__V1__PublishRequest *)unpack_request(
+        c, &jimbot__infra__v1__publish_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "PublishRequest");
+        return;
+    }
+    size_t n = req->n_events, n_headers = 0;
+    for (size_t i = 0; i < n; i++)
+        n_headers += req->events[i]->n_headers;
+    jb_event *evs = calloc(n ? n : 1, sizeof(*evs));
+    jb_header *hs = calloc(n_headers ? n_headers : 1, sizeof(*hs));
+    if (evs == NULL || hs == NULL) {
+        free(evs);
+        free(hs);
+        protobuf_c_message_free_unpacked(&req->base, NULL);
+        jb__call_fail(c, JB_ENOMEM, "out of memory reading a publish", 0);
+        return;
+    }
+    jb_header *h = hs;
+    for (size_t i = 0; i < n; i++) {
+        const Jimbot__Infra__V1__Event *e = req->events[i];
+        evs[i] = (jb_event){
+            .id = e->id,
+            .topic = e->topic,
+            .type = e->type,
+            .source = e->source,
+            .timestamp_ms = e->timestamp_ms,
+            .payload = e->payload.data,
+            .payload_len = e->payload.len,
+            .headers = h,
+            .n_headers = e->n_headers,
+        };
+        for (size_t k = 0; k < e->n_headers; k++, h++)
+            *h = (jb_header){e->headers[k]->key, e->headers[k]->value};
+    }
+    uint32_t retry = 0;
+    jb_error err;
+    jb_error_clear(&err);
+    jb__call_hold(c);
+    jb_status st = jb_bus_publish(jb__server_bus(c->srv), evs, n, on_published, c, &retry, &err);
+    free(evs);
+    free(hs);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (st != JB_OK) {
+        if (st == JB_EBACKPRESSURE && retry == 0)
+            retry = 1;
+        jb__call_fail(c, st, err.message, st == JB_EBACKPRESSURE ? retry : 0);
+        jb__call_unhold(c);
+    }
+}
+
+/* ---- EventBus.Subscribe --------------------------------------------------- */
+
+typedef struct sub_state {
+    jb_bus_sub *sub;
+} sub_state;
+
+static size_t varint_size(uint64_t v)
+{
+    size_t n = 1;
+    for (; v >= 0x80; v >>= 7)
+        n++;
+    return n;
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    for (; v >= 0x80; v >>= 7)
+        p[n++] = (uint8_t)(v | 0x80);
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+/* The bytes event @ev takes inside an EventBatch, and its suffix. */
+static size_t batch_item_size(const jb_event *ev, uint8_t *suffix, size_t *suffix_len)
+{
+    *suffix_len = jb__envelope_suffix(ev->sequence, ev->delivery_attempt, suffix);
+    size_t len = ev->encoded_len + *suffix_len;
+    return 1 + varint_size(len) + len;
+}
+
+static void sub_end(jb__call *c, grpc_status_code code, const char *details)
+{
+    sub_state *s = c->state;
+    if (s != NULL && s->sub != NULL) {
+        jb_bus_unsubscribe(s->sub);
+        s->sub = NULL;
+    }
+    jb__call_end(c, code, details, 1);
+}
+
+/* Sends events [@from, @to) as one EventBatch message. */
+static int send_batch(jb__call *c, const jb_event *const *events, size_t from, size_t to,
+                      size_t bytes)
+{
+    grpc_slice slice = grpc_slice_malloc(bytes);
+    uint8_t *p = GRPC_SLICE_START_PTR(slice);
+    for (size_t i = from; i < to; i++) {
+        const jb_event *ev = events[i];
+        uint8_t suffix[JB_ENVELOPE_SUFFIX_MAX];
+        size_t suffix_len;
+        batch_item_size(ev, suffix, &suffix_len);
+        *p++ = 0x0a; /* field 1, length-delimited */
+        p += put_varint(p, ev->encoded_len + suffix_len);
+        memcpy(p, ev->encoded, ev->encoded_len);
+        p += ev->encoded_len;
+        memcpy(p, suffix, suffix_len);
+        p += suffix_len;
+    }
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&slice, 1);
+    grpc_slice_unref(slice);
+    return jb__call_send(c, bb, bytes);
+}
+
+static void on_deliver(jb_bus_sub *sub, const jb_event *const *events, size_t n, void *userdata)
+{
+    jb__call *c = userdata;
+    (void)sub;
+    size_t from = 0, bytes = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t suffix[JB_ENVELOPE_SUFFIX_MAX];
+        size_t suffix_len;
+        size_t item = batch_item_size(events[i], suffix, &suffix_len);
+        if (i > from && bytes + item > MAX_BATCH_MESSAGE) {
+            if (send_batch(c, events, from, i, bytes) != 0)
+                goto slow;
+            from = i;
+            bytes = 0;
+        }
+        bytes += item;
+    }
+    if (n > from && send_batch(c, events, from, n, bytes) != 0)
+        goto slow;
+    return;
+slow:
+    /* Safe from the subscription's own deliver callback (bus.h). */
+    sub_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "slow consumer");
+}
+
+static void subscribe_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    Jimbot__Infra__V1__SubscribeRequest *req =
+        (Jimbot__Infra__V1__SubscribeRequest *)unpack_request(
+            c, &jimbot__infra__v1__subscribe_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "SubscribeRequest");
+        return;
+    }
+    const char *why = NULL;
+    if (req->pattern[0] == '\0')
+        why = "a subscription needs a pattern";
+    else if ((unsigned)req->deliver_policy >
+             JIMBOT__INFRA__V1__DELIVER_POLICY__DELIVER_POLICY_FROM_TIME)
+        why = "unknown deliver_policy";
+    sub_state *s = why == NULL ? calloc(1, sizeof(*s)) : NULL;
+    if (why != NULL || s == NULL) {
+        protobuf_c_message_free_unpacked(&req->base, NULL);
+        if (why != NULL)
+            jb__call_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, why, 0);
+        else
+            jb__call_fail(c, JB_ENOMEM, "out of memory", 0);
+        return;
+    }
+    jb_bus_sub_options o = {
+        .pattern = req->pattern,
+        .group = req->group,
+        .max_in_flight = req->max_in_flight,
+        .deliver_policy = (jb_deliver_policy)req->deliver_policy,
+        .start_sequence = req->start_sequence,
+        .start_time_ms = req->start_time_ms,
+        .ack_wait_ms = req->ack_wait_ms,
+        .max_deliver = req->max_deliver,
+    };
+    jb_error err;
+    c->state = s;
+    jb_status st = jb_bus_subscribe(jb__server_bus(c->srv), &o, on_deliver, c, &s->sub, &err);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (st != JB_OK) {
+        s->sub = NULL;
+        jb__call_fail(c, st, err.message, 0);
+        return;
+    }
+    /* The group's name lets a member of a private group ack. */
+    jb__call_send_initial(c, "jimbot-group", jb_bus_sub_group(s->sub));
+}
+
+static void subscribe_closed(jb__call *c)
+{
+    sub_state *s = c->state;
+    if (s != NULL && s->sub != NULL) {
+        jb_bus_unsubscribe(s->sub);
+        s->sub = NULL;
+    }
+}
+
+static void subscribe_drain(jb__call *c)
+{
+    sub_end(c, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN);
+}
+
+static void free_state(jb__call *c)
+{
+    free(c->state);
+    c->state = NULL;
+}
+
+/* ---- EventBus.Ack and Nack ------------------------------------------------ */
+
+static void ack_or_nack(jb__call *c, int nack)
+{
+    if (refuse_if_draining(c))
+        return;
+    const char *group;
+    const uint64_t *seqs;
+    size_t n;
+    uint32_t delay = 0;
+    ProtobufCMessage *msg;
+    if (nack) {
+        Jimbot__Infra__V1__NackRequest *r = (Jimbot__Infra__V1__NackRequest *)unpack_request(
+            c, &jimbot__infra__v1__nack_request__descriptor);
+        if (r == NULL) {
+            malformed(c, "NackRequest");
+            return;
+        }
+        msg = &r->base;
+        group = r->group;
+        seqs = r->sequences;
+        n = r->n_sequences;
+        delay = r->delay_ms;
+    } else {
+        Jimbot__Infra__V1__AckRequest *r = (Jimbot__Infra__V1__AckRequest *)unpack_request(
+            c, &jimbot__infra__v1__ack_request__descriptor);
+        if (r == NULL) {
+            malformed(c, "AckRequest");
+            return;
+        }
+        msg = &r->base;
+        group = r->group;
+        seqs = r->sequences;
+        n = r->n_sequences;
+    }
+    uint64_t *unknown = malloc((n ? n : 1) * sizeof(uint64_t));
+    size_t n_unknown = 0;
+    jb_error err;
+    jb_status st;
+    if (group[0] == '\0')
+        st = jb_error_set(&err, JB_EINVAL, "a group is required");
+    else if (unknown == NULL)
+        st = jb_error_set(&err, JB_ENOMEM, "out of memory");
+    else if (nack)
+        st = jb_bus_nack(jb__server_bus(c->srv), group, seqs, n, delay, unknown, &n_unknown, &err);
+    else
+        st = jb_bus_ack(jb__server_bus(c->srv), group, seqs, n, unknown, &n_unknown, &err);
+    if (st == JB_ENOENT)
+        jb_error_set(&err, JB_ENOENT, "unknown group '%s'", group);
+    if (st != JB_OK) {
+        jb__call_fail(c, st, err.message, 0);
+    } else if (nack) {
+        Jimbot__Infra__V1__NackResponse resp = JIMBOT__INFRA__V1__NACK_RESPONSE__INIT;
+        resp.n_unknown = n_unknown;
+        resp.unknown = unknown;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    } else {
+        Jimbot__Infra__V1__AckResponse resp = JIMBOT__INFRA__V1__ACK_RESPONSE__INIT;
+        resp.n_unknown = n_unknown;
+        resp.unknown = unknown;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    }
+    free(unknown);
+    protobuf_c_message_free_unpacked(msg, NULL);
+}
+
+static void ack_start(jb__call *c)
+{
+    ack_or_nack(c, 0);
+}
+
+static void nack_start(jb__call *c)
+{
+    ack_or_nack(c, 1);
+}
+
+/* ---- grpc.health.v1.Health ------------------------------------------------ */
+
+static const char *const known_services[] = {
+    "",
+    "jimbot.infra.v1.EventBus",
+    "jimbot.infra.v1.Infrastructure",
+    "grpc.health.v1.Health",
+};
+
+static int health_of(const jb__call *c, const char *service)
+{
+    for (size_t i = 0; i < sizeof(known_services) / sizeof(known_services[0]); i++) {
+        if (strcmp(service, known_services[i]) == 0)
+            return jb__server_draining(c->srv)
+                       ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                       : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    }
+    return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN;
+}
+
+static void health_check_start(jb__call *c)
+{
+    Grpc__Health__V1__HealthCheckRequest *req =
+        (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
+            c, &grpc__health__v1__health_check_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "HealthCheckRequest");
+        return;
+    }
+    int status = health_of(c, req->service);
+    if (status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
+        char msg[320];
+        snprintf(msg, sizeof(msg), "unknown service '%.256s'", req->service);
+        jb__call_finish(c, NULL, GRPC_STATUS_NOT_FOUND, msg, 0);
+    } else {
+        Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+        resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    }
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
+/* Watch: the service's name, kept to answer again when the status changes. */
+typedef struct watch_state {
+    char *service;
+} watch_state;
+
+static void health_send(jb__call *c, int status)
+{
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    size_t len = protobuf_c_message_get_packed_size(&resp.base);
+    grpc_slice s = grpc_slice_malloc(len);
+    protobuf_c_message_pack(&resp.base, GRPC_SLICE_START_PTR(s));
+    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+    grpc_slice_unref(s);
+    jb__call_send(c, bb, len);
+}
+
+static void health_watch_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    Grpc__Health__V1__HealthCheckRequest *req =
+        (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
+            c, &grpc__health__v1__health_check_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "HealthCheckRequest");
+        return;
+    }
+    watch_state *w = calloc(1, sizeof(*w));
+    char *service = strdup(req->service);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (w == NULL || service == NULL) {
+        free(w);
+        free(service);
+        jb__call_fail(c, JB_ENOMEM, "out of memory", 0);
+        return;
+    }
+    w->service = service;
+    c->state = w;
+    health_send(c, health_of(c, service));
+}
+
+static void health_watch_drain(jb__call *c)
+{
+    watch_state *w = c->state;
+    health_send(c, health_of(c, w->service));
+    jb__call_end(c, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 0);
+}
+
+static void health_watch_release(jb__call *c)
+{
+    watch_state *w = c->state;
+    if (w != NULL)
+        free(w->service);
+    free_state(c);
+}
+
+/* ---- Infrastructure.GetResourceStatus ------------------------------------- */
+
+typedef struct depths {
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry *entries;
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry **ptrs;
+    size_t n, cap;
+    int oom;
+} depths;
+
+static void add_depth(const char *group, const jb_bus_group_info *info, void *userdata)
+{
+    depths *d = userdata;
+    if (d->oom)
+        return;
+    if (d->n == d->cap) {
+        size_t cap = d->cap ? d->cap * 2 : 16;
+        void *e = realloc(d->entries, cap * sizeof(*d->entries));
+        if (e == NULL) {
+            d->oom = 1;
+            return;
+        }
+        d->entries = e;
+        d->cap = cap;
+    }
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry init =
+        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
+    d->entries[d->n] = init;
+    d->entries[d->n].key = (char *)group;
+    d->entries[d->n].value = info->pending > UINT32_MAX ? UINT32_MAX : (uint32_t)info->pending;
+    d->n++;
+}
+
+static void resource_status_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    ProtobufCMessage *req =
+        unpack_request(c, &jimbot__infra__v1__get_resource_status_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "GetResourceStatusRequest");
+        return;
+    }
+    protobuf_c_message_free_unpacked(req, NULL);
+    int64_t limit = 100;
+    jb_config_watcher *w = jb__server_config(c->srv);
+    if (w != NULL)
+        limit = jb_config_get_int(jb_config_watcher_current(w),
+                                  "resource_coordinator.claude.hourly_limit", NULL, NULL);
+    depths d = {0};
+    jb_bus_foreach_group(jb__server_bus(c->srv), add_depth, &d);
+    if (!d.oom && d.n > 0)
+        d.ptrs = malloc(d.n * sizeof(*d.ptrs));
+    if (d.oom || (d.n > 0 && d.ptrs == NULL)) {
+        jb__call_fail(c, JB_ENOMEM, "out of memory", 0);
+    } else {
+        for (size_t i = 0; i < d.n; i++)
+            d.ptrs[i] = &d.entries[i];
+        Jimbot__Infra__V1__ResourceStatus resp = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT;
+        /* No GPU coordinator yet (a later issue): nothing holds the GPU. */
+        resp.gpu_available = 1;
+        resp.claude_requests_remaining = limit < 0 ? 0 : (uint32_t)limit;
+        resp.n_queue_depths = d.n;
+        resp.queue_depths = d.ptrs;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    }
+    free(d.ptrs);
+    free(d.entries);
+}
+
+/* ---- the table ------------------------------------------------------------- */
+
+const jb__method jb__methods[] = {
+    {"/jimbot.infra.v1.EventBus/Publish", publish_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.EventBus/Subscribe", subscribe_start, subscribe_closed, subscribe_drain,
+     free_state},
+    {"/jimbot.infra.v1.EventBus/Ack", ack_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.EventBus/Nack", nack_start, NULL, NULL, NULL},
+    {"/grpc.health.v1.Health/Check", health_check_start, NULL, NULL, NULL},
+    {"/grpc.health.v1.Health/Watch", health_watch_start, NULL, health_watch_drain,
+     health_watch_release},
+    {"/jimbot.infra.v1.Infrastructure/GetResourceStatus", resource_status_start, NULL, NULL, NULL},
+};
+
+const size_t jb__n_methods = sizeof(jb__methods) / sizeof(jb__methods[0]);
