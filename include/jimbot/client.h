@@ -133,12 +133,12 @@ jb_status jb_client_publish_async(jb_client *c, const jb_event *events, size_t n
 
 /*
  * Queues one event for client-side batching (options batch_window_ms and
- * max_batch) and returns at once. A batch refused with backpressure or
- * UNAVAILABLE is sent again after the server's hint or the backoff, for as
- * long as the client lives (an event with an id is stored once; one without
- * may be stored twice if the server failed after storing it). Any other
- * failure drops the batch and is reported by the next jb_client_flush().
- * JB_EBACKPRESSURE at once when max_buffered_bytes are held.
+ * max_batch) and returns at once. Batches are sent one at a time, in order,
+ * so buffered events are stored in the order they were buffered. A batch refused with backpressure
+ * or UNAVAILABLE is sent again after the server's hint or the backoff, for as long as the client
+ * lives (an event with an id is stored once; one without may be stored twice if the server failed
+ * after storing it). Any other failure drops the batch and is reported by the next
+ * jb_client_flush(). JB_EBACKPRESSURE at once when max_buffered_bytes are held.
  */
 jb_status jb_client_publish_buffered(jb_client *c, const jb_event *ev, jb_error *err);
 
@@ -276,16 +276,15 @@ typedef void (*jb_client_done_cb)(jb_status status, const jb_error *err, void *u
 /* The same without waiting; @cb may be NULL. If these fail, @cb is never called. */
 jb_status jb_client_ack_async(jb_client *c, const char *group, const uint64_t *sequences, size_t n,
                               jb_client_done_cb cb, void *userdata, jb_error *err);
-jb_status jb_client_nack_async(jb_client *c, const char *group, const uint64_t *sequences,
-                               size_t n, uint32_t delay_ms, jb_client_done_cb cb, void *userdata,
+jb_status jb_client_nack_async(jb_client *c, const char *group, const uint64_t *sequences, size_t n,
+                               uint32_t delay_ms, jb_client_done_cb cb, void *userdata,
                                jb_error *err);
 
 /*
  * Acks for a subscription's group (jb_client_sub_group()). The async form
  * may be called from the subscription's own deliver callback.
  */
-jb_status jb_client_sub_ack(jb_client_sub *sub, const uint64_t *sequences, size_t n,
-                            jb_error *err);
+jb_status jb_client_sub_ack(jb_client_sub *sub, const uint64_t *sequences, size_t n, jb_error *err);
 jb_status jb_client_sub_ack_async(jb_client_sub *sub, const uint64_t *sequences, size_t n,
                                   jb_client_done_cb cb, void *userdata, jb_error *err);
 
@@ -316,9 +315,8 @@ jb_status jb_client_health(jb_client *c, const char *service, jb_health *out, jb
  * buffer of *@response_len bytes (NULL when empty) that the caller frees
  * with free().
  */
-jb_status jb_client_call(jb_client *c, const char *method, const void *request,
-                         size_t request_len, void **response, size_t *response_len,
-                         jb_error *err);
+jb_status jb_client_call(jb_client *c, const char *method, const void *request, size_t request_len,
+                         void **response, size_t *response_len, jb_error *err);
 
 #ifdef __cplusplus
 }

@@ -175,8 +175,8 @@ void jb__client_alarm_arm(jb_client *c, jb__alarm *a, int64_t due_ms)
     a->due_ms = due_ms;
     int64_t wait = due_ms - jb__client_now_ms();
     grpc_connectivity_state st = grpc_channel_check_connectivity_state(c->channel, 0);
-    grpc_channel_watch_connectivity_state(c->channel, st, deadline_in(wait > 0 ? (uint32_t)wait : 0),
-                                          c->cq, &a->tag);
+    grpc_channel_watch_connectivity_state(
+        c->channel, st, deadline_in(wait > 0 ? (uint32_t)wait : 0), c->cq, &a->tag);
 }
 
 /* ---- Unary calls ---------------------------------------------------------- */
@@ -314,8 +314,8 @@ static jb_status unary_start(jb_client *c, int m, const char *path, const void *
                                                       c->cq, c->methods[m], deadline, NULL);
     } else {
         grpc_slice method = grpc_slice_from_copied_string(path);
-        u->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq,
-                                           method, NULL, deadline, NULL);
+        u->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method,
+                                           NULL, deadline, NULL);
         grpc_slice_unref(method);
     }
     grpc_op ops[6];
@@ -435,8 +435,7 @@ static void *client_thread(void *arg)
 {
     jb_client *c = arg;
     for (;;) {
-        grpc_event ev =
-            grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+        grpc_event ev = grpc_completion_queue_next(c->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
         if (ev.type == GRPC_QUEUE_SHUTDOWN)
             break;
         if (ev.type != GRPC_OP_COMPLETE)
@@ -598,7 +597,7 @@ static void encode_event(jb__buf *b, const jb_event *ev)
     uint8_t head[11];
     size_t h = 0;
     head[h++] = 1 << 3 | 2;
-    for (size_t v = sz; ; v >>= 7) {
+    for (size_t v = sz;; v >>= 7) {
         head[h++] = (uint8_t)(v >= 0x80 ? (v & 0x7f) | 0x80 : v);
         if (v < 0x80)
             break;
@@ -622,17 +621,17 @@ typedef struct publish_call {
  * Reads a PublishResponse for @n events into new arrays (freed by the
  * caller). JB_EPARSE when it does not fit.
  */
-static jb_status parse_publish_response(const uint8_t *resp, size_t len, size_t n,
-                                        uint64_t **seqs, uint8_t **dups, jb_error *err)
+static jb_status parse_publish_response(const uint8_t *resp, size_t len, size_t n, uint64_t **seqs,
+                                        uint8_t **dups, jb_error *err)
 {
     Jimbot__Infra__V1__PublishResponse *r =
         jimbot__infra__v1__publish_response__unpack(NULL, len, resp);
     if (r == NULL)
         return jb_error_set(err, JB_EPARSE, "Publish: malformed response (%zu bytes)", len);
     if (r->n_sequences != n || (r->n_duplicates != 0 && r->n_duplicates != n)) {
-        jb_status st = jb_error_set(err, JB_EPARSE,
-                                    "Publish: the response has %zu sequences for %zu events",
-                                    r->n_sequences, n);
+        jb_status st =
+            jb_error_set(err, JB_EPARSE, "Publish: the response has %zu sequences for %zu events",
+                         r->n_sequences, n);
         jimbot__infra__v1__publish_response__free_unpacked(r, NULL);
         return st;
     }
@@ -732,21 +731,32 @@ static void buffered_send(jb_client *c, jb__buffered *b);
 static void buffered_retry_fire(jb__alarm *a)
 {
     jb__buffered *b = JB__CONTAINER_OF(a, jb__buffered, retry);
-    buffered_send(b->c, b);
+    jb_client *c = b->c;
+    pthread_mutex_lock(&c->mu);
+    int closing = c->closing;
+    pthread_mutex_unlock(&c->mu);
+    if (!closing)
+        buffered_send(c, b);
 }
 
-/* Forgets @b (acknowledged or dropped); c->mu held. */
-static void buffered_finish_locked(jb_client *c, jb__buffered *b)
+/*
+ * Batches leave in order, one request in flight at a time: c->sending is a
+ * FIFO whose head is the batch in flight (or waiting to be sent again), so
+ * events are stored in the order they were buffered, retries included.
+ * While the head is in flight the next batches fill up behind it.
+ */
+
+/* Drops the head (acknowledged or failed) and returns the next to send; c->mu held. */
+static jb__buffered *buffered_pop_locked(jb_client *c)
 {
-    for (jb__buffered **pp = &c->sending; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == b) {
-            *pp = b->next;
-            break;
-        }
-    }
+    jb__buffered *b = c->sending;
+    c->sending = b->next;
+    if (c->sending == NULL)
+        c->sending_tail = NULL;
     c->buffered_bytes -= b->body.len;
     buffered_free(b);
     pthread_cond_broadcast(&c->flushed);
+    return c->closing ? NULL : c->sending;
 }
 
 static void buffered_done(jb_client *c, jb_status status, const jb_error *err,
@@ -754,9 +764,10 @@ static void buffered_done(jb_client *c, jb_status status, const jb_error *err,
                           void *userdata)
 {
     jb__buffered *b = userdata;
+    jb__buffered *next = NULL;
     pthread_mutex_lock(&c->mu);
     if (status == JB_OK) {
-        buffered_finish_locked(c, b);
+        next = buffered_pop_locked(c);
     } else if ((status == JB_EBACKPRESSURE || status == JB_EUNAVAILABLE) && !c->closing) {
         b->attempt++;
         uint32_t delay = retry_after_ms > 0 ? retry_after_ms : jb__client_backoff(c, b->attempt);
@@ -768,12 +779,14 @@ static void buffered_done(jb_client *c, jb_status status, const jb_error *err,
             c->flush_err = *err;
         }
         c->flush_lost += b->n;
-        buffered_finish_locked(c, b);
+        next = buffered_pop_locked(c);
     }
     pthread_mutex_unlock(&c->mu);
+    if (next != NULL)
+        buffered_send(c, next);
 }
 
-/* Sends (again) batch @b, which is on c->sending; c->mu not held. */
+/* Sends (again) batch @b, the head of c->sending; c->mu not held. */
 static void buffered_send(jb_client *c, jb__buffered *b)
 {
     jb_error err;
@@ -783,15 +796,22 @@ static void buffered_send(jb_client *c, jb__buffered *b)
         buffered_done(c, st, &err, NULL, 0, 0, b);
 }
 
-/* Moves the open window to c->sending and returns it (to send without c->mu). */
+/*
+ * Seals the open window into the queue; returns it when it is to be sent
+ * now (nothing else in flight), to send without c->mu.
+ */
 static jb__buffered *take_open_locked(jb_client *c)
 {
     jb__buffered *b = c->open;
     c->open = NULL;
-    if (b != NULL) {
-        b->next = c->sending;
-        c->sending = b;
+    if (b == NULL)
+        return NULL;
+    if (c->sending_tail != NULL) {
+        c->sending_tail->next = b;
+        c->sending_tail = b;
+        return NULL;
     }
+    c->sending = c->sending_tail = b;
     return b;
 }
 
@@ -894,8 +914,9 @@ jb_status jb_client_flush(jb_client *c, uint32_t timeout_ms, jb_error *err)
         } else if (pthread_cond_timedwait(&c->flushed, &c->mu, &until) != 0 &&
                    batches_pending_locked(c, upto)) {
             pthread_mutex_unlock(&c->mu);
-            return jb_error_set(err, JB_ETIMEDOUT, "flush: buffered events still unacknowledged "
-                                                   "after %u ms",
+            return jb_error_set(err, JB_ETIMEDOUT,
+                                "flush: buffered events still unacknowledged "
+                                "after %u ms",
                                 timeout_ms);
         }
     }
@@ -1005,8 +1026,8 @@ jb_status jb_client_ack_async(jb_client *c, const char *group, const uint64_t *s
     return ack_common(c, 0, group, sequences, n, 0, 1, cb, userdata, err);
 }
 
-jb_status jb_client_nack_async(jb_client *c, const char *group, const uint64_t *sequences,
-                               size_t n, uint32_t delay_ms, jb_client_done_cb cb, void *userdata,
+jb_status jb_client_nack_async(jb_client *c, const char *group, const uint64_t *sequences, size_t n,
+                               uint32_t delay_ms, jb_client_done_cb cb, void *userdata,
                                jb_error *err)
 {
     return ack_common(c, 1, group, sequences, n, delay_ms, 1, cb, userdata, err);
@@ -1055,9 +1076,8 @@ jb_status jb_client_health(jb_client *c, const char *service, jb_health *out, jb
     return st;
 }
 
-jb_status jb_client_call(jb_client *c, const char *method, const void *request,
-                         size_t request_len, void **response, size_t *response_len,
-                         jb_error *err)
+jb_status jb_client_call(jb_client *c, const char *method, const void *request, size_t request_len,
+                         void **response, size_t *response_len, jb_error *err)
 {
     if (method == NULL || method[0] != '/' || strchr(method + 1, '/') == NULL)
         return jb_error_set(err, JB_EINVAL, "call: method '%s' is not /package.Service/Method",

@@ -73,7 +73,8 @@ struct jb_client {
     jb__alarm window;
     int window_armed;
     int64_t window_due_ms;
-    jb__buffered *sending; /* batches sent or waiting to be sent again */
+    jb__buffered *sending; /* FIFO of sealed batches; the head is in flight */
+    jb__buffered *sending_tail;
     uint64_t next_batch_id;
     size_t buffered_bytes;
     pthread_cond_t flushed;

@@ -151,8 +151,8 @@ static jb_status batch_decode(uint8_t *bytes, size_t len, batch_impl **out, jb_e
                 if (pass == 1) {
                     batch_impl *b = *out;
                     const jb_event *ev;
-                    jb_status st = jb__envelope_decode(bytes + pos, (size_t)l, &b->envs[i], &ev,
-                                                       err);
+                    jb_status st =
+                        jb__envelope_decode(bytes + pos, (size_t)l, &b->envs[i], &ev, err);
                     if (st != JB_OK) {
                         b->n = i;
                         jb_client_batch_free(&b->pub);
@@ -517,8 +517,7 @@ jb_status jb_client_subscribe(jb_client *c, const jb_client_sub_options *opts,
     if (opts == NULL || opts->pattern == NULL || opts->pattern[0] == '\0')
         return jb_error_set(err, JB_EINVAL, "subscribe: no pattern");
     if ((unsigned)opts->start > JB_CLIENT_START_FROM_TIME)
-        return jb_error_set(err, JB_EINVAL, "subscribe: unknown start policy %d",
-                            (int)opts->start);
+        return jb_error_set(err, JB_EINVAL, "subscribe: unknown start policy %d", (int)opts->start);
     jb_client_sub *sub = calloc(1, sizeof(*sub));
     if (sub == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory subscribing");
@@ -652,8 +651,7 @@ void jb_client_unsubscribe(jb_client_sub *sub)
     pthread_mutex_unlock(&c->mu);
 }
 
-jb_status jb_client_sub_ack(jb_client_sub *sub, const uint64_t *sequences, size_t n,
-                            jb_error *err)
+jb_status jb_client_sub_ack(jb_client_sub *sub, const uint64_t *sequences, size_t n, jb_error *err)
 {
     char group[256];
     jb_client_sub_group(sub, group, sizeof(group));

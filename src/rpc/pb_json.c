@@ -88,6 +88,16 @@ static void put_base64(jb__buf *out, const uint8_t *p, size_t len)
     jb__buf_putc(out, '"');
 }
 
+void jb__json_put_string(jb__buf *out, const char *s, size_t len)
+{
+    put_json_string(out, s, len);
+}
+
+void jb__json_put_base64(jb__buf *out, const void *data, size_t len)
+{
+    put_base64(out, data, len);
+}
+
 /* The shortest decimal that reads back as the same value. */
 static void put_double(jb__buf *out, double v, int is_float)
 {
@@ -335,8 +345,7 @@ enum { MAX_DEPTH = 64 };
 
 static void skip_ws(parser *ps)
 {
-    while (ps->p < ps->end &&
-           (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
+    while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\n' || *ps->p == '\r'))
         ps->p++;
 }
 
@@ -344,8 +353,7 @@ static jb_status syntax(parser *ps, const char *what)
 {
     if (ps->p >= ps->end)
         return jb_error_set(ps->err, JB_EPARSE, "unexpected end of input: %s", what);
-    return jb_error_set(ps->err, JB_EPARSE, "at byte %zu: %s", (size_t)(ps->p - ps->start),
-                        what);
+    return jb_error_set(ps->err, JB_EPARSE, "at byte %zu: %s", (size_t)(ps->p - ps->start), what);
 }
 
 static jb_status field_error(parser *ps, const char *fmt, ...)
@@ -1053,5 +1061,37 @@ jb_status jb__pb_from_json(const ProtobufCMessageDescriptor *desc, const char *j
         return st;
     }
     *out = msg;
+    return JB_OK;
+}
+
+jb_status jb__pb_bytes_to_json(const char *type, const void *data, size_t len, jb__buf *out)
+{
+    const ProtobufCMessageDescriptor *d = jb__pb_find_type(type);
+    if (d == NULL)
+        return JB_ENOENT;
+    ProtobufCMessage *m = protobuf_c_message_unpack(d, NULL, len, data);
+    if (m == NULL)
+        return JB_EPARSE;
+    jb__pb_to_json(m, out);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return JB_OK;
+}
+
+jb_status jb__pb_json_to_bytes(const char *type, const char *json, size_t len, jb__buf *out,
+                               jb_error *err)
+{
+    const ProtobufCMessageDescriptor *d = jb__pb_find_type(type);
+    if (d == NULL)
+        return jb_error_set(err, JB_ENOENT, "'%s' is not a known message type", type);
+    ProtobufCMessage *m;
+    jb_status st = jb__pb_from_json(d, json, len, &m, err);
+    if (st != JB_OK)
+        return st;
+    size_t n = protobuf_c_message_get_packed_size(m);
+    jb__buf_grow(out, n);
+    protobuf_c_message_pack(m, (uint8_t *)out->data + out->len);
+    out->len += n;
+    out->data[out->len] = '\0';
+    protobuf_c_message_free_unpacked(m, NULL);
     return JB_OK;
 }

@@ -182,8 +182,7 @@ static int nack_once(jb_client *c, const char *pattern, const char *group)
     printf("first %llu attempt %u\n", (unsigned long long)seq, b->events[0].delivery_attempt);
     jb_client_batch_free(b);
     char g[256];
-    if ((st = jb_client_nack(c, jb_client_sub_group(sub, g, sizeof(g)), &seq, 1, 0, &err)) !=
-        JB_OK)
+    if ((st = jb_client_nack(c, jb_client_sub_group(sub, g, sizeof(g)), &seq, 1, 0, &err)) != JB_OK)
         return fail(st, &err);
     if ((st = jb_client_sub_next(sub, 30000, &b, &err)) != JB_OK)
         return fail(st, &err);

@@ -74,7 +74,8 @@ static void round_trip(const char *type, const char *json)
 }
 
 static const char hand_json[] =
-    "{\"timestamp\":\"1764284401123\",\"gameId\":\"game-123 \\\"quoted\\\" \\u2660 \\ud83c\\udccf\","
+    "{\"timestamp\":\"1764284401123\",\"gameId\":\"game-123 \\\"quoted\\\" \\u2660 "
+    "\\ud83c\\udccf\","
     " \"handPlayed\":{\"handType\":\"HAND_TYPE_FLUSH_FIVE\",\"handLevel\":3,"
     "  \"cards\":[{\"suit\":\"SUIT_SPADES\",\"rank\":\"RANK_ACE\",\"seal\":\"SEAL_RED\"},"
     "            {\"suit\":2,\"rank\":10,\"extraChips\":-30}],"
@@ -117,7 +118,8 @@ static void test_json_names_and_numbers(void **state)
     Jimbot__GameStateUpdate *u = (Jimbot__GameStateUpdate *)parse_ok(
         "jimbot.GameStateUpdate",
         "{\"game_id\":\"g\",\"timestamp\":1e3,\"game_sequence\":42,\"ante\":null,"
-        "\"joker_purchased\":{\"joker_name\":\"Jimbo\",\"rarity\":\"RARITY_RARE\",\"cost\":\"6\"}}");
+        "\"joker_purchased\":{\"joker_name\":\"Jimbo\",\"rarity\":\"RARITY_RARE\",\"cost\":\"6\"}"
+        "}");
     assert_string_equal(u->game_id, "g");
     assert_int_equal(u->timestamp, 1000);
     assert_int_equal(u->game_sequence, 42);
@@ -138,8 +140,8 @@ static void test_json_maps_and_bytes(void **state)
     const char *ev_json = "{\"id\":\"e1\",\"topic\":\"training_updates\",\"payload\":\"AAH-_4A\","
                           "\"headers\":{\"a\":\"1\",\"k\":\"v\"},\"sequence\":\"7\","
                           "\"deliveryAttempt\":4294967295}";
-    Jimbot__Infra__V1__Event *e = (Jimbot__Infra__V1__Event *)parse_ok("jimbot.infra.v1.Event",
-                                                                       ev_json);
+    Jimbot__Infra__V1__Event *e =
+        (Jimbot__Infra__V1__Event *)parse_ok("jimbot.infra.v1.Event", ev_json);
     static const uint8_t want[] = {0x00, 0x01, 0xfe, 0xff, 0x80};
     assert_int_equal(e->payload.len, sizeof(want));
     assert_memory_equal(e->payload.data, want, sizeof(want));
@@ -181,16 +183,19 @@ static void test_json_errors(void **state)
                  "field 'handPlayed.chips': expected a number");
     expect_error(g, "{\"handPlayed\":{\"cards\":[{},{\"suit\":\"SUIT_NONE\"}]}}",
                  "field 'handPlayed.cards[1].suit': unknown value 'SUIT_NONE' of jimbot.Suit");
-    expect_error(g, "{\"gameID\":\"x\"}", "field 'gameID': no such field in jimbot.GameStateUpdate");
+    expect_error(g, "{\"gameID\":\"x\"}",
+                 "field 'gameID': no such field in jimbot.GameStateUpdate");
     expect_error(g, "{\"ante\":2147483648}",
                  "field 'ante': '2147483648' is out of range for a 32-bit integer");
-    expect_error(g, "{\"gameSequence\":-1}", "field 'gameSequence': '-1' is out of range (unsigned)");
+    expect_error(g, "{\"gameSequence\":-1}",
+                 "field 'gameSequence': '-1' is out of range (unsigned)");
     expect_error(g, "{\"ante\":1.5}", "field 'ante': '1.5' is not an integer");
     expect_error(g, "{\"gameId\":7}", "field 'gameId': expected a string");
     expect_error(g, "{\"ante\":1,\"ante\":2}", "field 'ante': given twice");
     expect_error(g, "{\"handPlayed\":{},\"roundCompleted\":{}}",
                  "field 'roundCompleted': another member of its oneof is set already");
-    expect_error(g, "{\"handPlayed\":{\"cards\":{}}}", "field 'handPlayed.cards': expected an array");
+    expect_error(g, "{\"handPlayed\":{\"cards\":{}}}",
+                 "field 'handPlayed.cards': expected an array");
     expect_error(g, "{\"ante\":1", "unexpected end of input: expected ',' or '}'");
     expect_error(g, "{\"ante\" 1}", "at byte 8: expected ':'");
     expect_error(g, "{} x", "at byte 3: unexpected text after the object");
