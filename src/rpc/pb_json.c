@@ -763,7 +763,7 @@ static jb_status parse_value(parser *ps, const ProtobufCFieldDescriptor *f, void
         }
         jb_status st = read_string(ps, &s);
         if (st == JB_OK && f->type == PROTOBUF_C_TYPE_STRING) {
-            if (strlen(s.data) != s.len) {
+            if (s.data != NULL && strlen(s.data) != s.len) {
                 jb__buf_release(&s);
                 return field_error(ps, "a string may not hold \\u0000");
             }
@@ -965,13 +965,16 @@ static jb_status parse_field(parser *ps, const ProtobufCFieldDescriptor *f, Prot
     if (f->label == PROTOBUF_C_LABEL_REPEATED)
         return is_map_entry(f) ? parse_map(ps, f, msg) : parse_repeated(ps, f, msg);
     void *slot = base + f->offset;
+    /* The oneof case first: free_unpacked frees a member only under its case. */
+    if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
+        *(uint32_t *)(base + f->quantifier_offset) = f->id;
     jb_status st = parse_value(ps, f, slot);
     if (st != JB_OK)
         return st;
     if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)
-        *(uint32_t *)(base + f->quantifier_offset) = f->id;
-    else if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->type != PROTOBUF_C_TYPE_STRING &&
-             f->type != PROTOBUF_C_TYPE_MESSAGE)
+        return JB_OK;
+    if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->type != PROTOBUF_C_TYPE_STRING &&
+        f->type != PROTOBUF_C_TYPE_MESSAGE)
         *(protobuf_c_boolean *)(base + f->quantifier_offset) = 1;
     return JB_OK;
 }
