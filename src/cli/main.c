@@ -421,12 +421,7 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
         }
         if (b->n > seqs_cap) {
             seqs_cap = b->n;
-            seqs = realloc(seqs, seqs_cap * sizeof(*seqs));
-            if (seqs == NULL) {
-                jb_client_batch_free(b);
-                rc = fail(EXIT_FAILED, "out of memory");
-                break;
-            }
+            seqs = jb__xrealloc(seqs, seqs_cap * sizeof(*seqs));
         }
         size_t k = 0;
         int closed = 0;

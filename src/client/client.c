@@ -227,9 +227,7 @@ static uint8_t *read_all(grpc_byte_buffer *bb, size_t *len)
     grpc_slice s = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
     size_t n = GRPC_SLICE_LENGTH(s);
-    uint8_t *p = malloc(n > 0 ? n : 1);
-    if (p == NULL)
-        JB_BUG("out of memory reading a %zu-byte message", n);
+    uint8_t *p = jb__xmalloc(n);
     memcpy(p, GRPC_SLICE_START_PTR(s), n);
     grpc_slice_unref(s);
     *len = n;
@@ -851,9 +849,7 @@ jb_status jb_client_publish_buffered(jb_client *c, const jb_event *ev, jb_error 
                           c->buffered_bytes);
     } else {
         if (c->open == NULL) {
-            c->open = calloc(1, sizeof(*c->open));
-            if (c->open == NULL)
-                JB_BUG("out of memory buffering an event");
+            c->open = jb__xcalloc(1, sizeof(*c->open));
             c->open->c = c;
             c->open->id = c->next_batch_id++;
             jb__buf_init(&c->open->body);
@@ -991,9 +987,7 @@ static jb_status ack_common(jb_client *c, int nack, const char *group, const uin
     int m = nack ? JB__M_NACK : JB__M_ACK;
     jb_status st;
     if (async) {
-        done_call *d = malloc(sizeof(*d));
-        if (d == NULL)
-            JB_BUG("out of memory acking");
+        done_call *d = jb__xmalloc(sizeof(*d));
         *d = (done_call){.cb = cb, .userdata = userdata};
         st = unary_start(c, m, NULL, req, len, done_call_done, d, err);
         if (st != JB_OK)

@@ -31,6 +31,7 @@
  */
 #include "client/internal.h"
 
+#include "core/buf.h"
 #include "rpc/envelope.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
@@ -170,10 +171,8 @@ static jb_status batch_decode(uint8_t *bytes, size_t len, batch_impl **out, jb_e
             pos += (size_t)l;
         }
         if (pass == 0) {
-            batch_impl *b = calloc(1, sizeof(*b) + n * sizeof(jb_event));
-            jb__envelope **envs = calloc(n > 0 ? n : 1, sizeof(*envs));
-            if (b == NULL || envs == NULL)
-                JB_BUG("out of memory decoding a batch of %zu events", n);
+            batch_impl *b = jb__xcalloc(1, sizeof(*b) + n * sizeof(jb_event));
+            jb__envelope **envs = jb__xcalloc(n, sizeof(*envs));
             b->bytes = bytes;
             b->envs = envs;
             b->pub.events = b->events;
@@ -460,9 +459,7 @@ static void on_recv(jb__tag *tag, int ok)
         grpc_slice s = grpc_byte_buffer_reader_readall(&r);
         grpc_byte_buffer_reader_destroy(&r);
         len = GRPC_SLICE_LENGTH(s);
-        bytes = malloc(len > 0 ? len : 1);
-        if (bytes == NULL)
-            JB_BUG("out of memory receiving a %zu-byte batch", len);
+        bytes = jb__xmalloc(len);
         memcpy(bytes, GRPC_SLICE_START_PTR(s), len);
         grpc_slice_unref(s);
     }

@@ -820,10 +820,7 @@ static void *repeated_add(ProtobufCMessage *msg, const ProtobufCFieldDescriptor 
     /* Capacity grows in powers of two; realloc when the count reaches one. */
     if (*n == 0 || (*n & (*n - 1)) == 0) {
         size_t cap = *n == 0 ? 1 : *n * 2;
-        char *p = realloc(*arr, cap * step);
-        if (p == NULL)
-            JB_BUG("out of memory growing a repeated field");
-        *arr = p;
+        *arr = jb__xrealloc(*arr, cap * step);
     }
     void *slot = *arr + *n * step;
     memset(slot, 0, step);
