@@ -16,7 +16,10 @@
  *                                              redelivered events' attempts
  *   client_probe ADDR health                   "health NAME"
  *
- * Subscriptions print "subscribed" once started. Output is flushed per line,
+ * Subscriptions start from everything the server holds (JB_CLIENT_START_ALL),
+ * so that events published right after "subscribed" (printed once the
+ * stream is started, not necessarily accepted) are not missed; each test
+ * uses its own topics and groups. Output is flushed per line,
  * so that the test can act while a subscription runs. Exit status 0, or 1
  * with "error: NAME: message".
  */
@@ -117,7 +120,8 @@ static int run_sub(jb_client *c, int pull, const char *pattern, const char *grou
     sub_state s = {.want = want, .ended = JB_OK};
     pthread_mutex_init(&s.mu, NULL);
     pthread_cond_init(&s.cv, NULL);
-    jb_client_sub_options o = {.pattern = pattern, .group = group, .on_end = on_end};
+    jb_client_sub_options o = {
+        .pattern = pattern, .group = group, .start = JB_CLIENT_START_ALL, .on_end = on_end};
     jb_client_sub *sub;
     jb_error err;
     jb_status st = jb_client_subscribe(c, &o, pull ? NULL : on_batch, &s, &sub, &err);
@@ -167,7 +171,7 @@ static int run_sub(jb_client *c, int pull, const char *pattern, const char *grou
 
 static int nack_once(jb_client *c, const char *pattern, const char *group)
 {
-    jb_client_sub_options o = {.pattern = pattern, .group = group};
+    jb_client_sub_options o = {.pattern = pattern, .group = group, .start = JB_CLIENT_START_ALL};
     jb_client_sub *sub;
     jb_error err;
     jb_status st = jb_client_subscribe(c, &o, NULL, NULL, &sub, &err);

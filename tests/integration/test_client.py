@@ -295,10 +295,10 @@ class ClientTests(unittest.TestCase):
 
     def test_jimbotctl_json_event_round_trip(self):
         """The acceptance scenario: publish --json, subscribe shows it decoded."""
+        # --from all: the group may be created after the publish below.
         sub = Lines([JIMBOTCTL, "--addr", self.addr, "subscribe", "game_events.>",
-                     "--group", "accept", "--count", "1"])
+                     "--group", "accept", "--count", "1", "--from", "all"])
         self.addCleanup(sub.close)
-        time.sleep(0.5)  # let the group exist before publishing (deliver policy NEW)
         msg = game_events_pb2.GameStateUpdate(game_id="game_123", ante=2, money=9,
                                               timestamp=1700000000000, game_sequence=4)
         msg.hand_played.hand_type = game_events_pb2.HAND_TYPE_FLUSH
@@ -325,9 +325,9 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(r.stdout, f"{seq} duplicate\n")
 
     def test_jimbotctl_raw_payload_and_signals(self):
-        sub = Lines([JIMBOTCTL, "--addr", self.addr, "subscribe", "raw.*", "--group", "raw-g"])
+        sub = Lines([JIMBOTCTL, "--addr", self.addr, "subscribe", "raw.*", "--group", "raw-g",
+                     "--from", "all"])
         self.addCleanup(sub.close)
-        time.sleep(0.5)
         r = ctl(self.addr, "publish", "raw.bytes", "--payload-file", "-", input="\x00\x01")
         self.assertEqual(r.returncode, 0, r.stderr)
         line = json.loads(sub.next())
