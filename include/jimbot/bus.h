@@ -38,6 +38,7 @@
 
 #include <uv.h>
 
+#include "jimbot/event.h"
 #include "jimbot/status.h"
 #include "jimbot/store.h"
 
@@ -47,36 +48,6 @@ extern "C" {
 
 typedef struct jb_bus jb_bus;
 typedef struct jb_bus_sub jb_bus_sub;
-
-typedef struct jb_header {
-    const char *key;
-    const char *value;
-} jb_header;
-
-/*
- * An event. On publish, the caller fills id (may be NULL or empty: no
- * deduplication), topic, type, source, timestamp_ms (0: the bus's clock),
- * payload and headers; sequence and delivery_attempt are ignored. On
- * delivery every field is set, and `encoded` holds the event serialized as a
- * jimbot.infra.v1.Event message as stored, without its sequence and delivery
- * attempt; appending those two fields (protobuf merges concatenated
- * encodings) gives the full message without re-encoding.
- */
-typedef struct jb_event {
-    const char *id;
-    const char *topic;
-    const char *type;
-    const char *source;
-    int64_t timestamp_ms;
-    const void *payload;
-    size_t payload_len;
-    const jb_header *headers;
-    size_t n_headers;
-    uint64_t sequence;
-    uint32_t delivery_attempt;
-    const void *encoded;
-    size_t encoded_len;
-} jb_event;
 
 /* Where a new group starts (an existing group keeps its position). */
 typedef enum jb_deliver_policy {

@@ -79,7 +79,12 @@ void jb_error_clear(jb_error *err);
  * place and the message to stderr and aborts.
  */
 #define JB_BUG(...) jb__bug(__FILE__, __LINE__, __VA_ARGS__)
-_Noreturn void jb__bug(const char *file, int line, const char *fmt, ...)
+#ifdef __cplusplus
+[[noreturn]]
+#else
+_Noreturn
+#endif
+void jb__bug(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 #ifdef __cplusplus

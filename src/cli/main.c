@@ -1,41 +1,642 @@
 /*
  * jimbotctl: the command line for people and scripts.
  *
- * Thin by design: argument parsing and output formatting only; every call
- * goes through the C client library (include/jimbot/client.h) once it
- * exists. Failures print one line on stderr and exit non-zero.
+ * Thin by design: argument parsing and output formatting only. Every call
+ * goes through the C client library (include/jimbot/client.h); protobuf
+ * payloads are read and shown as JSON by src/rpc/pb_json.c. Failures print
+ * one line on stderr ("jimbotctl: ...") and exit non-zero:
+ *
+ *   0  success (health: SERVING)
+ *   1  the call failed, or health is not SERVING
+ *   2  usage error (bad option, bad --json, unknown --type)
+ *   3  jimbotd could not be reached (UNAVAILABLE, deadline exceeded)
+ *
+ * subscribe prints one JSON object per event on stdout and acks each batch
+ * once it is written (at-least-once for a pipe consumer); SIGINT, SIGTERM
+ * and a closed stdout end it cleanly with status 0.
  */
+#include "core/buf.h"
+#include "rpc/pb_json.h"
+
+#include "jimbot/client.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+
+static const char *cmd_name = "jimbotctl";
+static volatile sig_atomic_t stop_requested;
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: jimbotctl [--addr ADDR] COMMAND [ARGS]\n"
-                 "\n"
-                 "Talks to a running jimbotd (default address 127.0.0.1:50051).\n"
-                 "\n"
-                 "Commands:\n"
-                 "  version            print the version and exit\n"
-                 "\n"
-                 "Options:\n"
-                 "  --addr ADDR        jimbotd's gRPC address (host:port or unix:PATH)\n"
-                 "  -h, --help         show this help\n");
+    fprintf(out,
+            "usage: jimbotctl [--addr ADDR] COMMAND [ARGS]\n"
+            "\n"
+            "Talks to a running jimbotd over gRPC.\n"
+            "\n"
+            "Commands:\n"
+            "  publish TOPIC [--type T] [--json J | --payload S | --payload-file F]\n"
+            "                     publish one event; prints its sequence\n"
+            "  subscribe PATTERN [--group G] [--count N]\n"
+            "                     print matching events as JSON lines\n"
+            "  health             SERVING or not (exit 0 only when SERVING)\n"
+            "  status             resource status (GPU, API budget, queues, breakers)\n"
+            "  version            print the version\n"
+            "\n"
+            "Options:\n"
+            "  --addr ADDR        jimbotd's address, host:port or unix:PATH\n"
+            "                     (default $JIMBOT_ADDR, else %s)\n"
+            "  -h, --help         this help; COMMAND --help for a command's options\n"
+            "\n"
+            "Exit status: 0 success, 1 failure, 2 usage error, 3 jimbotd unreachable.\n",
+            JB_CLIENT_DEFAULT_ADDR);
 }
+
+/* One line on stderr; newlines in @msg become spaces. */
+static int fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int fail(int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    for (char *p = msg; *p; p++) {
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+    }
+    fprintf(stderr, "jimbotctl: %s: %s\n", cmd_name, msg);
+    return code;
+}
+
+static int fail_status(jb_status st, const jb_error *err)
+{
+    int code = st == JB_EUNAVAILABLE || st == JB_ETIMEDOUT ? EXIT_UNREACHABLE : EXIT_FAILED;
+    if (st == JB_EUNSUPPORTED)
+        return fail(code, "not yet supported by this jimbotd (%s)", err->message);
+    return fail(code, "%s", err->message);
+}
+
+static int bad_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int bad_usage(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    return fail(EXIT_USAGE, "%s (see jimbotctl %s --help)", msg, cmd_name);
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    if (s == NULL || *s == '\0' || *s == '-')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0' || errno != 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int read_file(const char *path, jb__buf *out)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (f == NULL)
+        return -1;
+    char chunk[65536];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        jb__buf_append(out, chunk, n);
+    int bad = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    return bad ? -1 : 0;
+}
+
+/* ---- publish ------------------------------------------------------------- */
+
+static void publish_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl publish TOPIC [OPTIONS]\n"
+                 "\n"
+                 "Publishes one event and prints its sequence (\"42\", or \"42 duplicate\" when\n"
+                 "its --id was seen recently and it was not stored again).\n"
+                 "\n"
+                 "  --type T             the payload's type, e.g. jimbot.GameStateUpdate\n"
+                 "  --json J             the payload as proto3 JSON of --type (a known type)\n"
+                 "  --payload S          the payload as raw bytes (the string S)\n"
+                 "  --payload-file F     the payload read from file F (- for stdin)\n"
+                 "  --header K=V         a header; repeatable\n"
+                 "  --id ID              an id for deduplication\n"
+                 "  --source S           the publishing component (default jimbotctl)\n");
+}
+
+enum { MAX_HEADERS = 64 };
+
+static int cmd_publish(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"type", required_argument, NULL, 't'},
+        {"json", required_argument, NULL, 'j'},
+        {"payload", required_argument, NULL, 'p'},
+        {"payload-file", required_argument, NULL, 'f'},
+        {"header", required_argument, NULL, 'H'},
+        {"id", required_argument, NULL, 'i'},
+        {"source", required_argument, NULL, 's'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *type = NULL, *json = NULL, *payload = NULL, *file = NULL, *id = NULL;
+    const char *source = "jimbotctl";
+    jb_header headers[MAX_HEADERS];
+    char *header_copies[MAX_HEADERS];
+    size_t n_headers = 0;
+    int c, rc = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            type = optarg;
+            break;
+        case 'j':
+            json = optarg;
+            break;
+        case 'p':
+            payload = optarg;
+            break;
+        case 'f':
+            file = optarg;
+            break;
+        case 'i':
+            id = optarg;
+            break;
+        case 's':
+            source = optarg;
+            break;
+        case 'H': {
+            char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg) {
+                rc = bad_usage("--header '%s': expected KEY=VALUE", optarg);
+                goto out;
+            }
+            if (n_headers == MAX_HEADERS) {
+                rc = bad_usage("more than %d headers", MAX_HEADERS);
+                goto out;
+            }
+            char *copy = strdup(optarg);
+            if (copy == NULL) {
+                rc = fail(EXIT_FAILED, "out of memory");
+                goto out;
+            }
+            copy[eq - optarg] = '\0';
+            header_copies[n_headers] = copy;
+            headers[n_headers++] = (jb_header){copy, copy + (eq - optarg) + 1};
+            break;
+        }
+        case 'h':
+            publish_usage(stdout);
+            goto out;
+        default:
+            rc = bad_usage("bad option '%s'", argv[optind - 1]);
+            goto out;
+        }
+    }
+    if (optind + 1 != argc) {
+        rc = bad_usage(optind >= argc ? "expected a TOPIC%s" : "unexpected argument '%s'",
+                       optind >= argc ? "" : argv[optind + 1]);
+        goto out;
+    }
+    if ((json != NULL) + (payload != NULL) + (file != NULL) > 1) {
+        rc = bad_usage("give one of --json, --payload, --payload-file");
+        goto out;
+    }
+
+    jb__buf body;
+    jb__buf_init(&body);
+    if (json != NULL) {
+        if (type == NULL) {
+            rc = bad_usage("--json needs --type");
+        } else {
+            jb_error err;
+            jb_status st = jb__pb_json_to_bytes(type, json, strlen(json), &body, &err);
+            if (st == JB_ENOENT)
+                rc = fail(EXIT_USAGE,
+                          "--type '%s' is not a known message type (--payload sends raw bytes)",
+                          type);
+            else if (st != JB_OK)
+                rc = fail(EXIT_USAGE, "--json: %s", err.message);
+        }
+    } else if (payload != NULL) {
+        jb__buf_puts(&body, payload);
+    } else if (file != NULL && read_file(file, &body) != 0) {
+        rc = fail(EXIT_FAILED, "--payload-file %s: %s", file, strerror(errno));
+    }
+    if (rc == 0) {
+        jb_event ev = {.id = id,
+                       .topic = argv[optind],
+                       .type = type,
+                       .source = source,
+                       .payload = body.data,
+                       .payload_len = body.len,
+                       .headers = headers,
+                       .n_headers = n_headers};
+        jb_error err;
+        uint64_t seq = 0;
+        uint8_t dup = 0;
+        jb_status st = jb_client_new(copts, client, &err);
+        if (st == JB_OK)
+            st = jb_client_publish(*client, &ev, 1, &seq, &dup, NULL, &err);
+        if (st != JB_OK)
+            rc = fail_status(st, &err);
+        else
+            printf("%" PRIu64 "%s\n", seq, dup ? " duplicate" : "");
+    }
+    jb__buf_release(&body);
+out:
+    for (size_t i = 0; i < n_headers; i++)
+        free(header_copies[i]);
+    return rc;
+}
+
+/* ---- subscribe ----------------------------------------------------------- */
+
+static void subscribe_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: jimbotctl subscribe PATTERN [OPTIONS]\n"
+            "\n"
+            "Prints each event of the topics matching PATTERN ('game_events.>', 'a.*.c') as\n"
+            "one JSON object per line:\n"
+            "  "
+            "{\"sequence\":42,\"topic\":\"...\",\"type\":\"...\",\"timestamp_ms\":...,\"source\":"
+            "\"...\",\n"
+            "   \"headers\":{...},\"delivery_attempt\":1,\"payload\":{...}}\n"
+            "where payload is the decoded message when type is a known protobuf type, else\n"
+            "\"payload_base64\" holds the bytes. Each batch is acked once printed.\n"
+            "\n"
+            "  --group G            consumer group (default: a private group for this run)\n"
+            "  --count N            exit 0 after N events\n"
+            "  --from WHERE         where a new group starts: new (default), all, or a sequence\n"
+            "  --max-in-flight N    unacked events at once (default: the server's)\n"
+            "  --no-ack             do not ack (events come back after the group's ack wait)\n");
+}
+
+static void print_event(jb__buf *line, const jb_event *ev)
+{
+    jb__buf_reset(line);
+    jb__buf_printf(line, "{\"sequence\":%" PRIu64 ",\"topic\":", ev->sequence);
+    const char *topic = ev->topic != NULL ? ev->topic : "";
+    const char *type = ev->type != NULL ? ev->type : "";
+    const char *source = ev->source != NULL ? ev->source : "";
+    jb__json_put_string(line, topic, strlen(topic));
+    jb__buf_puts(line, ",\"type\":");
+    jb__json_put_string(line, type, strlen(type));
+    jb__buf_printf(line, ",\"timestamp_ms\":%" PRId64 ",\"source\":", ev->timestamp_ms);
+    jb__json_put_string(line, source, strlen(source));
+    if (ev->id != NULL && ev->id[0]) {
+        jb__buf_puts(line, ",\"id\":");
+        jb__json_put_string(line, ev->id, strlen(ev->id));
+    }
+    jb__buf_puts(line, ",\"headers\":{");
+    for (size_t i = 0; i < ev->n_headers; i++) {
+        if (i > 0)
+            jb__buf_putc(line, ',');
+        const char *k = ev->headers[i].key ? ev->headers[i].key : "";
+        const char *v = ev->headers[i].value ? ev->headers[i].value : "";
+        jb__json_put_string(line, k, strlen(k));
+        jb__buf_putc(line, ':');
+        jb__json_put_string(line, v, strlen(v));
+    }
+    jb__buf_printf(line, "},\"delivery_attempt\":%u,", ev->delivery_attempt);
+    size_t mark = line->len;
+    jb__buf_puts(line, "\"payload\":");
+    if (jb__pb_bytes_to_json(type, ev->payload, ev->payload_len, line) != JB_OK) {
+        line->len = mark;
+        line->data[mark] = '\0';
+        jb__buf_puts(line, "\"payload_base64\":");
+        jb__json_put_base64(line, ev->payload, ev->payload_len);
+    }
+    jb__buf_puts(line, "}\n");
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+}
+
+static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"group", required_argument, NULL, 'g'},
+        {"count", required_argument, NULL, 'n'},
+        {"from", required_argument, NULL, 'F'},
+        {"max-in-flight", required_argument, NULL, 'm'},
+        {"no-ack", no_argument, NULL, 'A'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    jb_client_sub_options so = {0};
+    uint64_t count = 0, v;
+    int ack = 1, c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'g':
+            so.group = optarg;
+            break;
+        case 'n':
+            if (parse_u64(optarg, &count) != 0 || count == 0)
+                return bad_usage("--count '%s': expected a positive number", optarg);
+            break;
+        case 'F':
+            if (strcmp(optarg, "new") == 0) {
+                so.start = JB_CLIENT_START_NEW;
+            } else if (strcmp(optarg, "all") == 0) {
+                so.start = JB_CLIENT_START_ALL;
+            } else if (parse_u64(optarg, &so.start_sequence) == 0) {
+                so.start = JB_CLIENT_START_FROM_SEQUENCE;
+            } else {
+                return bad_usage("--from '%s': expected new, all or a sequence", optarg);
+            }
+            break;
+        case 'm':
+            if (parse_u64(optarg, &v) != 0 || v > UINT32_MAX)
+                return bad_usage("--max-in-flight '%s': expected a number", optarg);
+            so.max_in_flight = (uint32_t)v;
+            break;
+        case 'A':
+            ack = 0;
+            break;
+        case 'h':
+            subscribe_usage(stdout);
+            return 0;
+        default:
+            return bad_usage("bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind + 1 != argc)
+        return bad_usage(optind >= argc ? "expected a PATTERN%s" : "unexpected argument '%s'",
+                         optind >= argc ? "" : argv[optind + 1]);
+    so.pattern = argv[optind];
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    jb_error err;
+    jb_client_sub *sub = NULL;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_subscribe(*client, &so, NULL, NULL, &sub, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    jb__buf line;
+    jb__buf_init(&line);
+    uint64_t printed = 0;
+    uint64_t *seqs = NULL;
+    size_t seqs_cap = 0;
+    int rc = 0;
+    while (!stop_requested && (count == 0 || printed < count)) {
+        jb_client_batch *b;
+        st = jb_client_sub_next(sub, 200, &b, &err);
+        if (st == JB_ETIMEDOUT)
+            continue;
+        if (st != JB_OK) {
+            rc = fail_status(st, &err);
+            break;
+        }
+        if (b->n > seqs_cap) {
+            seqs_cap = b->n;
+            seqs = jb__xrealloc(seqs, seqs_cap * sizeof(*seqs));
+        }
+        size_t k = 0;
+        int closed = 0;
+        for (size_t i = 0; i < b->n && (count == 0 || printed < count); i++) {
+            print_event(&line, &b->events[i]);
+            if (fwrite(line.data, 1, line.len, stdout) != line.len) {
+                closed = 1;
+                break;
+            }
+            seqs[k++] = b->events[i].sequence;
+            printed++;
+        }
+        jb_client_batch_free(b);
+        if (fflush(stdout) != 0 || closed)
+            break; /* the reader went away: what it did not get stays unacked */
+        if (ack && k > 0 && (st = jb_client_sub_ack(sub, seqs, k, &err)) != JB_OK) {
+            rc = fail_status(st, &err);
+            break;
+        }
+    }
+    free(seqs);
+    jb__buf_release(&line);
+    jb_client_unsubscribe(sub);
+    return rc;
+}
+
+/* ---- health, status ------------------------------------------------------ */
+
+static int no_args(int argc, char **argv, void (*help)(FILE *), const char *const *flags,
+                   int *flag_set)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            help(stdout);
+            return -1;
+        }
+        int known = 0;
+        for (int f = 0; flags != NULL && flags[f] != NULL; f++) {
+            if (strcmp(argv[i], flags[f]) == 0) {
+                flag_set[f] = 1;
+                known = 1;
+            }
+        }
+        if (!known)
+            return bad_usage("unexpected argument '%s'", argv[i]);
+    }
+    return 0;
+}
+
+static void health_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl health\n"
+                 "\n"
+                 "Asks grpc.health.v1.Health/Check and prints SERVING, NOT_SERVING, UNKNOWN or\n"
+                 "SERVICE_UNKNOWN. Exit status 0 only when SERVING.\n");
+}
+
+static int cmd_health(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    int rc = no_args(argc, argv, health_usage, NULL, NULL);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    jb_error err;
+    jb_health h = JB_HEALTH_UNKNOWN;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_health(*client, "", &h, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    printf("%s\n", jb_health_name(h));
+    return h == JB_HEALTH_SERVING ? 0 : EXIT_FAILED;
+}
+
+static void status_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl status [--json]\n"
+                 "\n"
+                 "Prints jimbotd's resource status (Infrastructure/GetResourceStatus): GPU\n"
+                 "lease, LLM requests remaining, queue depths, circuit breakers; indented, or\n"
+                 "as one line of JSON with --json.\n");
+}
+
+/* Re-indents one line of JSON, two spaces per level. */
+static void print_indented(const char *s)
+{
+    int depth = 0, in_str = 0;
+    for (const char *p = s; *p; p++) {
+        char ch = *p;
+        if (in_str) {
+            putchar(ch);
+            if (ch == '\\' && p[1] != '\0')
+                putchar(*++p);
+            else if (ch == '"')
+                in_str = 0;
+            continue;
+        }
+        switch (ch) {
+        case '"':
+            in_str = 1;
+            putchar(ch);
+            break;
+        case '{':
+        case '[':
+            if (p[1] == '}' || p[1] == ']') {
+                printf("%c%c", ch, p[1]);
+                p++;
+                break;
+            }
+            depth++;
+            printf("%c\n%*s", ch, depth * 2, "");
+            break;
+        case '}':
+        case ']':
+            depth--;
+            printf("\n%*s%c", depth * 2, "", ch);
+            break;
+        case ',':
+            printf(",\n%*s", depth * 2, "");
+            break;
+        case ':':
+            printf(": ");
+            break;
+        default:
+            putchar(ch);
+        }
+    }
+    putchar('\n');
+}
+
+static int cmd_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const char *const flags[] = {"--json", NULL};
+    int json = 0;
+    int rc = no_args(argc, argv, status_usage, flags, &json);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    jb_error err;
+    void *resp = NULL;
+    size_t len = 0;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_call(*client, "/jimbot.infra.v1.Infrastructure/GetResourceStatus", "", 0,
+                            &resp, &len, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    jb__buf out;
+    jb__buf_init(&out);
+    if (jb__pb_bytes_to_json("jimbot.infra.v1.ResourceStatus", resp, len, &out) != JB_OK) {
+        rc = fail(EXIT_FAILED, "malformed ResourceStatus (%zu bytes)", len);
+    } else if (json) {
+        printf("%s\n", out.data);
+    } else {
+        print_indented(out.data);
+    }
+    jb__buf_release(&out);
+    free(resp);
+    return rc;
+}
+
+/* ---- main ---------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
+    static const struct option longopts[] = {
+        {"addr", required_argument, NULL, 'a'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    jb_client_options copts = {0};
+    copts.addr = getenv("JIMBOT_ADDR");
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'a':
+            copts.addr = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("jimbotctl %s\n", JB_VERSION);
+            return 0;
+        default:
+            fprintf(stderr, "jimbotctl: bad option '%s' (see jimbotctl --help)\n",
+                    argv[optind - 1]);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind >= argc) {
         usage(stderr);
-        return 2;
+        return EXIT_USAGE;
     }
-    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
-        usage(stdout);
-        return 0;
-    }
-    if (strcmp(argv[1], "version") == 0 || strcmp(argv[1], "--version") == 0) {
+    cmd_name = argv[optind];
+    int cargc = argc - optind;
+    char **cargv = argv + optind;
+    optind = 0; /* glibc: start afresh on the command's arguments (which it may permute) */
+    jb_client *client = NULL;
+    int rc;
+    if (strcmp(cmd_name, "publish") == 0) {
+        rc = cmd_publish(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "subscribe") == 0) {
+        rc = cmd_subscribe(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "health") == 0) {
+        rc = cmd_health(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "status") == 0) {
+        rc = cmd_status(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "version") == 0) {
         printf("jimbotctl %s\n", JB_VERSION);
-        return 0;
+        rc = 0;
+    } else {
+        fprintf(stderr, "jimbotctl: unknown command '%s' (see jimbotctl --help)\n", cmd_name);
+        rc = EXIT_USAGE;
     }
-    fprintf(stderr, "jimbotctl: unknown command '%s' (see jimbotctl --help)\n", argv[1]);
-    return 2;
+    jb_client_free(client);
+    return rc;
 }

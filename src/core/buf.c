@@ -80,3 +80,27 @@ void jb__buf_printf(jb__buf *b, const char *fmt, ...)
     va_end(ap);
     b->len += (size_t)n;
 }
+
+void *jb__xmalloc(size_t n)
+{
+    void *p = malloc(n > 0 ? n : 1);
+    if (p == NULL)
+        JB_BUG("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *jb__xcalloc(size_t count, size_t size)
+{
+    void *p = calloc(count > 0 ? count : 1, size > 0 ? size : 1);
+    if (p == NULL)
+        JB_BUG("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *jb__xrealloc(void *p, size_t n)
+{
+    void *q = realloc(p, n > 0 ? n : 1);
+    if (q == NULL)
+        JB_BUG("out of memory growing to %zu bytes", n);
+    return q;
+}

@@ -27,4 +27,12 @@ void jb__buf_puts(jb__buf *b, const char *s);
 void jb__buf_putc(jb__buf *b, char c);
 void jb__buf_printf(jb__buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * malloc, calloc and realloc for small, bounded allocations whose failure
+ * is fatal (JB_BUG) like the buffers' own: never NULL.
+ */
+void *jb__xmalloc(size_t n);
+void *jb__xcalloc(size_t count, size_t size);
+void *jb__xrealloc(void *p, size_t n);
+
 #endif /* JB_CORE_BUF_H */

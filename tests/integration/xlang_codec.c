@@ -6,6 +6,8 @@
  *   xlang_codec json NAME      the same sample as proto3 JSON
  *   xlang_codec decode TYPE    bytes on stdin parsed as TYPE (a full name);
  *                              prints the JSON, then the re-encoded bytes in hex
+ *   xlang_codec fromjson TYPE  proto3 JSON on stdin read as TYPE by
+ *                              jb__pb_from_json(); prints the bytes in hex
  *
  * Samples set every field with non-default values, so that a decoder that
  * dropped any field would be caught by the JSON comparison in Python.
@@ -240,7 +242,8 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc != 3)
-        return fail("usage: xlang_codec types | encode NAME | json NAME | decode TYPE");
+        return fail("usage: xlang_codec types | encode NAME | json NAME | decode TYPE | "
+                    "fromjson TYPE");
 
     if (strcmp(argv[1], "encode") == 0 || strcmp(argv[1], "json") == 0) {
         ProtobufCMessage *m = sample(argv[2]);
@@ -289,6 +292,32 @@ int main(int argc, char **argv)
         printf("\n");
         free(bytes);
         jb__buf_release(&out);
+        protobuf_c_message_free_unpacked(m, NULL);
+        return 0;
+    }
+    if (strcmp(argv[1], "fromjson") == 0) {
+        const ProtobufCMessageDescriptor *d = jb__pb_find_type(argv[2]);
+        if (d == NULL)
+            return fail("unknown message type");
+        jb__buf in;
+        jb__buf_init(&in);
+        char chunk[4096];
+        size_t got;
+        while ((got = fread(chunk, 1, sizeof(chunk), stdin)) > 0)
+            jb__buf_append(&in, chunk, got);
+        ProtobufCMessage *m;
+        jb_error err;
+        jb_status st = jb__pb_from_json(d, in.data ? in.data : "", in.len, &m, &err);
+        jb__buf_release(&in);
+        if (st != JB_OK)
+            return fail(err.message);
+        size_t n = protobuf_c_message_get_packed_size(m);
+        uint8_t *bytes = malloc(n ? n : 1);
+        protobuf_c_message_pack(m, bytes);
+        for (size_t i = 0; i < n; i++)
+            printf("%02x", bytes[i]);
+        printf("\n");
+        free(bytes);
         protobuf_c_message_free_unpacked(m, NULL);
         return 0;
     }

@@ -1,0 +1,53 @@
+/*
+ * jimbot/event.h: the event as the C API sees it.
+ *
+ * Shared by the engine (jimbot/bus.h) and the client library
+ * (jimbot/client.h), so that code written against one reads events from the
+ * other unchanged. Plain data with borrowed pointers: the header says, per
+ * function, how long they stay valid. No dependency beyond the C library, so
+ * that C++ programs can include it without libuv.
+ */
+#ifndef JIMBOT_EVENT_H
+#define JIMBOT_EVENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct jb_header {
+    const char *key;
+    const char *value;
+} jb_header;
+
+/*
+ * An event. On publish, the caller fills id (may be NULL or empty: no
+ * deduplication), topic, type, source, timestamp_ms (0: the bus's clock),
+ * payload and headers; sequence and delivery_attempt are ignored. On
+ * delivery every field is set, and `encoded` holds the event serialized as a
+ * jimbot.infra.v1.Event message, sequence and delivery attempt included,
+ * ready to be forwarded without re-encoding.
+ */
+typedef struct jb_event {
+    const char *id;
+    const char *topic;
+    const char *type;
+    const char *source;
+    int64_t timestamp_ms;
+    const void *payload;
+    size_t payload_len;
+    const jb_header *headers;
+    size_t n_headers;
+    uint64_t sequence;
+    uint32_t delivery_attempt;
+    const void *encoded;
+    size_t encoded_len;
+} jb_event;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* JIMBOT_EVENT_H */

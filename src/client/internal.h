@@ -1,0 +1,108 @@
+/*
+ * Internals of the client library (include/jimbot/client.h), shared by
+ * client.c (the channel, the client thread, unary calls, alarms, publishing)
+ * and sub.c (subscriptions).
+ *
+ * Locking: one mutex per client, c->mu, guards every mutable field of the
+ * client and of its subscriptions. gRPC calls are started from whichever
+ * thread asks (grpc_call_start_batch is thread-safe), always under c->mu
+ * and after checking c->closing, so that nothing is started once
+ * jb_client_free() has begun. User callbacks run on the client thread with
+ * c->mu released.
+ */
+#ifndef JB_CLIENT_INTERNAL_H
+#define JB_CLIENT_INTERNAL_H
+
+#include "jimbot/client.h"
+
+#include <grpc/grpc.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define JB__CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
+/* Something the completion queue hands back: recovered with JB__CONTAINER_OF. */
+typedef struct jb__tag {
+    void (*fn)(struct jb__tag *tag, int ok);
+} jb__tag;
+
+/*
+ * A one-shot timer on the completion queue. gRPC core has no public alarm
+ * in C, but a connectivity watch with a deadline completes at that deadline
+ * at the latest: the client arms one and, when it comes back early (the
+ * channel changed state), arms it again until the due time. fire() runs on
+ * the client thread without c->mu, also when the client is closing.
+ */
+typedef struct jb__alarm {
+    jb__tag tag;
+    jb_client *c;
+    int64_t due_ms; /* monotonic */
+    void (*fire)(struct jb__alarm *a);
+} jb__alarm;
+
+enum { JB__M_PUBLISH, JB__M_SUBSCRIBE, JB__M_ACK, JB__M_NACK, JB__M_HEALTH, JB__M_COUNT };
+
+/*
+ * The end of a unary call, on the client thread without c->mu. @response is
+ * borrowed. @retry_after_ms is the server's "retry-after-ms" hint.
+ */
+typedef void (*jb__unary_fn)(jb_client *c, jb_status status, const jb_error *err,
+                             const uint8_t *response, size_t len, uint32_t retry_after_ms,
+                             void *userdata);
+
+typedef struct jb__unary jb__unary;
+typedef struct jb__buffered jb__buffered;
+
+struct jb_client {
+    char *addr;
+    jb_client_options opts;
+    grpc_channel *channel;
+    grpc_completion_queue *cq;
+    void *methods[JB__M_COUNT];
+    pthread_t thread;
+
+    pthread_mutex_t mu;
+    int closing;
+    unsigned rand_state;
+    jb__unary *calls; /* unary calls in flight, to cancel at close */
+    jb_client_sub *subs;
+
+    /* Client-side batching: the open window's encoded PublishRequest. */
+    jb__buffered *open;
+    jb__alarm window;
+    int window_armed;
+    int64_t window_due_ms;
+    jb__buffered *sending; /* FIFO of sealed batches; the head is in flight */
+    jb__buffered *sending_tail;
+    uint64_t next_batch_id;
+    size_t buffered_bytes;
+    pthread_cond_t flushed;
+    jb_status flush_status;
+    jb_error flush_err;
+    uint64_t flush_lost;
+};
+
+/* Monotonic milliseconds. */
+int64_t jb__client_now_ms(void);
+
+/* True on the client thread. */
+int jb__client_on_thread(const jb_client *c);
+
+/* Arms @a for @due_ms; c->mu held, !c->closing. */
+void jb__client_alarm_arm(jb_client *c, jb__alarm *a, int64_t due_ms);
+
+/* The backoff before retry @attempt (1, 2...), with jitter; c->mu held. */
+uint32_t jb__client_backoff(jb_client *c, uint32_t attempt);
+
+/* Maps a gRPC status to a jb_status and fills @err with "NAME: CODE: details". */
+jb_status jb__client_map_status(grpc_status_code code, const char *name, grpc_slice details,
+                                jb_error *err);
+
+/* Frees the client's subscriptions (client.c calls it after the thread ends). */
+void jb__client_subs_free_all(jb_client *c);
+
+/* Cancels every subscription's stream; c->mu held, c->closing set. */
+void jb__client_subs_cancel_all(jb_client *c);
+
+#endif /* JB_CLIENT_INTERNAL_H */

@@ -1,0 +1,313 @@
+/*
+ * client_probe: drives the C client library (jimbot/client.h) for
+ * test_client.py. Each verb does one thing and prints plain lines:
+ *
+ *   client_probe ADDR publish TOPIC N          N single publishes: "seq S dup D"
+ *   client_probe ADDR batch TOPIC N            one request of N events: "seqs S1 S2 ..."
+ *   client_probe ADDR async TOPIC N K          N publishes, K in flight at once: "ok N"
+ *   client_probe ADDR buffered TOPIC N WIN MAX N buffered events, then flush:
+ *                                              "flushed N" or the error
+ *   client_probe ADDR error TOPIC              one publish: "status NAME retry MS" and
+ *                                              the message line
+ *   client_probe ADDR sub-cb PATTERN GROUP N   callback mode: "event SEQ TOPIC ATTEMPT
+ *   client_probe ADDR sub-pull PATTERN GROUP N PAYLOAD" per event, acked, until N events;
+ *                                              then "reconnects R"
+ *   client_probe ADDR nack-once PATTERN GROUP  pull: nacks the first batch, prints the
+ *                                              redelivered events' attempts
+ *   client_probe ADDR health                   "health NAME"
+ *
+ * Subscriptions start from everything the server holds (JB_CLIENT_START_ALL),
+ * so that events published right after "subscribed" (printed once the
+ * stream is started, not necessarily accepted) are not missed; each test
+ * uses its own topics and groups. Output is flushed per line,
+ * so that the test can act while a subscription runs. Exit status 0, or 1
+ * with "error: NAME: message".
+ */
+#include "jimbot/client.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int fail(jb_status st, const jb_error *err)
+{
+    printf("error: %s: %s\n", jb_status_name(st), err != NULL ? err->message : "");
+    fflush(stdout);
+    return 1;
+}
+
+static jb_event make_event(const char *topic, char *payload, size_t i)
+{
+    snprintf(payload, 32, "payload-%zu", i);
+    static const jb_header headers[] = {{"probe", "yes"}};
+    return (jb_event){.topic = topic,
+                      .type = "probe.Text",
+                      .source = "client_probe",
+                      .payload = payload,
+                      .payload_len = strlen(payload),
+                      .headers = headers,
+                      .n_headers = 1};
+}
+
+typedef struct async_state {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t in_flight, ok, failed;
+} async_state;
+
+static void async_done(jb_status status, const uint64_t *sequences, const uint8_t *duplicates,
+                       size_t n, uint32_t retry_after_ms, const jb_error *err, void *userdata)
+{
+    async_state *s = userdata;
+    pthread_mutex_lock(&s->mu);
+    s->in_flight--;
+    if (status == JB_OK && n == 1 && sequences[0] > 0)
+        s->ok++;
+    else
+        s->failed++;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+typedef struct sub_state {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long want, got;
+    jb_status ended;
+} sub_state;
+
+static void print_event(const jb_event *ev)
+{
+    printf("event %llu %s %u %.*s\n", (unsigned long long)ev->sequence, ev->topic,
+           ev->delivery_attempt, (int)ev->payload_len, (const char *)ev->payload);
+}
+
+static void on_batch(jb_client_sub *sub, const jb_event *events, size_t n, void *userdata)
+{
+    sub_state *s = userdata;
+    uint64_t seqs[1000];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        print_event(&events[i]);
+        if (k < 1000)
+            seqs[k++] = events[i].sequence;
+    }
+    fflush(stdout);
+    jb_error err;
+    if (jb_client_sub_ack_async(sub, seqs, k, NULL, NULL, &err) != JB_OK)
+        printf("ack failed: %s\n", err.message);
+    pthread_mutex_lock(&s->mu);
+    s->got += (long)n;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void on_end(jb_client_sub *sub, jb_status status, const jb_error *err, void *userdata)
+{
+    sub_state *s = userdata;
+    printf("ended %s: %s\n", jb_status_name(status), err->message);
+    fflush(stdout);
+    pthread_mutex_lock(&s->mu);
+    s->ended = status;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int run_sub(jb_client *c, int pull, const char *pattern, const char *group, long want)
+{
+    sub_state s = {.want = want, .ended = JB_OK};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    jb_client_sub_options o = {
+        .pattern = pattern, .group = group, .start = JB_CLIENT_START_ALL, .on_end = on_end};
+    jb_client_sub *sub;
+    jb_error err;
+    jb_status st = jb_client_subscribe(c, &o, pull ? NULL : on_batch, &s, &sub, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    printf("subscribed\n");
+    fflush(stdout);
+    int rc = 0;
+    if (pull) {
+        while (s.got < want) {
+            jb_client_batch *b;
+            st = jb_client_sub_next(sub, 60000, &b, &err);
+            if (st != JB_OK) {
+                rc = fail(st, &err);
+                break;
+            }
+            uint64_t seqs[1000];
+            size_t k = 0;
+            for (size_t i = 0; i < b->n; i++) {
+                print_event(&b->events[i]);
+                if (k < 1000)
+                    seqs[k++] = b->events[i].sequence;
+            }
+            fflush(stdout);
+            s.got += (long)b->n;
+            jb_client_batch_free(b);
+            if ((st = jb_client_sub_ack(sub, seqs, k, &err)) != JB_OK) {
+                rc = fail(st, &err);
+                break;
+            }
+        }
+    } else {
+        pthread_mutex_lock(&s.mu);
+        while (s.got < want && s.ended == JB_OK)
+            pthread_cond_wait(&s.cv, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        if (s.ended != JB_OK)
+            rc = 1;
+    }
+    printf("reconnects %u\n", jb_client_sub_reconnects(sub));
+    fflush(stdout);
+    jb_client_unsubscribe(sub);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
+    return rc;
+}
+
+static int nack_once(jb_client *c, const char *pattern, const char *group)
+{
+    jb_client_sub_options o = {.pattern = pattern, .group = group, .start = JB_CLIENT_START_ALL};
+    jb_client_sub *sub;
+    jb_error err;
+    jb_status st = jb_client_subscribe(c, &o, NULL, NULL, &sub, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    printf("subscribed\n");
+    fflush(stdout);
+    jb_client_batch *b;
+    if ((st = jb_client_sub_next(sub, 30000, &b, &err)) != JB_OK)
+        return fail(st, &err);
+    uint64_t seq = b->events[0].sequence;
+    printf("first %llu attempt %u\n", (unsigned long long)seq, b->events[0].delivery_attempt);
+    jb_client_batch_free(b);
+    char g[256];
+    if ((st = jb_client_nack(c, jb_client_sub_group(sub, g, sizeof(g)), &seq, 1, 0, &err)) != JB_OK)
+        return fail(st, &err);
+    if ((st = jb_client_sub_next(sub, 30000, &b, &err)) != JB_OK)
+        return fail(st, &err);
+    printf("again %llu attempt %u\n", (unsigned long long)b->events[0].sequence,
+           b->events[0].delivery_attempt);
+    uint64_t again = b->events[0].sequence;
+    jb_client_batch_free(b);
+    st = jb_client_sub_ack(sub, &again, 1, &err);
+    jb_client_unsubscribe(sub);
+    return st == JB_OK ? 0 : fail(st, &err);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: client_probe ADDR VERB ARGS (see the source)\n");
+        return 2;
+    }
+    const char *verb = argv[2];
+    jb_client_options o = {.addr = argv[1], .backoff_min_ms = 50, .backoff_max_ms = 500};
+    if (strcmp(verb, "buffered") == 0 && argc >= 7) {
+        o.batch_window_ms = (uint32_t)atoi(argv[5]);
+        o.max_batch = (uint32_t)atoi(argv[6]);
+    }
+    jb_client *c;
+    jb_error err;
+    jb_status st = jb_client_new(&o, &c, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    int rc = 0;
+    char payload[32];
+    if (strcmp(verb, "publish") == 0 && argc >= 5) {
+        long n = atol(argv[4]);
+        for (long i = 0; i < n && rc == 0; i++) {
+            jb_event ev = make_event(argv[3], payload, (size_t)i);
+            uint64_t seq;
+            uint8_t dup;
+            st = jb_client_publish(c, &ev, 1, &seq, &dup, NULL, &err);
+            if (st != JB_OK)
+                rc = fail(st, &err);
+            else
+                printf("seq %llu dup %u\n", (unsigned long long)seq, dup);
+        }
+    } else if (strcmp(verb, "batch") == 0 && argc >= 5) {
+        size_t n = (size_t)atol(argv[4]);
+        jb_event *evs = calloc(n, sizeof(*evs));
+        char(*pl)[32] = calloc(n, 32);
+        uint64_t *seqs = calloc(n, sizeof(*seqs));
+        for (size_t i = 0; i < n; i++)
+            evs[i] = make_event(argv[3], pl[i], i);
+        st = jb_client_publish(c, evs, n, seqs, NULL, NULL, &err);
+        if (st != JB_OK) {
+            rc = fail(st, &err);
+        } else {
+            printf("seqs");
+            for (size_t i = 0; i < n; i++)
+                printf(" %llu", (unsigned long long)seqs[i]);
+            printf("\n");
+        }
+        free(evs);
+        free(pl);
+        free(seqs);
+    } else if (strcmp(verb, "async") == 0 && argc >= 6) {
+        long n = atol(argv[4]), k = atol(argv[5]);
+        async_state s = {0};
+        pthread_mutex_init(&s.mu, NULL);
+        pthread_cond_init(&s.cv, NULL);
+        for (long i = 0; i < n; i++) {
+            pthread_mutex_lock(&s.mu);
+            while ((long)s.in_flight >= k)
+                pthread_cond_wait(&s.cv, &s.mu);
+            s.in_flight++;
+            pthread_mutex_unlock(&s.mu);
+            jb_event ev = make_event(argv[3], payload, (size_t)i);
+            st = jb_client_publish_async(c, &ev, 1, async_done, &s, &err);
+            if (st != JB_OK) {
+                rc = fail(st, &err);
+                break;
+            }
+        }
+        pthread_mutex_lock(&s.mu);
+        while (s.in_flight > 0)
+            pthread_cond_wait(&s.cv, &s.mu);
+        pthread_mutex_unlock(&s.mu);
+        printf("ok %zu failed %zu\n", s.ok, s.failed);
+    } else if (strcmp(verb, "buffered") == 0 && argc >= 7) {
+        long n = atol(argv[4]);
+        for (long i = 0; i < n && rc == 0; i++) {
+            jb_event ev = make_event(argv[3], payload, (size_t)i);
+            if ((st = jb_client_publish_buffered(c, &ev, &err)) != JB_OK)
+                rc = fail(st, &err);
+        }
+        if (rc == 0) {
+            st = jb_client_flush(c, 30000, &err);
+            if (st != JB_OK)
+                rc = fail(st, &err);
+            else
+                printf("flushed %ld\n", n);
+        }
+    } else if (strcmp(verb, "error") == 0 && argc >= 4) {
+        jb_event ev = make_event(argv[3], payload, 0);
+        uint32_t retry = 0;
+        st = jb_client_publish(c, &ev, 1, NULL, NULL, &retry, &err);
+        printf("status %s retry %u\n%s\n", jb_status_name(st), retry,
+               st == JB_OK ? "" : err.message);
+    } else if ((strcmp(verb, "sub-cb") == 0 || strcmp(verb, "sub-pull") == 0) && argc >= 6) {
+        rc = run_sub(c, strcmp(verb, "sub-pull") == 0, argv[3], argv[4], atol(argv[5]));
+    } else if (strcmp(verb, "nack-once") == 0 && argc >= 5) {
+        rc = nack_once(c, argv[3], argv[4]);
+    } else if (strcmp(verb, "health") == 0) {
+        jb_health h;
+        st = jb_client_health(c, NULL, &h, &err);
+        if (st != JB_OK)
+            rc = fail(st, &err);
+        else
+            printf("health %s\n", jb_health_name(h));
+    } else {
+        fprintf(stderr, "client_probe: bad verb or arguments\n");
+        rc = 2;
+    }
+    fflush(stdout);
+    jb_client_free(c);
+    return rc;
+}

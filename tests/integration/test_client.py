@@ -1,0 +1,365 @@
+"""The C client library and jimbotctl against a server, end to end.
+
+Which server: JB_CLIENT_TEST_SERVER = "fake" (tests/integration/fake_jimbotd.py,
+a stand-in until jimbotd's gRPC server lands), "jimbotd" (build/bin/jimbotd),
+or "auto" (jimbotd if it answers Health, else the fake). Switching to the real
+server for good is the one line DEFAULT_SERVER below. Tests that need a
+fake-only hook (forced backpressure) skip on the real server.
+
+Covered: publish single, batched, asynchronous (many in flight) and buffered
+(client-side batching, retried through backpressure); subscribe with a
+callback and with the pull API; shared groups; ack and nack; error mapping
+(bad topic, bad pattern, backpressure with its retry hint, no server);
+reconnect (the server is killed and restarted during a subscription, which
+resumes); jimbotctl publish --json of a GameStateUpdate shown decoded by
+jimbotctl subscribe, health, status, one-line errors and exit codes; the
+header from C++.
+
+Timeouts only keep a broken build from hanging the suite; nothing here
+asserts how fast things happen.
+"""
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+from google.protobuf import json_format
+
+from jimbot.infrastructure.serialization import game_events_pb2
+
+DEFAULT_SERVER = "fake"
+
+SOURCE = os.environ.get("JB_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+BUILD = os.environ.get("JB_BUILD_DIR", os.path.join(SOURCE, "build"))
+BIN = os.environ.get("JB_BIN_DIR", os.path.join(BUILD, "bin"))
+JIMBOTCTL = os.path.join(BIN, "jimbotctl")
+JIMBOTD = os.path.join(BIN, "jimbotd")
+PROBE = os.path.join(BUILD, "tests", "client_probe")
+CLIENT_CPP = os.path.join(BUILD, "tests", "client_cpp")
+FAKE = os.path.join(SOURCE, "tests", "integration", "fake_jimbotd.py")
+TIMEOUT = 30.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ctl(addr, *args, timeout=TIMEOUT, input=None):
+    return subprocess.run([JIMBOTCTL, "--addr", addr, *args], capture_output=True, text=True,
+                          timeout=timeout, input=input)
+
+
+def probe(addr, *args, timeout=TIMEOUT):
+    r = subprocess.run([PROBE, addr, *map(str, args)], capture_output=True, text=True,
+                       timeout=timeout)
+    return r.returncode, r.stdout.splitlines()
+
+
+class Server:
+    """The server under test on a free loopback port; restartable on that port."""
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.port = free_port()
+        self.addr = f"127.0.0.1:{self.port}"
+        self.dir = tempfile.TemporaryDirectory(prefix="jb-client-")
+        self.proc = None
+        self.log = open(os.path.join(self.dir.name, "server.log"), "ab")
+
+    def start(self):
+        if self.kind == "fake":
+            argv = [sys.executable, FAKE, "--listen", self.addr]
+        else:
+            argv = [JIMBOTD, "-c", os.path.join(SOURCE, "config", "infrastructure.yaml"),
+                    "--listen", self.addr, "--data-dir", os.path.join(self.dir.name, "data")]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            if ctl(self.addr, "health", timeout=10).returncode == 0:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{self.kind} server did not become healthy on {self.addr}")
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        self.dir.cleanup()
+
+
+def server_kind():
+    kind = os.environ.get("JB_CLIENT_TEST_SERVER", DEFAULT_SERVER)
+    if kind == "auto":
+        s = Server("jimbotd")
+        try:
+            s.start()
+            kind = "jimbotd"
+        except (AssertionError, OSError):
+            kind = "fake"
+        finally:
+            s.stop()
+    return kind
+
+
+class Lines:
+    """A process whose stdout lines arrive in a queue, for reading with a timeout."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        self.q = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.q.put(line.rstrip("\n"))
+        self.q.put(None)
+
+    def next(self, timeout=TIMEOUT):
+        line = self.q.get(timeout=timeout)
+        if line is None:
+            raise AssertionError(f"process ended: {self.proc.stderr.read()}")
+        return line
+
+    def until(self, prefix, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next(max(0.1, deadline - time.monotonic()))
+            if line.startswith(prefix):
+                return line
+
+    def finish(self, timeout=TIMEOUT):
+        rc = self.proc.wait(timeout=timeout)
+        rest = []
+        while True:
+            line = self.q.get(timeout=timeout)
+            if line is None:
+                return rc, rest
+            rest.append(line)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+class ClientTests(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server = Server(server_kind())
+        cls.server.start()
+        cls.addr = cls.server.addr
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+
+    def fake_only(self):
+        if self.server.kind != "fake":
+            self.skipTest("needs the fake server's test hooks")
+
+    def subscriber(self, verb, pattern, group, count):
+        s = Lines([PROBE, self.addr, verb, pattern, group, str(count)])
+        self.addCleanup(s.close)
+        self.assertEqual(s.next(), "subscribed")
+        return s
+
+    def test_health_status_and_cpp(self):
+        r = ctl(self.addr, "health")
+        self.assertEqual((r.returncode, r.stdout), (0, "SERVING\n"), r.stderr)
+        r = ctl(self.addr, "status", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIsInstance(json.loads(r.stdout), dict)
+        r = ctl(self.addr, "status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(r.stdout.startswith("{\n"))
+        r = subprocess.run([CLIENT_CPP, self.addr], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stdout, r"^seq \d+ health SERVING$")
+
+    def test_publish_forms(self):
+        rc, out = probe(self.addr, "publish", "forms.single", 3)
+        self.assertEqual(rc, 0, out)
+        seqs = [int(line.split()[1]) for line in out]
+        self.assertEqual(seqs, sorted(seqs))
+        self.assertEqual(len(set(seqs)), 3)
+        rc, out = probe(self.addr, "batch", "forms.batch", 50)
+        self.assertEqual(rc, 0, out)
+        seqs = [int(x) for x in out[0].split()[1:]]
+        self.assertEqual(seqs, list(range(seqs[0], seqs[0] + 50)))
+        rc, out = probe(self.addr, "async", "forms.async", 500, 16)
+        self.assertEqual((rc, out), (0, ["ok 500 failed 0"]))
+
+    def test_buffered_publish_is_delivered_whole(self):
+        sub = self.subscriber("sub-pull", "buffered.>", "buffered-g", 2500)
+        rc, out = probe(self.addr, "buffered", "buffered.x", 2500, 100, 1000)
+        self.assertEqual((rc, out), (0, ["flushed 2500"]))
+        rc, lines = sub.finish()
+        self.assertEqual(rc, 0, lines)
+        events = [line for line in lines if line.startswith("event ")]
+        self.assertEqual(len(events), 2500)
+        self.assertEqual([e.split()[4] for e in events],
+                         [f"payload-{i}" for i in range(2500)])
+
+    def test_subscribe_callback_and_pull(self):
+        cb = self.subscriber("sub-cb", "both.>", "both-cb", 10)
+        pull = self.subscriber("sub-pull", "both.>", "both-pull", 10)
+        rc, out = probe(self.addr, "batch", "both.x", 10)
+        self.assertEqual(rc, 0, out)
+        for s in (cb, pull):
+            rc, lines = s.finish()
+            self.assertEqual(rc, 0, lines)
+            events = [line.split() for line in lines if line.startswith("event ")]
+            self.assertEqual([e[4] for e in events], [f"payload-{i}" for i in range(10)])
+            self.assertEqual({e[2] for e in events}, {"both.x"})
+            self.assertEqual({e[3] for e in events}, {"1"})
+            self.assertIn("reconnects 0", lines)
+
+    def test_group_is_shared(self):
+        a = self.subscriber("sub-pull", "shared.>", "shared-g", 1000000)
+        b = self.subscriber("sub-pull", "shared.>", "shared-g", 1000000)
+        for _ in range(20):
+            self.assertEqual(probe(self.addr, "batch", "shared.x", 5)[0], 0)
+        seen = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(seen) < 100 and time.monotonic() < deadline:
+            for s in (a, b):
+                try:
+                    line = s.q.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                if line and line.startswith("event "):
+                    seen.append(int(line.split()[1]))
+        self.assertEqual(len(seen), 100)
+        self.assertEqual(len(set(seen)), 100, "an acked event was delivered twice")
+
+    def test_nack_redelivers(self):
+        s = Lines([PROBE, self.addr, "nack-once", "nack.>", "nack-g"])
+        self.addCleanup(s.close)
+        self.assertEqual(s.next(), "subscribed")
+        probe(self.addr, "publish", "nack.x", 1)
+        first = s.until("first ").split()
+        again = s.until("again ").split()
+        self.assertEqual(first[1], again[1])
+        self.assertEqual((first[3], again[3]), ("1", "2"))
+        self.assertEqual(s.finish()[0], 0)
+
+    def test_errors_are_mapped(self):
+        rc, out = probe(self.addr, "error", "a..b")
+        self.assertEqual(out[0], "status EINVAL retry 0")
+        self.assertRegex(out[1], r"^Publish: INVALID_ARGUMENT: .*a\.\.b")
+        r = ctl(self.addr, "publish", "a..b", "--payload", "x")
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+        self.assertTrue(r.stderr.startswith("jimbotctl: publish: Publish: INVALID_ARGUMENT"))
+        rc, out = probe(self.addr, "sub-cb", "a..b", "g", 1)
+        self.assertEqual(rc, 1)
+        self.assertTrue(any(line.startswith("ended EINVAL: Subscribe: INVALID_ARGUMENT")
+                            for line in out), out)
+        r = ctl(self.addr, "subscribe", "a..b")
+        self.assertEqual(r.returncode, 1)
+        self.assertEqual(len(r.stderr.splitlines()), 1, r.stderr)
+        r = ctl(f"127.0.0.1:{free_port()}", "health")
+        self.assertEqual(r.returncode, 3)
+        self.assertRegex(r.stderr, r"^jimbotctl: health: Check: UNAVAILABLE: [^\n]*\n$")
+
+    def test_backpressure_hint_and_buffered_retry(self):
+        self.fake_only()
+        rc, out = probe(self.addr, "error", "fake.backpressure.1")
+        self.assertEqual(out[0], "status EBACKPRESSURE retry 30")
+        self.assertEqual(out[1], "Publish: RESOURCE_EXHAUSTED: group backlog full, retry later")
+        rc, out = probe(self.addr, "buffered", "fake.backpressure.3", 10, 50, 1000)
+        self.assertEqual((rc, out), (0, ["flushed 10"]))
+
+    def test_jimbotctl_json_event_round_trip(self):
+        """The acceptance scenario: publish --json, subscribe shows it decoded."""
+        # --from all: the group may be created after the publish below.
+        sub = Lines([JIMBOTCTL, "--addr", self.addr, "subscribe", "game_events.>",
+                     "--group", "accept", "--count", "1", "--from", "all"])
+        self.addCleanup(sub.close)
+        msg = game_events_pb2.GameStateUpdate(game_id="game_123", ante=2, money=9,
+                                              timestamp=1700000000000, game_sequence=4)
+        msg.hand_played.hand_type = game_events_pb2.HAND_TYPE_FLUSH
+        msg.hand_played.chips = 35.5
+        msg.hand_played.mult = 4
+        msg.hand_played.cards.add(suit=game_events_pb2.SUIT_HEARTS, rank=game_events_pb2.RANK_ACE)
+        text = json_format.MessageToJson(msg, preserving_proto_field_name=True)
+        r = ctl(self.addr, "publish", "game_events.hand_played", "--type",
+                "jimbot.GameStateUpdate", "--json", text, "--header", "game_id=game_123",
+                "--id", "accept-1")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        seq = int(r.stdout.split()[0])
+        line = json.loads(sub.next())
+        self.assertEqual(line["sequence"], seq)
+        self.assertEqual(line["topic"], "game_events.hand_played")
+        self.assertEqual(line["type"], "jimbot.GameStateUpdate")
+        self.assertEqual(line["source"], "jimbotctl")
+        self.assertEqual(line["headers"], {"game_id": "game_123"})
+        self.assertEqual(line["delivery_attempt"], 1)
+        self.assertEqual(line["payload"], json_format.MessageToDict(msg))
+        self.assertEqual(sub.finish()[0], 0)
+        r = ctl(self.addr, "publish", "game_events.hand_played", "--id", "accept-1",
+                "--payload", "again")
+        self.assertEqual(r.stdout, f"{seq} duplicate\n")
+
+    def test_jimbotctl_raw_payload_and_signals(self):
+        sub = Lines([JIMBOTCTL, "--addr", self.addr, "subscribe", "raw.*", "--group", "raw-g",
+                     "--from", "all"])
+        self.addCleanup(sub.close)
+        r = ctl(self.addr, "publish", "raw.bytes", "--payload-file", "-", input="\x00\x01")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        line = json.loads(sub.next())
+        self.assertEqual(line["payload_base64"], "AAE=")
+        self.assertNotIn("payload", line)
+        sub.proc.send_signal(signal.SIGINT)
+        self.assertEqual(sub.finish()[0], 0)
+
+    def test_reconnect_resumes_subscription(self):
+        s = self.subscriber("sub-pull", "recon.>", "recon-g", 2)
+        self.assertEqual(probe(self.addr, "publish", "recon.x", 1)[0], 0)
+        self.assertTrue(s.until("event ").endswith("payload-0"))
+        self.server.kill()
+        time.sleep(0.5)
+        self.server.start()
+        deadline = time.monotonic() + TIMEOUT
+        got = None
+        while got is None and time.monotonic() < deadline:
+            # The fake forgets its groups on restart: publish until the
+            # resubscribed stream sees one (the real server keeps the group).
+            rc, out = probe(self.addr, "publish", "recon.x", 1)
+            self.assertEqual(rc, 0, out)
+            try:
+                got = s.until("event ", timeout=0.5)
+            except queue.Empty:
+                pass
+        self.assertIsNotNone(got, "the subscription did not resume")
+        rc, lines = s.finish()
+        self.assertEqual(rc, 0)
+        recon = [int(line.split()[1]) for line in lines if line.startswith("reconnects")]
+        self.assertGreaterEqual(recon[0], 1)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
