@@ -148,7 +148,12 @@ static int run_sub(jb_client *c, int pull, const char *pattern, const char *grou
             fflush(stdout);
             s.got += (long)b->n;
             jb_client_batch_free(b);
-            if ((st = jb_client_sub_ack(sub, seqs, k, &err)) != JB_OK) {
+            st = jb_client_sub_ack(sub, seqs, k, &err);
+            if (st == JB_EUNAVAILABLE) {
+                /* The server went away: it will redeliver what was not acked. */
+                printf("ack-lost %zu\n", k);
+                fflush(stdout);
+            } else if (st != JB_OK) {
                 rc = fail(st, &err);
                 break;
             }
