@@ -109,6 +109,9 @@ typedef struct jb_bus_options {
 /* batch_window_ms value for immediate delivery (0 means "the default"). */
 #define JB_BUS_WINDOW_IMMEDIATE UINT32_MAX
 
+/* dedup_window_ms value that turns deduplication off (0 means "the default"). */
+#define JB_BUS_DEDUP_OFF UINT32_MAX
+
 /* Parses "keep", "last", "count". */
 jb_status jb_aggregate_kind_parse(const char *name, jb_aggregate_kind *out, jb_error *err);
 

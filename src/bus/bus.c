@@ -240,6 +240,8 @@ static void dedup_expire(jb_bus *bus, uint64_t now_ms)
 
 static void dedup_add(jb_bus *bus, const char *id, uint64_t seq, uint64_t at_ms)
 {
+    if (bus->opts.dedup_window_ms == JB_BUS_DEDUP_OFF)
+        return;
     size_t n = strlen(id);
     jb__dedup_item *it = malloc(sizeof(*it) + n + 1);
     if (it == NULL)
@@ -271,6 +273,8 @@ static int dedup_rebuild_visit(const jb_store_record *rec, void *userdata)
 
 static void dedup_rebuild(jb_bus *bus)
 {
+    if (bus->opts.dedup_window_ms == JB_BUS_DEDUP_OFF)
+        return;
     uint64_t now = jb__bus_now_ms(bus);
     uint64_t seq;
     if (jb_store_seek_time(bus->store, (int64_t)(now - bus->opts.dedup_window_ms), &seq, NULL) !=
@@ -523,7 +527,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
 
     /* Duplicates of earlier publishes, then within this request. */
     dedup_expire(bus, now);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n && bus->opts.dedup_window_ms != JB_BUS_DEDUP_OFF; i++) {
         const char *id = events[i].id;
         if (id == NULL || id[0] == '\0')
             continue;

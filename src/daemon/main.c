@@ -350,8 +350,7 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .max_batch_size = cfg_u32(cfg, "event_bus.max_batch_size"),
         .ack_wait_ms = cfg_u32(cfg, "event_bus.ack_wait_ms"),
         .max_deliver = cfg_u32(cfg, "event_bus.max_deliver"),
-        /* The bus reads 0 as its default; 1 ms is as good as off. */
-        .dedup_window_ms = dedup == 0 ? 1 : dedup,
+        .dedup_window_ms = dedup == 0 ? JB_BUS_DEDUP_OFF : dedup,
         .max_event_bytes = cfg_u32(cfg, "event_bus.max_event_bytes"),
         .max_in_flight = cfg_u32(cfg, "event_bus.max_in_flight"),
         .max_group_pending = cfg_u32(cfg, "event_bus.max_group_pending"),

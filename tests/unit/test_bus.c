@@ -518,6 +518,28 @@ static void test_duplicate_ids_stored_once(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void test_dedup_can_be_turned_off(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .dedup_window_ms = JB_BUS_DEDUP_OFF};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    publish_result r1 = {0}, r2 = {0};
+    assert_int_equal(publish_one(bus, "a", "t", "same-id", &r1), JB_OK);
+    assert_int_equal(publish_one(bus, "a", "t", "same-id", &r2), JB_OK);
+    size_t turns = 0;
+    while (r1.done + r2.done < 2 && uv_run(&loop, UV_RUN_ONCE))
+        turns++;
+    assert_int_equal(r1.seqs[0], 1);
+    assert_int_equal(r2.seqs[0], 2);
+    assert_int_equal(r2.dups[0], 0);
+    assert_int_equal(jb_bus_published_count(bus), 2);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_bad_input_changes_nothing(void **state)
 {
     (void)state;
@@ -786,6 +808,7 @@ int main(void)
         cmocka_unit_test(test_ack_deadline_redelivers),
         cmocka_unit_test(test_unsubscribe_returns_in_flight_to_group),
         cmocka_unit_test(test_duplicate_ids_stored_once),
+        cmocka_unit_test(test_dedup_can_be_turned_off),
         cmocka_unit_test(test_bad_input_changes_nothing),
         cmocka_unit_test(test_full_group_backpressures_publishers),
         cmocka_unit_test(test_restart_keeps_positions_and_acks),
