@@ -16,11 +16,14 @@
  *     message is acked with one asynchronous Ack of all its sequences.
  *     r->consumed counts acks the server has answered; the clock stops at
  *     the answer that makes it reach --events.
- *   latency: publishers are paced (cmp_pacer); the events due at a wakeup
- *     (usually one, more after a late wakeup, at most --batch) are stamped
- *     and published as one asynchronous request, without waiting for
- *     earlier answers (as the Redis driver pipelines XADDs and JetStream
- *     publishes asynchronously). Consumers share group "lat" (pattern
+ *   latency: publishers are paced (cmp_pacer); each event is stamped and
+ *     handed to jb_client_publish_buffered() with the client's
+ *     batch_window_ms at 0: an event goes at once when no request is in
+ *     flight, and those handed over during a round trip go together as the
+ *     next request (at most --batch), as NATS's client flushes what was
+ *     published while its flusher was busy and the Redis driver pipelines
+ *     the XADDs due at a wakeup. The stamp is taken when the application
+ *     publishes, so time spent waiting in the client counts. Consumers share group "lat" (pattern
  *     "lat.>") with a deliver callback, which records each event's
  *     latency on the client thread and acks the batch asynchronously.
  *
@@ -47,7 +50,6 @@
 #include <string.h>
 
 #define PUB_WINDOW   16   /* throughput: requests awaiting their answer, per publisher */
-#define LAT_WINDOW   4096 /* latency: a bound that pacing never reaches */
 #define UNACKED_MULT 16   /* consumers' max_in_flight, in batches */
 #define PROBE        "probe"
 
@@ -129,7 +131,8 @@ static void window_add(window *w)
 
 static jb_status client_open(jbd_bench *b, jb_client **out)
 {
-    jb_client_options co = {.addr = b->o->url};
+    /* Buffered publishing (latency) without a window: see the top. */
+    jb_client_options co = {.addr = b->o->url, .max_batch = (uint32_t)b->o->batch};
     jb_error err;
     jb_status st = jb_client_new(&co, out, &err);
     if (st != JB_OK)
@@ -197,23 +200,26 @@ static void *publisher(void *arg)
             sent += (long)m;
         }
     } else {
+        /* One event per jb_client_publish_buffered(), stamped just before. */
         cmp_pacer p;
         cmp_pacer_init(&p, (double)o->rate / o->publishers, b->r->start_ns);
         int64_t end = b->r->start_ns + (int64_t)(o->duration_s * 1e9);
-        uint64_t seq = 0;
+        long sent = 0;
+        jb_error err;
         while (cmp_now_ns() < end && !atomic_load(&b->failed)) {
-            long due = cmp_pacer_wait(&p);
-            while (due > 0 && !atomic_load(&b->failed)) {
-                size_t m = due < (long)k ? (size_t)due : k;
-                for (size_t i = 0; i < m; i++) {
-                    cmp_payload_init(bufs + i * (size_t)o->size, o->size, seq++);
-                    cmp_payload_stamp(bufs + i * (size_t)o->size);
-                }
-                if (publish(w, evs, m, LAT_WINDOW) != 0)
+            for (long due = cmp_pacer_wait(&p); due > 0; due--, sent++) {
+                cmp_payload_init(bufs, o->size, (uint64_t)sent);
+                cmp_payload_stamp(bufs);
+                if (jb_client_publish_buffered(w->c, &evs[0], &err) != JB_OK) {
+                    fail(b, "jb_client_publish_buffered", &err);
                     break;
-                due -= (long)m;
+                }
             }
         }
+        if (jb_client_flush(w->c, 0, &err) != JB_OK)
+            fail(b, "jb_client_flush", &err);
+        else
+            atomic_fetch_add(&b->r->published, sent);
     }
     /* Every answer, before the client goes (freeing it cancels calls). */
     window_enter(&w->w, 1);
