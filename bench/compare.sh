@@ -16,8 +16,8 @@
 # system and client count). Environment knobs, with their defaults:
 #   EVENTS=200000 SIZE=100 RATE=20000 DURATION=5 BATCH=256
 #   CLIENTS="1 4"   publisher+consumer pairs: "1" runs 1+1 only
-# The drivers are bench/compare/driver_*.c; jimbotd's row says "driver
-# pending" until driver_jimbotd.c is written against the C client library.
+# The drivers are bench/compare/driver_*.c; bench/README.md says what each
+# does per request, how to read the table and the CSVs, and the caveats.
 set -euo pipefail
 
 build=${1:?usage: bench/compare.sh BUILD_DIR}
