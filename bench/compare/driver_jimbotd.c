@@ -49,8 +49,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PUB_WINDOW   16   /* throughput: requests awaiting their answer, per publisher */
-#define UNACKED_MULT 16   /* consumers' max_in_flight, in batches */
+#define PUB_WINDOW   16 /* throughput: requests awaiting their answer, per publisher */
+#define UNACKED_MULT 16 /* consumers' max_in_flight, in batches */
 #define PROBE        "probe"
 
 typedef struct jbd_bench {
