@@ -16,8 +16,8 @@
 # system and client count). Environment knobs, with their defaults:
 #   EVENTS=200000 SIZE=100 RATE=20000 DURATION=5 BATCH=256
 #   CLIENTS="1 4"   publisher+consumer pairs: "1" runs 1+1 only
-# The drivers are bench/compare/driver_*.c; jimbotd's row says "driver
-# pending" until driver_jimbotd.c is written against the C client library.
+# The drivers are bench/compare/driver_*.c; bench/README.md says what each
+# does per request, how to read the table and the CSVs, and the caveats.
 set -euo pipefail
 
 build=${1:?usage: bench/compare.sh BUILD_DIR}
@@ -74,19 +74,29 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$tmp/redis" --appendon
 pids+=($!)
 wait_port "$redis_port" redis-server "$tmp/redis.log"
 
-# jimbotd with the shipped configuration, its batch window at 0 ms (the
-# latency scenario's condition), data in the temporary folder.
+# jimbotd (the release build: RelWithDebInfo, -O2) with the shipped
+# configuration and a "bench" layer: fsync at group commit (`batch`, the
+# default, written out), the batch window at 0 ms (the latency scenario's
+# condition; the throughput scenario runs with it too), and at most BATCH
+# events per delivered message, as the JetStream consumer's MaxRequestBatch
+# and Redis's XREADGROUP COUNT. Its data lives in the temporary folder.
 jb_port=$(free_port)
 mkdir -p "$tmp/jimbotd"
 cp "$src/config/infrastructure.yaml" "$tmp/jimbotd/infrastructure.yaml"
-printf 'event_bus:\n  batch_window_ms: 0\n' >"$tmp/jimbotd/bench.yaml"
+printf 'event_bus:\n  fsync: batch\n  batch_window_ms: 0\n  max_batch_size: %s\n' "$BATCH" \
+    >"$tmp/jimbotd/bench.yaml"
 jimbotd_up=0
 if [ -x "$build/bin/jimbotd" ]; then
     "$build/bin/jimbotd" -c "$tmp/jimbotd/infrastructure.yaml" --env bench \
         --listen "127.0.0.1:$jb_port" --data-dir "$tmp/jimbotd/data" >"$tmp/jimbotd.log" 2>&1 &
     pids+=($!)
+    wait_port "$jb_port" jimbotd "$tmp/jimbotd.log"
     jimbotd_up=1
 fi
+printf 'servers: nats-server %s, redis-server %s, jimbotd %s (pids %s), data in %s\n' \
+    "$(nats-server --version | awk '{print $NF}')" \
+    "$(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')" \
+    "$("$build/bin/jimbotd" --version 2>/dev/null | awk '{print $NF}')" "${pids[*]}" "$tmp"
 
 common=(--size "$SIZE" --batch "$BATCH")
 mkdir -p "$results"

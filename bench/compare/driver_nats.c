@@ -56,6 +56,9 @@ static natsStatus open_conn(nats_bench *b, natsConnection **nc, jsCtx **js)
     jsOptions jo;
     jsOptions_Init(&jo);
     jo.PublishAsync.MaxPending = (int64_t)b->o->batch * 16;
+    /* A full window waits for room (backpressure) rather than failing after
+     * the default 200 ms, which several publishers on two cores exceed. */
+    jo.PublishAsync.StallWait = 30000;
     return natsConnection_JetStream(js, *nc, &jo);
 }
 

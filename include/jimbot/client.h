@@ -73,8 +73,10 @@ typedef struct jb_client_options {
     uint32_t backoff_max_ms;
     /* Client-side batching for jb_client_publish_buffered(): events are
      * sent as one PublishRequest per window, or as soon as max_batch events
-     * wait. 0: no window, each buffered event is sent at once. The seed's
-     * setting is 100. */
+     * wait. 0: no window: an event is sent at once when no batch is in
+     * flight; those buffered while one is in flight go together, as the
+     * next request, when its answer comes (at most max_batch each). The
+     * seed's setting is 100. */
     uint32_t batch_window_ms;
     uint32_t max_batch; /* 1000 */
     /* Bytes that buffered events (waiting or being sent) may hold before

@@ -744,7 +744,13 @@ static void buffered_retry_fire(jb__alarm *a)
  * While the head is in flight the next batches fill up behind it.
  */
 
-/* Drops the head (acknowledged or failed) and returns the next to send; c->mu held. */
+static jb__buffered *take_open_locked(jb_client *c);
+
+/*
+ * Drops the head (acknowledged or failed) and returns the next to send;
+ * c->mu held. Without a window, the events buffered while the head was in
+ * flight wait in c->open: they go now, as one request.
+ */
 static jb__buffered *buffered_pop_locked(jb_client *c)
 {
     jb__buffered *b = c->sending;
@@ -754,7 +760,11 @@ static jb__buffered *buffered_pop_locked(jb_client *c)
     c->buffered_bytes -= b->body.len;
     buffered_free(b);
     pthread_cond_broadcast(&c->flushed);
-    return c->closing ? NULL : c->sending;
+    if (c->closing)
+        return NULL;
+    if (c->sending == NULL && c->opts.batch_window_ms == 0)
+        return take_open_locked(c);
+    return c->sending;
 }
 
 static void buffered_done(jb_client *c, jb_status status, const jb_error *err,
@@ -858,9 +868,14 @@ jb_status jb_client_publish_buffered(jb_client *c, const jb_event *ev, jb_error 
         jb__buf_append(&c->open->body, one.data, one.len);
         c->open->n++;
         c->buffered_bytes += one.len;
-        if (c->opts.batch_window_ms == 0 || c->open->n >= c->opts.max_batch) {
+        if (c->open->n >= c->opts.max_batch ||
+            (c->opts.batch_window_ms == 0 && c->sending == NULL)) {
+            /* Full, or no window and nothing in flight. Without a window
+             * and with a batch in flight, the event waits in the open
+             * batch, which buffered_pop_locked() sends when the answer
+             * comes: the batch grows with the load and the round trip. */
             send = take_open_locked(c);
-        } else if (!c->window_armed) {
+        } else if (c->opts.batch_window_ms > 0 && !c->window_armed) {
             c->window_armed = 1;
             c->window.fire = window_fire;
             jb__client_alarm_arm(c, &c->window, c->window_due_ms);
