@@ -10,9 +10,8 @@
  * max). With -b 0 it uses jb_client_publish_buffered() and its 100 ms
  * window instead, then jb_client_flush().
  *
- * Needs a running jimbotd (or tests/integration/fake_jimbotd.py); when none
- * answers Health it says so and exits 0, so that `make bench` runs without
- * one.
+ * Needs a running jimbotd; when none answers Health it says so and exits 0,
+ * so that `make bench` runs without one.
  */
 #include "jimbot/client.h"
 

@@ -81,6 +81,9 @@ struct jb_client_sub {
     jb_error end_err;
     int unsubscribed;
     int in_callback;
+    /* jb_client_unsubscribe() is waiting for a callback to return on
+     * another thread: it frees @sub itself, so nothing else may. */
+    int unsub_waiting;
     pthread_cond_t cv;
 
     batch_impl *q_head, *q_tail;
@@ -226,7 +229,8 @@ static void sub_free(jb_client_sub *sub)
 /* Unlinks and frees @sub if nothing refers to it any more; c->mu held. Returns 1 if freed. */
 static int sub_maybe_free_locked(jb_client_sub *sub)
 {
-    if (!sub->unsubscribed || sub->ops > 0 || sub->in_callback || sub->call != NULL)
+    if (!sub->unsubscribed || sub->ops > 0 || sub->in_callback || sub->unsub_waiting ||
+        sub->call != NULL)
         return 0;
     jb_client *c = sub->c;
     for (jb_client_sub **pp = &c->subs; *pp != NULL; pp = &(*pp)->next) {
@@ -641,8 +645,10 @@ void jb_client_unsubscribe(jb_client_sub *sub)
     if (sub->call != NULL)
         grpc_call_cancel(sub->call, NULL);
     if (!jb__client_on_thread(c)) {
+        sub->unsub_waiting = 1;
         while (sub->in_callback)
             pthread_cond_wait(&sub->cv, &c->mu);
+        sub->unsub_waiting = 0;
     }
     sub_maybe_free_locked(sub);
     pthread_mutex_unlock(&c->mu);

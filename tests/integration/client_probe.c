@@ -5,8 +5,11 @@
  *   client_probe ADDR publish TOPIC N          N single publishes: "seq S dup D"
  *   client_probe ADDR batch TOPIC N            one request of N events: "seqs S1 S2 ..."
  *   client_probe ADDR async TOPIC N K          N publishes, K in flight at once: "ok N"
- *   client_probe ADDR buffered TOPIC N WIN MAX N buffered events, then flush:
- *                                              "flushed N" or the error
+ *   client_probe ADDR buffered TOPIC N WIN MAX [FIRST_MS]
+ *                                              N buffered events, then flush:
+ *                                              "flushed N" or the error; with
+ *                                              FIRST_MS, a flush bounded to that
+ *                                              comes first: "first STATUS"
  *   client_probe ADDR error TOPIC              one publish: "status NAME retry MS" and
  *                                              the message line
  *   client_probe ADDR sub-cb PATTERN GROUP N   callback mode: "event SEQ TOPIC ATTEMPT
@@ -283,6 +286,11 @@ int main(int argc, char **argv)
             jb_event ev = make_event(argv[3], payload, (size_t)i);
             if ((st = jb_client_publish_buffered(c, &ev, &err)) != JB_OK)
                 rc = fail(st, &err);
+        }
+        if (rc == 0 && argc >= 8) {
+            st = jb_client_flush(c, (uint32_t)atoi(argv[7]), &err);
+            printf("first %s\n", jb_status_name(st));
+            fflush(stdout);
         }
         if (rc == 0) {
             st = jb_client_flush(c, 30000, &err);

@@ -1,19 +1,17 @@
-"""The C client library and jimbotctl against a server, end to end.
+"""The C client library and jimbotctl against the real jimbotd, end to end.
 
-Which server: JB_CLIENT_TEST_SERVER = "fake" (tests/integration/fake_jimbotd.py,
-a stand-in until jimbotd's gRPC server lands), "jimbotd" (build/bin/jimbotd),
-or "auto" (jimbotd if it answers Health, else the fake). Switching to the real
-server for good is the one line DEFAULT_SERVER below. Tests that need a
-fake-only hook (forced backpressure) skip on the real server.
+The daemon is build/bin/jimbotd on a free loopback port with a temporary
+data dir (jbtest.Daemon), one for the suite and one with a small
+event_bus.max_group_pending for the backpressure test.
 
 Covered: publish single, batched, asynchronous (many in flight) and buffered
 (client-side batching, retried through backpressure); subscribe with a
 callback and with the pull API; shared groups; ack and nack; error mapping
 (bad topic, bad pattern, backpressure with its retry hint, no server);
-reconnect (the server is killed and restarted during a subscription, which
-resumes); jimbotctl publish --json of a GameStateUpdate shown decoded by
-jimbotctl subscribe, health, status, one-line errors and exit codes; the
-header from C++.
+reconnect (the daemon is killed with SIGKILL and restarted during a
+subscription, which resumes); jimbotctl publish --json of a GameStateUpdate
+shown decoded by jimbotctl subscribe, health, status, one-line errors and
+exit codes; the header from C++.
 
 Timeouts only keep a broken build from hanging the suite; nothing here
 asserts how fast things happen.
@@ -22,35 +20,24 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
 from google.protobuf import json_format
 
-from jimbot.infrastructure.serialization import game_events_pb2
-
-DEFAULT_SERVER = "fake"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from jbtest import TIMEOUT, Collector, Daemon, Stubs, event, free_port  # noqa: E402
+from jimbot.infrastructure.serialization import game_events_pb2  # noqa: E402
 
 SOURCE = os.environ.get("JB_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("JB_BUILD_DIR", os.path.join(SOURCE, "build"))
 BIN = os.environ.get("JB_BIN_DIR", os.path.join(BUILD, "bin"))
 JIMBOTCTL = os.path.join(BIN, "jimbotctl")
-JIMBOTD = os.path.join(BIN, "jimbotd")
 PROBE = os.path.join(BUILD, "tests", "client_probe")
 CLIENT_CPP = os.path.join(BUILD, "tests", "client_cpp")
-FAKE = os.path.join(SOURCE, "tests", "integration", "fake_jimbotd.py")
-TIMEOUT = 30.0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ctl(addr, *args, timeout=TIMEOUT, input=None):
@@ -62,62 +49,6 @@ def probe(addr, *args, timeout=TIMEOUT):
     r = subprocess.run([PROBE, addr, *map(str, args)], capture_output=True, text=True,
                        timeout=timeout)
     return r.returncode, r.stdout.splitlines()
-
-
-class Server:
-    """The server under test on a free loopback port; restartable on that port."""
-
-    def __init__(self, kind):
-        self.kind = kind
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
-        self.dir = tempfile.TemporaryDirectory(prefix="jb-client-")
-        self.proc = None
-        self.log = open(os.path.join(self.dir.name, "server.log"), "ab")
-
-    def start(self):
-        if self.kind == "fake":
-            argv = [sys.executable, FAKE, "--listen", self.addr]
-        else:
-            argv = [JIMBOTD, "-c", os.path.join(SOURCE, "config", "infrastructure.yaml"),
-                    "--listen", self.addr, "--data-dir", os.path.join(self.dir.name, "data")]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            if ctl(self.addr, "health", timeout=10).returncode == 0:
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"{self.kind} server did not become healthy on {self.addr}")
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
-        self.dir.cleanup()
-
-
-def server_kind():
-    kind = os.environ.get("JB_CLIENT_TEST_SERVER", DEFAULT_SERVER)
-    if kind == "auto":
-        s = Server("jimbotd")
-        try:
-            s.start()
-            kind = "jimbotd"
-        except (AssertionError, OSError):
-            kind = "fake"
-        finally:
-            s.stop()
-    return kind
 
 
 class Lines:
@@ -167,17 +98,14 @@ class Lines:
 class ClientTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = Server(server_kind())
-        cls.server.start()
-        cls.addr = cls.server.addr
+        cls.daemon = Daemon()
+        cls.addr = cls.daemon.address
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.stop()
-
-    def fake_only(self):
-        if self.server.kind != "fake":
-            self.skipTest("needs the fake server's test hooks")
+        rc = cls.daemon.stop()
+        cls.daemon.close()
+        assert rc == 0, rc
 
     def subscriber(self, verb, pattern, group, count):
         s = Lines([PROBE, self.addr, verb, pattern, group, str(count)])
@@ -285,14 +213,6 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(r.returncode, 3)
         self.assertRegex(r.stderr, r"^jimbotctl: health: Check: UNAVAILABLE: [^\n]*\n$")
 
-    def test_backpressure_hint_and_buffered_retry(self):
-        self.fake_only()
-        rc, out = probe(self.addr, "error", "fake.backpressure.1")
-        self.assertEqual(out[0], "status EBACKPRESSURE retry 30")
-        self.assertEqual(out[1], "Publish: RESOURCE_EXHAUSTED: group backlog full, retry later")
-        rc, out = probe(self.addr, "buffered", "fake.backpressure.3", 10, 50, 1000)
-        self.assertEqual((rc, out), (0, ["flushed 10"]))
-
     def test_jimbotctl_json_event_round_trip(self):
         """The acceptance scenario: publish --json, subscribe shows it decoded."""
         # --from all: the group may be created after the publish below.
@@ -340,26 +260,66 @@ class ClientTests(unittest.TestCase):
         s = self.subscriber("sub-pull", "recon.>", "recon-g", 2)
         self.assertEqual(probe(self.addr, "publish", "recon.x", 1)[0], 0)
         self.assertTrue(s.until("event ").endswith("payload-0"))
-        self.server.kill()
+        self.daemon.kill()
         time.sleep(0.5)
-        self.server.start()
-        deadline = time.monotonic() + TIMEOUT
-        got = None
-        while got is None and time.monotonic() < deadline:
-            # The fake forgets its groups on restart: publish until the
-            # resubscribed stream sees one (the real server keeps the group).
-            rc, out = probe(self.addr, "publish", "recon.x", 1)
-            self.assertEqual(rc, 0, out)
-            try:
-                got = s.until("event ", timeout=0.5)
-            except queue.Empty:
-                pass
-        self.assertIsNotNone(got, "the subscription did not resume")
+        self.daemon.start()
+        # The daemon kept the group: the resumed stream gets the next event,
+        # or first the one above again if its ack was lost with the daemon.
+        rc, out = probe(self.addr, "publish", "recon.x", 1)
+        self.assertEqual(rc, 0, out)
+        s.until("event ")
         rc, lines = s.finish()
         self.assertEqual(rc, 0)
         recon = [int(line.split()[1]) for line in lines if line.startswith("reconnects")]
         self.assertGreaterEqual(recon[0], 1)
 
+
+class BackpressureTests(unittest.TestCase):
+    """RESOURCE_EXHAUSTED from the daemon itself: a group on bp.> that holds
+    HELD unacked events fills event_bus.max_group_pending, so a publish to
+    bp.x is refused until it acks. The holder's ack_wait_ms of 100 is the
+    hint the daemon gives (min(ack wait, 1000 ms)); its max_deliver keeps
+    the held events from being dead-lettered (which would make room)."""
+
+    HELD = 10
+
+    def test_backpressure_hint_and_buffered_retry(self):
+        d = Daemon(f"event_bus:\n  batch_window_ms: 0\n  max_group_pending: {self.HELD}\n")
+        self.addCleanup(d.close)
+        ch = d.channel()
+        self.addCleanup(ch.close)
+        stubs = Stubs(ch)
+        holder = Collector(stubs, "bp.>", group="bp-hold", ack_wait_ms=100, max_deliver=1000)
+        self.addCleanup(holder.cancel)
+        held = list(stubs.publish(*[event("bp.x", b"held") for _ in range(self.HELD)]).sequences)
+        holder.wait_count(self.HELD)
+
+        rc, out = probe(d.address, "error", "bp.x")
+        self.assertEqual(out[0], "status EBACKPRESSURE retry 100")
+        self.assertRegex(out[1], r"^Publish: RESOURCE_EXHAUSTED: group 'bp-hold' holds 10 "
+                                 r"unhandled events \(limit 10\)")
+
+        # One buffered batch of ten: refused while the group is full, so a
+        # bounded first flush times out with the batch still held for retry.
+        buf = Lines([PROBE, d.address, "buffered", "bp.x", "10", "50", "1000", "200"])
+        self.addCleanup(buf.close)
+        self.assertEqual(buf.next(), "first ETIMEDOUT")
+        self.assertEqual(list(stubs.ack("bp-hold", held).unknown), [])
+        self.assertEqual(buf.finish(), (0, ["flushed 10"]))
+
+        # Stored once each, in the order buffered (the holder may also have
+        # been sent redeliveries: its ack wait is short).
+        def stored():
+            by_seq = {e.sequence: e for e in list(holder.events)}
+            return [by_seq[q] for q in sorted(by_seq) if q > held[-1]]
+
+        deadline = time.monotonic() + TIMEOUT
+        while len(stored()) < 10 and time.monotonic() < deadline:
+            holder.wait_count(len(holder.events) + 1, timeout=0.5)
+        self.assertEqual([e.payload for e in stored()],
+                         [f"payload-{i}".encode() for i in range(10)])
+        self.assertEqual([e.sequence for e in stored()],
+                         list(range(held[-1] + 1, held[-1] + 11)), "one request, stored once")
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
