@@ -885,7 +885,8 @@ jb_status jb_bus_ack(jb_bus *bus, const char *group, const uint64_t *sequences, 
         *n_unknown = bad;
     ring_pop_done(g);
     jb__bus_mark_dirty(bus);
-    jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
+    /* Freed credits: deliver on the next loop turn, once for all the acks of this one. */
+    jb__bus_kick(bus);
     return JB_OK;
 }
 
