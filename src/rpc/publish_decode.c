@@ -10,6 +10,10 @@
  *   (one malloc: [jb_event x n][jb_header x h][strings, each NUL-terminated])
  *   pass 2  fills that block; payloads are not copied but point into the input.
  *
+ * The same walk decodes a single Event (jb__event_decode, for the envelope
+ * read back from the log or received by a subscriber); then the payload is
+ * copied into the block too, so that the event does not borrow the input.
+ *
  * What it accepts is what protobuf-c 1.4 accepts, which the differential unit
  * test (tests/unit/test_publish_decode.c) checks against protobuf-c itself:
  *
@@ -27,7 +31,8 @@
  *     headers) accumulate; a map entry without key or value has "" there;
  *     two entries with the same key are both kept, in order, as protobuf-c
  *     keeps them (the bus stores headers as a list, so a consumer sees both);
- *   - fields 8 and 9 (sequence, delivery_attempt) are checked and ignored.
+ *   - fields 8 and 9 (sequence, delivery_attempt) are decoded too (the bus
+ *     ignores them on publish).
  *
  * One deliberate difference: a string (id, topic, type, source, a header's
  * key or value) holding a NUL byte. protobuf-c keeps it, and every C reader
@@ -163,10 +168,12 @@ typedef struct sink {
     jb_event *ev;
     jb_header *h;
     char *s;
+    int copy_payloads;
 } sink;
 
 /* What pass 1 learns. */
 typedef struct tally {
+    int copy_payloads; /* set by the caller: count the payloads' bytes too */
     size_t n_events, n_headers, bytes;
     const char *nul_field; /* the first string with a NUL byte, if any */
     size_t nul_event;
@@ -192,6 +199,8 @@ static int parse_event(span in, tally *t, sink *o)
     span str[N_STR] = {{NULL, 0}};
     span payload = {NULL, 0};
     int64_t timestamp_ms = 0;
+    uint64_t sequence = 0;
+    uint32_t delivery_attempt = 0;
     jb_header *headers = o != NULL ? o->h : NULL;
     size_t n_headers = 0;
     const char *nul = NULL;
@@ -217,6 +226,10 @@ static int parse_event(span in, tally *t, sink *o)
                 return -1;
             if (f == 4)
                 timestamp_ms = (int64_t)v;
+            else if (f == 8)
+                sequence = v;
+            else
+                delivery_attempt = (uint32_t)v;
             break;
         case 6:
             if (wt != WT_LEN || get_len(&r, &payload) != 0)
@@ -253,9 +266,17 @@ static int parse_event(span in, tally *t, sink *o)
             t->nul_field = nul;
             t->nul_event = t->n_events;
         }
+        if (t->copy_payloads)
+            t->bytes += payload.len;
         t->n_headers += n_headers;
         t->n_events++;
         return 0;
+    }
+    const void *payload_at = payload.len > 0 ? payload.p : NULL;
+    if (payload.len > 0 && o->copy_payloads) {
+        memcpy(o->s, payload.p, payload.len);
+        payload_at = o->s;
+        o->s += payload.len;
     }
     *o->ev++ = (jb_event){
         .id = put_str(o, str[S_ID]),
@@ -263,10 +284,12 @@ static int parse_event(span in, tally *t, sink *o)
         .type = put_str(o, str[S_TYPE]),
         .source = put_str(o, str[S_SOURCE]),
         .timestamp_ms = timestamp_ms,
-        .payload = payload.len > 0 ? payload.p : NULL,
+        .payload = payload_at,
         .payload_len = payload.len,
         .headers = headers,
         .n_headers = n_headers,
+        .sequence = sequence,
+        .delivery_attempt = delivery_attempt,
     };
     return 0;
 }
@@ -291,28 +314,45 @@ static int walk(const uint8_t *data, size_t len, tally *t, sink *o)
     return 0;
 }
 
-jb_status jb__publish_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err)
+/* Pass 1 or 2 over a PublishRequest (@single 0) or one Event (@single 1). */
+static int walk_any(const uint8_t *data, size_t len, int single, tally *t, sink *o)
+{
+    return single ? parse_event((span){data, len}, t, o) : walk(data, len, t, o);
+}
+
+static jb_status decode(const uint8_t *data, size_t len, int single, jb__publish_req *out,
+                        jb_error *err)
 {
     out->events = NULL;
     out->n_events = 0;
-    tally t = {0};
-    if (walk(data, len, &t, NULL) != 0)
-        return jb_error_set(err, JB_EPARSE, "malformed PublishRequest");
+    tally t = {.copy_payloads = single};
+    if (walk_any(data, len, single, &t, NULL) != 0)
+        return jb_error_set(err, JB_EPARSE, "malformed %s", single ? "Event" : "PublishRequest");
     if (t.nul_field != NULL)
         return jb_error_set(err, JB_EINVAL, "event %zu: %s contains a NUL byte", t.nul_event,
                             t.nul_field);
     size_t size = t.n_events * sizeof(jb_event) + t.n_headers * sizeof(jb_header) + t.bytes;
     jb_event *evs = malloc(size > 0 ? size : 1);
     if (evs == NULL)
-        return jb_error_set(err, JB_ENOMEM, "out of memory reading a publish of %zu bytes", len);
+        return jb_error_set(err, JB_ENOMEM, "out of memory decoding %zu bytes", len);
     jb_header *hs = (jb_header *)(evs + t.n_events);
-    sink o = {evs, hs, (char *)(hs + t.n_headers)};
-    if (walk(data, len, &t, &o) != 0 || o.ev != evs + t.n_events || o.h != hs + t.n_headers ||
-        o.s != (char *)evs + size)
-        JB_BUG("the second pass over a PublishRequest disagrees with the first");
+    sink o = {evs, hs, (char *)(hs + t.n_headers), single};
+    if (walk_any(data, len, single, &t, &o) != 0 || o.ev != evs + t.n_events ||
+        o.h != hs + t.n_headers || o.s != (char *)evs + size)
+        JB_BUG("the second pass over a message disagrees with the first");
     out->events = evs;
     out->n_events = t.n_events;
     return JB_OK;
+}
+
+jb_status jb__publish_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err)
+{
+    return decode(data, len, 0, out, err);
+}
+
+jb_status jb__event_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err)
+{
+    return decode(data, len, 1, out, err);
 }
 
 void jb__publish_req_release(jb__publish_req *req)
