@@ -72,6 +72,10 @@ typedef struct reader {
 /* A varint of at most @max_bytes; bits past 64 are dropped. 0 or -1. */
 static int get_varint_max(reader *r, size_t max_bytes, uint64_t *out)
 {
+    if (r->p < r->end && r->p[0] < 0x80) { /* the common case: one byte */
+        *out = *r->p++;
+        return 0;
+    }
     size_t max = (size_t)(r->end - r->p);
     if (max > max_bytes)
         max = max_bytes;
