@@ -4,12 +4,14 @@
  * Encoding is written by hand against the protobuf wire format (varints and
  * length-delimited fields, in field-number order, defaults left out, as
  * every protobuf encoder does): it runs once per published event and needs
- * no intermediate structs. Decoding goes through protobuf-c, which checks
- * the input; malformed bytes are an error, never a crash.
+ * no intermediate structs. Decoding is publish_decode.c's walk over one
+ * Event, which checks the input as protobuf-c would (malformed bytes are an
+ * error, never a crash) and makes one allocation for the event, its headers,
+ * strings and payload.
  */
 #include "rpc/envelope.h"
 
-#include "jimbot/infra/v1/event_bus.pb-c.h"
+#include "rpc/publish_decode.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -116,50 +118,29 @@ size_t jb__envelope_suffix(uint64_t sequence, uint32_t delivery_attempt, uint8_t
     return n;
 }
 
+/* jb__event_decode()'s block, which starts with the event. */
 struct jb__envelope {
-    Jimbot__Infra__V1__Event *msg;
     jb_event ev;
-    jb_header headers[];
 };
 
 jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out, const jb_event **ev,
                               jb_error *err)
 {
-    Jimbot__Infra__V1__Event *msg = jimbot__infra__v1__event__unpack(NULL, len, data);
-    if (msg == NULL)
-        return jb_error_set(err, JB_EPARSE, "malformed event envelope (%zu bytes)", len);
-    jb__envelope *env = malloc(sizeof(*env) + msg->n_headers * sizeof(jb_header));
-    if (env == NULL) {
-        jimbot__infra__v1__event__free_unpacked(msg, NULL);
-        return jb_error_set(err, JB_ENOMEM, "out of memory decoding an event");
-    }
-    env->msg = msg;
-    for (size_t i = 0; i < msg->n_headers; i++) {
-        env->headers[i].key = msg->headers[i]->key;
-        env->headers[i].value = msg->headers[i]->value;
-    }
-    env->ev = (jb_event){
-        .id = msg->id,
-        .topic = msg->topic,
-        .type = msg->type,
-        .source = msg->source,
-        .timestamp_ms = msg->timestamp_ms,
-        .payload = msg->payload.data,
-        .payload_len = msg->payload.len,
-        .headers = env->headers,
-        .n_headers = msg->n_headers,
-        .sequence = msg->sequence,
-        .delivery_attempt = msg->delivery_attempt,
-    };
-    *out = env;
-    *ev = &env->ev;
+    jb__publish_req req;
+    jb_error derr;
+    jb_status st = jb__event_decode(data, len, &req, &derr);
+    if (st == JB_ENOMEM)
+        return jb_error_set(err, st, "out of memory decoding an event");
+    if (st == JB_EPARSE)
+        return jb_error_set(err, st, "malformed event envelope (%zu bytes)", len);
+    if (st != JB_OK)
+        return jb_error_set(err, JB_EPARSE, "malformed event envelope: %s", derr.message);
+    *out = (jb__envelope *)req.events;
+    *ev = &(*out)->ev;
     return JB_OK;
 }
 
 void jb__envelope_free(jb__envelope *env)
 {
-    if (env == NULL)
-        return;
-    jimbot__infra__v1__event__free_unpacked(env->msg, NULL);
     free(env);
 }

@@ -33,13 +33,14 @@ size_t jb__envelope_suffix(uint64_t sequence, uint32_t delivery_attempt, uint8_t
 
 /*
  * A decoded envelope: the jb_event's pointers point into one allocation
- * owned by the struct. Free with jb__envelope_free().
+ * owned by the struct (nothing borrows the decoded bytes). Free with
+ * jb__envelope_free().
  */
 typedef struct jb__envelope jb__envelope;
 
 /*
  * Decodes @len bytes. JB_EPARSE with a reason for malformed protobuf or an
- * event whose strings are not valid. On success *@out holds the event; its
+ * event whose strings are not valid (a NUL byte). On success *@out holds the event; its
  * `encoded` field is not set (the caller has the bytes).
  */
 jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out, const jb_event **ev,

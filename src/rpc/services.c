@@ -5,7 +5,8 @@
  * and engine results into responses and status codes.
  *
  * Invariants:
- *   - Every request is decoded by protobuf-c first; a missing payload or
+ *   - Every request is decoded first, by protobuf-c or, for Publish, by
+ *     publish_decode.c (which accepts the same bytes); a missing payload or
  *     bytes that do not decode are INVALID_ARGUMENT and reach no engine
  *     function, so malformed input changes nothing.
  *   - While the server drains, nothing new reaches the bus: every handler
@@ -21,6 +22,7 @@
  * Runs on the loop thread only.
  */
 #include "rpc/envelope.h"
+#include "rpc/publish_decode.h"
 #include "rpc/server_internal.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
@@ -100,49 +102,28 @@ static void publish_start(jb__call *c)
 {
     if (refuse_if_draining(c))
         return;
-    Jimbot__Infra__V1__PublishRequest *req = (Jimbot__Infra__V1__PublishRequest *)unpack_request(
-        c, &jimbot__infra__v1__publish_request__descriptor);
-    if (req == NULL) {
+    size_t len = 0;
+    uint8_t *buf = jb__call_read_payload(c, &len);
+    if (buf == NULL) {
         malformed(c, "PublishRequest");
         return;
     }
-    size_t n = req->n_events, n_headers = 0;
-    for (size_t i = 0; i < n; i++)
-        n_headers += req->events[i]->n_headers;
-    jb_event *evs = calloc(n ? n : 1, sizeof(*evs));
-    jb_header *hs = calloc(n_headers ? n_headers : 1, sizeof(*hs));
-    if (evs == NULL || hs == NULL) {
-        free(evs);
-        free(hs);
-        protobuf_c_message_free_unpacked(&req->base, NULL);
-        jb__call_fail(c, JB_ENOMEM, "out of memory reading a publish", 0);
-        return;
-    }
-    jb_header *h = hs;
-    for (size_t i = 0; i < n; i++) {
-        const Jimbot__Infra__V1__Event *e = req->events[i];
-        evs[i] = (jb_event){
-            .id = e->id,
-            .topic = e->topic,
-            .type = e->type,
-            .source = e->source,
-            .timestamp_ms = e->timestamp_ms,
-            .payload = e->payload.data,
-            .payload_len = e->payload.len,
-            .headers = h,
-            .n_headers = e->n_headers,
-        };
-        for (size_t k = 0; k < e->n_headers; k++, h++)
-            *h = (jb_header){e->headers[k]->key, e->headers[k]->value};
-    }
-    uint32_t retry = 0;
+    /* The payloads point into buf: it lives until the bus has copied them. */
+    jb__publish_req req;
     jb_error err;
     jb_error_clear(&err);
+    jb_status st = jb__publish_decode(buf, len, &req, &err);
+    if (st != JB_OK) {
+        free(buf);
+        jb__call_fail(c, st, err.message, 0);
+        return;
+    }
+    uint32_t retry = 0;
     jb__call_hold(c);
-    jb_status st = jb_bus_publish(jb__server_bus(c->srv), evs, n, on_published, c, &retry, &err);
-    free(evs);
-    free(hs);
-    protobuf_c_message_free_unpacked(&req->base, NULL);
+    st = jb_bus_publish(jb__server_bus(c->srv), req.events, req.n_events, on_published, c, &retry,
+                        &err);
+    jb__publish_req_release(&req);
+    free(buf);
     if (st != JB_OK) {
         if (st == JB_EBACKPRESSURE && retry == 0)
             retry = 1;
