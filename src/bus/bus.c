@@ -73,10 +73,12 @@ static char *copy_str(char **cursor, const char *s, size_t n)
 }
 
 /*
- * One allocation: the jb__ev, the header array, the strings, the payload and
- * the encoded envelope (@encoded_len bytes). @encoded may be NULL: then the
+ * One allocation: the jb__ev, the header array, the strings and the encoded
+ * envelope (@encoded_len bytes), whose field 6 holds the payload: ev.payload
+ * points there rather than at a second copy. @encoded may be NULL: then the
  * envelope is encoded here (publish); otherwise it is copied (events read
- * back from the log).
+ * back from the log), and if its payload is not where this encoder puts it
+ * (an envelope from elsewhere), the payload gets a copy of its own.
  */
 static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, size_t encoded_len)
 {
@@ -91,7 +93,12 @@ static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, 
     for (size_t i = 0; i < src->n_headers; i++)
         size += strlen(src->headers[i].key) + 1 +
                 (src->headers[i].value ? strlen(src->headers[i].value) : 0) + 1;
-    size += src->payload_len + encoded_len;
+    size_t at = jb__envelope_payload_offset(src);
+    int inline_payload =
+        encoded == NULL || (at + src->payload_len <= encoded_len &&
+                            (src->payload_len == 0 || memcmp((const uint8_t *)encoded + at,
+                                                             src->payload, src->payload_len) == 0));
+    size += encoded_len + (inline_payload ? 0 : src->payload_len);
 
     jb__ev *e = malloc(size);
     if (e == NULL)
@@ -113,17 +120,22 @@ static jb__ev *ev_build(const jb_event *src, uint64_t seq, const void *encoded, 
     ev->headers = headers;
     ev->n_headers = src->n_headers;
     ev->timestamp_ms = src->timestamp_ms;
-    ev->payload = cursor;
+    ev->payload = src->payload; /* the caller's, until the envelope is in place */
     ev->payload_len = src->payload_len;
-    if (src->payload_len > 0)
-        memcpy(cursor, src->payload, src->payload_len);
-    cursor += src->payload_len;
     ev->encoded = cursor;
     ev->encoded_len = encoded_len;
     if (encoded != NULL)
         memcpy(cursor, encoded, encoded_len);
     else
         jb__envelope_encode(ev, (uint8_t *)cursor);
+    if (inline_payload) {
+        ev->payload = cursor + at;
+    } else {
+        char *copy = cursor + encoded_len;
+        if (src->payload_len > 0)
+            memcpy(copy, src->payload, src->payload_len);
+        ev->payload = copy;
+    }
     ev->sequence = seq;
     ev->delivery_attempt = 0;
     return e;

@@ -81,6 +81,15 @@ size_t jb__envelope_size(const jb_event *ev)
     return n;
 }
 
+size_t jb__envelope_payload_offset(const jb_event *ev)
+{
+    size_t n = str_field_size(ev->id) + str_field_size(ev->topic) + str_field_size(ev->type) +
+               str_field_size(ev->source);
+    if (ev->timestamp_ms != 0)
+        n += 1 + varint_size((uint64_t)ev->timestamp_ms);
+    return n + 1 + varint_size(ev->payload_len);
+}
+
 size_t jb__envelope_encode(const jb_event *ev, uint8_t *out)
 {
     size_t n = 0;

@@ -16,6 +16,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * Where jb__envelope_encode() puts @ev's payload bytes in the envelope (the
+ * offset past field 6's tag and length). Meaningless when payload_len is 0.
+ */
+size_t jb__envelope_payload_offset(const jb_event *ev);
+
 /* The size of @ev's envelope as jb__envelope_encode() writes it. */
 size_t jb__envelope_size(const jb_event *ev);
 
