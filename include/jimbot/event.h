@@ -27,8 +27,13 @@ typedef struct jb_header {
  * deduplication), topic, type, source, timestamp_ms (0: the bus's clock),
  * payload and headers; sequence and delivery_attempt are ignored. On
  * delivery every field is set, and `encoded` holds the event serialized as a
- * jimbot.infra.v1.Event message, sequence and delivery attempt included,
- * ready to be forwarded without re-encoding.
+ * jimbot.infra.v1.Event message, ready to be forwarded without re-encoding:
+ *   - from the bus engine (jb_bus deliver callbacks): the envelope as stored,
+ *     WITHOUT sequence and delivery attempt; append the bytes that
+ *     jb__envelope_suffix() writes (protobuf merges concatenated encodings)
+ *     to get the full message, as jimbotd does;
+ *   - from the client library (jb_client subscriptions): the bytes as
+ *     received, sequence and delivery attempt included.
  */
 typedef struct jb_event {
     const char *id;
