@@ -29,9 +29,9 @@ typedef struct jb_header {
  * delivery every field is set, and `encoded` holds the event serialized as a
  * jimbot.infra.v1.Event message, ready to be forwarded without re-encoding:
  *   - from the bus engine (jb_bus deliver callbacks): the envelope as stored,
- *     WITHOUT sequence and delivery attempt; append the bytes that
- *     jb__envelope_suffix() writes (protobuf merges concatenated encodings)
- *     to get the full message, as jimbotd does;
+ *     WITHOUT sequence and delivery attempt; append fields 8 (sequence)
+ *     and 9 (delivery_attempt) as varints (protobuf merges concatenated
+ *     encodings) to get the full message, as jimbotd does;
  *   - from the client library (jb_client subscriptions): the bytes as
  *     received, sequence and delivery attempt included.
  */
