@@ -1,0 +1,199 @@
+/*
+ * Differential libFuzzer harness for the hand decoders of src/rpc/: the
+ * PublishRequest decoder (jb__publish_decode) and the Event envelope decoder
+ * (jb__envelope_decode), each against protobuf-c's unpack as the reference.
+ *
+ * Every input is decoded four ways: as a PublishRequest by both decoders and
+ * as one Event by both. They must agree on accept and reject, and on every
+ * value decoded: the number of events, each string, the timestamp, sequence
+ * and delivery attempt, the payload's bytes and the headers in order. The one
+ * allowed difference is the rule of docs/grpc.md: a string holding a NUL byte
+ * is refused by our decoders (protobuf-c keeps it), so there the reference
+ * must have accepted the input and the error must say so. An accepted Event is
+ * also encoded again by jb__envelope_encode() and read back by protobuf-c,
+ * which must give the same event.
+ *
+ * What it cannot see: a NUL byte that our decoders fail to refuse, since a C
+ * string compares equal up to its first NUL on both sides; the unit test
+ * (tests/unit/test_publish_decode.c) covers that rule with hand-made inputs.
+ *
+ * A disagreement prints what differs and traps (__builtin_trap), which both
+ * libFuzzer and the ctest replay report as a crash.
+ *
+ * Built two ways (tests/fuzz/CMakeLists.txt): with clang and -fsanitize=fuzzer
+ * for `make fuzz`, and with replay.c as a plain program that `make test` runs
+ * over corpus/publish/ (ctest fuzz.publish).
+ */
+#include "jimbot/infra/v1/event_bus.pb-c.h"
+#include "rpc/envelope.h"
+#include "rpc/publish_decode.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                                       \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
+            fprintf(stderr, "fuzz_publish: %s:%d: the decoders disagree: %s\n", __FILE__, \
+                    __LINE__, #cond);                                                     \
+            __builtin_trap();                                                             \
+        }                                                                                 \
+    } while (0)
+
+/* Both sides give NUL-terminated strings; an absent one is "" on both. */
+static void check_str(const char *got, const char *want)
+{
+    CHECK(got != NULL && want != NULL);
+    CHECK(strcmp(got, want) == 0);
+}
+
+/* Every value of one event, sequence and attempt included. */
+static void check_event(const jb_event *e, const Jimbot__Infra__V1__Event *r)
+{
+    check_str(e->id, r->id);
+    check_str(e->topic, r->topic);
+    check_str(e->type, r->type);
+    check_str(e->source, r->source);
+    CHECK(e->timestamp_ms == r->timestamp_ms);
+    CHECK(e->sequence == r->sequence);
+    CHECK(e->delivery_attempt == r->delivery_attempt);
+    CHECK(e->payload_len == r->payload.len);
+    if (r->payload.len == 0)
+        CHECK(e->payload == NULL);
+    else
+        CHECK(e->payload != NULL && memcmp(e->payload, r->payload.data, r->payload.len) == 0);
+    CHECK(e->n_headers == r->n_headers);
+    CHECK(e->n_headers == 0 || e->headers != NULL);
+    for (size_t k = 0; k < r->n_headers; k++) {
+        check_str(e->headers[k].key, r->headers[k]->key);
+        check_str(e->headers[k].value, r->headers[k]->value);
+    }
+}
+
+/* The error of a refused NUL byte: "event N: FIELD contains a NUL byte", N < @n_events. */
+static void check_nul_error(const char *message, size_t n_events)
+{
+    size_t index = 0;
+    CHECK(sscanf(message, "event %zu:", &index) == 1 && index < n_events);
+    CHECK(strstr(message, " contains a NUL byte") != NULL);
+}
+
+static void check_publish(const uint8_t *p, size_t len)
+{
+    Jimbot__Infra__V1__PublishRequest *ref =
+        jimbot__infra__v1__publish_request__unpack(NULL, len, p);
+    jb__publish_req got;
+    jb_error err;
+    jb_error_clear(&err);
+    jb_status st = jb__publish_decode(p, len, &got, &err);
+    CHECK(st == JB_OK || st == JB_EPARSE || st == JB_EINVAL);
+    if (ref == NULL) {
+        CHECK(st == JB_EPARSE);
+        CHECK(strcmp(err.message, "malformed PublishRequest") == 0);
+        CHECK(got.events == NULL && got.n_events == 0);
+        return;
+    }
+    if (st == JB_EINVAL) {
+        /* A NUL byte in a string: protobuf-c keeps it, we refuse it. */
+        CHECK(memchr(p, 0, len) != NULL);
+        check_nul_error(err.message, ref->n_events);
+        CHECK(got.events == NULL && got.n_events == 0);
+        jimbot__infra__v1__publish_request__free_unpacked(ref, NULL);
+        return;
+    }
+    CHECK(st == JB_OK);
+    CHECK(got.n_events == ref->n_events);
+    for (size_t i = 0; i < ref->n_events; i++) {
+        const jb_event *e = &got.events[i];
+        check_event(e, ref->events[i]);
+        /* Not copied: a payload points into the input. */
+        if (e->payload_len > 0)
+            CHECK((const uint8_t *)e->payload >= p &&
+                  (const uint8_t *)e->payload + e->payload_len <= p + len);
+        CHECK(e->encoded == NULL);
+    }
+    jimbot__infra__v1__publish_request__free_unpacked(ref, NULL);
+    jb__publish_req_release(&got);
+}
+
+/*
+ * The decoded event written again with the envelope encoder (and the
+ * delivery suffix), read back by protobuf-c: the same event.
+ */
+static void check_reencoded(const jb_event *e)
+{
+    size_t size = jb__envelope_size(e);
+    uint8_t *buf = malloc(size + JB_ENVELOPE_SUFFIX_MAX + 1);
+    CHECK(buf != NULL);
+    size_t n = jb__envelope_encode(e, buf);
+    CHECK(n == size);
+    if (e->payload_len > 0) {
+        size_t at = jb__envelope_payload_offset(e);
+        CHECK(at + e->payload_len <= n && memcmp(buf + at, e->payload, e->payload_len) == 0);
+    }
+    n += jb__envelope_suffix(e->sequence, e->delivery_attempt, buf + n);
+    Jimbot__Infra__V1__Event *r = jimbot__infra__v1__event__unpack(NULL, n, buf);
+    CHECK(r != NULL);
+    check_event(e, r);
+    jimbot__infra__v1__event__free_unpacked(r, NULL);
+    free(buf);
+}
+
+static void check_envelope(uint8_t *p, size_t len)
+{
+    Jimbot__Infra__V1__Event *r = jimbot__infra__v1__event__unpack(NULL, len, p);
+    jb__envelope *env = NULL;
+    const jb_event *e = NULL;
+    jb_error err;
+    jb_error_clear(&err);
+    jb_status st = jb__envelope_decode(p, len, &env, &e, &err);
+    CHECK(st == JB_OK || st == JB_EPARSE);
+    if (r == NULL) {
+        CHECK(st == JB_EPARSE);
+        CHECK(strstr(err.message, "malformed event envelope (") == err.message);
+        return;
+    }
+    if (st != JB_OK) {
+        /* A NUL byte in a string, as above. */
+        CHECK(memchr(p, 0, len) != NULL);
+        static const char prefix[] = "malformed event envelope: ";
+        CHECK(strncmp(err.message, prefix, sizeof(prefix) - 1) == 0);
+        check_nul_error(err.message + sizeof(prefix) - 1, 1);
+        jimbot__infra__v1__event__free_unpacked(r, NULL);
+        return;
+    }
+    CHECK(env != NULL && e != NULL && e->encoded == NULL);
+    check_event(e, r);
+    jimbot__infra__v1__event__free_unpacked(r, NULL);
+    /* Nothing borrows the input: spoil it (ASan also sees reads of it). */
+    uint8_t *copy = malloc(len > 0 ? len : 1);
+    CHECK(copy != NULL);
+    if (len > 0)
+        memcpy(copy, p, len);
+    memset(p, 0xee, len);
+    Jimbot__Infra__V1__Event *again = jimbot__infra__v1__event__unpack(NULL, len, copy);
+    CHECK(again != NULL);
+    check_event(e, again);
+    jimbot__infra__v1__event__free_unpacked(again, NULL);
+    free(copy);
+    check_reencoded(e);
+    jb__envelope_free(env);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* A copy of the exact size, so that ASan catches a read past its end. */
+    uint8_t *p = malloc(size > 0 ? size : 1);
+    if (p == NULL)
+        return 0;
+    if (size > 0)
+        memcpy(p, data, size);
+    check_publish(p, size);
+    check_envelope(p, size); /* Last: it spoils the copy. */
+    free(p);
+    return 0;
+}
