@@ -57,11 +57,11 @@ typedef struct jb_server_options {
     /* Largest request accepted, in bytes (16 MiB). */
     size_t max_receive_bytes;
     /* Bytes queued for one stream above which the client counts as a slow
-     * consumer (64 MiB). */
+     * consumer (64 MiB; jimbotd: event_bus.slow_consumer_bytes). */
     size_t max_stream_bytes;
     /* A stream whose oldest outstanding send is older than this is a slow
-     * consumer (30000 ms). Slow consumers are cancelled with
-     * RESOURCE_EXHAUSTED "slow consumer". */
+     * consumer (30000 ms; jimbotd: event_bus.slow_consumer_ms). Slow
+     * consumers are cancelled with RESOURCE_EXHAUSTED "slow consumer". */
     uint32_t slow_consumer_ms;
     /* Calls kept requested from gRPC per method, so that calls to one method
      * are not serialized (16). */

@@ -126,6 +126,12 @@ static const jb_config_key builtin_keys[] = {
     {"event_bus.max_group_pending", JB_CONFIG_INT, 0, "1000000", 1, 100000000, NULL, NULL,
      "Unhandled events one consumer group may hold; publishes reaching a fuller group get "
      "RESOURCE_EXHAUSTED."},
+    {"event_bus.slow_consumer_bytes", JB_CONFIG_INT, 0, "67108864", 65536, 1073741824, NULL, NULL,
+     "Bytes queued for one Subscribe stream above which its client is a slow consumer and the "
+     "stream is cancelled with RESOURCE_EXHAUSTED."},
+    {"event_bus.slow_consumer_ms", JB_CONFIG_INT, 0, "30000", 100, 3600000, NULL, NULL,
+     "A Subscribe stream whose oldest message has waited this long for the client to take it is "
+     "a slow consumer, cancelled with RESOURCE_EXHAUSTED (checked once a second)."},
     {"event_bus.retention.max_age_seconds", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
      "Log segments older than this are deleted (0: no age limit)."},
     {"event_bus.retention.max_bytes", JB_CONFIG_INT, 0, "1073741824", 0, 1125899906842624.0, NULL,

@@ -373,6 +373,9 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .config = d->watcher,
         /* A request holds at least one event of up to max_event_bytes. */
         .max_receive_bytes = max_event + (1u << 20) > (16u << 20) ? max_event + (1u << 20) : 0,
+        .max_stream_bytes =
+            (size_t)jb_config_get_int(cfg, "event_bus.slow_consumer_bytes", NULL, NULL),
+        .slow_consumer_ms = cfg_u32(cfg, "event_bus.slow_consumer_ms"),
     };
     if (jb_server_new(&d->loop, &sv, &d->server, &err) != JB_OK) {
         fprintf(stderr, "jimbotd: %s\n", err.message);

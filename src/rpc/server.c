@@ -647,7 +647,8 @@ static void check_slow(jb_server *srv)
         jb__call *next = x->next;
         if (x->send_busy && !x->status_sent &&
             now - x->send_since_ms > srv->opts.slow_consumer_ms) {
-            jb_log(JB_LOG_WARN, "rpc", "slow consumer cancelled", "method=%s waited_ms=%llu",
+            jb_log(JB_LOG_WARN, "rpc", "slow consumer cancelled",
+                   "method=%s reason=send_age waited_ms=%llu",
                    x->m != NULL ? x->m->path : "unknown",
                    (unsigned long long)(now - x->send_since_ms));
             /* The cancel completes RECV_CLOSE, whose handler releases the rest. */

@@ -28,6 +28,7 @@
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 #include "jimbot/infra/v1/health.pb-c.h"
 #include "jimbot/infra/v1/infrastructure.pb-c.h"
+#include "jimbot/log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -217,6 +218,8 @@ static void on_deliver(jb_bus_sub *sub, const jb_event *const *events, size_t n,
         goto slow;
     return;
 slow:
+    jb_log(JB_LOG_WARN, "rpc", "slow consumer cancelled",
+           "method=%s reason=queue_full queued_bytes=%zu", c->m->path, c->q_bytes);
     /* Safe from the subscription's own deliver callback (bus.h). */
     sub_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "slow consumer");
 }

@@ -101,6 +101,10 @@ class Daemon:
         if self.proc is None:
             return None
         self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self):
+        """Waits for the daemon to exit (after a signal sent elsewhere); its status."""
         rc = self.proc.wait(timeout=TIMEOUT)
         self._reap()
         return rc
@@ -147,6 +151,7 @@ class Collector:
         self.group = group
         self.ack = ack
         self.events = []
+        self.batch_sizes = []
         self.error = None
         self.cond = threading.Condition()
         self.call = stubs.bus.Subscribe(eb.SubscribeRequest(pattern=pattern, group=group, **opts))
@@ -161,6 +166,7 @@ class Collector:
             for batch in self.call:
                 with self.cond:
                     self.events.extend(batch.events)
+                    self.batch_sizes.append(len(batch.events))
                     self.cond.notify_all()
                 if self.ack:
                     self.stubs.ack(self.group, [e.sequence for e in batch.events])

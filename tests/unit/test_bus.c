@@ -1,8 +1,8 @@
 /*
  * Unit tests for the bus engine (src/bus/): routing to groups, sharing
  * within a group, batch windows, aggregation rules, acks, redelivery, dead
- * letters, deduplication, backpressure, saved positions across restarts,
- * and bounded memory under a slow consumer.
+ * letters, deduplication, live window changes, backpressure, saved
+ * positions across restarts, and bounded memory under a slow consumer.
  *
  * Each test runs a real libuv loop; tests never assert durations, they wait
  * for conditions with a generous deadline so that a bug fails instead of
@@ -35,6 +35,7 @@ typedef struct received {
     size_t batches;
     size_t events;
     size_t max_batch;
+    size_t sizes[64]; /* of the first 64 batches */
     uint32_t max_in_flight_seen;
     uint64_t seqs[4096];
     uint32_t attempts[4096];
@@ -48,6 +49,8 @@ typedef struct received {
 static void on_deliver(jb_bus_sub *sub, const jb_event *const *events, size_t n, void *userdata)
 {
     received *r = userdata;
+    if (r->batches < 64)
+        r->sizes[r->batches] = n;
     r->batches++;
     if (n > r->max_batch)
         r->max_batch = n;
@@ -84,7 +87,7 @@ static void on_deliver(jb_bus_sub *sub, const jb_event *const *events, size_t n,
 }
 
 typedef struct publish_result {
-    int done;
+    size_t done;
     jb_status status;
     uint64_t seqs[1024];
     uint8_t dups[1024];
@@ -302,6 +305,74 @@ static void test_window_batches_and_max_batch_size(void **state)
     assert_int_equal(r.batches, 3);
     assert_int_equal(r.max_batch, 10);
     assert_int_equal(res.seqs[24], 25);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+/*
+ * A configuration reload changes the window and the batch size of a running
+ * bus. The window is a minute, longer than run_until's deadline, so a batch
+ * that arrives at all before it closes arrived because it was full.
+ */
+static void test_set_window_applies_live(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    char *dir = make_tmpdir();
+    jb_store_options so = {.dir = dir};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store, .batch_window_ms = 60000, .max_batch_size = 10};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(bus, ">", "g", &r, 100);
+    jb_event evs[10];
+    for (int i = 0; i < 10; i++)
+        evs[i] = (jb_event){.topic = "game_events", .type = "t"};
+    publish_result res = {0};
+
+    /* As configured: 10 events make one full batch. */
+    assert_int_equal(jb_bus_publish(bus, evs, 10, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 10);
+    assert_int_equal(r.batches, 1);
+    assert_int_equal(r.sizes[0], 10);
+
+    /* max_batch_size 10 -> 3, same window: the next 9 come as three full batches. */
+    jb_bus_set_window(bus, 60000, 3);
+    assert_int_equal(jb_bus_publish(bus, evs, 9, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 19);
+    assert_int_equal(r.batches, 4);
+    assert_int_equal(r.sizes[1], 3);
+    assert_int_equal(r.sizes[2], 3);
+    assert_int_equal(r.sizes[3], 3);
+
+    /* A partial batch waits for the minute-long window... */
+    assert_int_equal(jb_bus_publish(bus, evs, 1, on_published, &res, NULL, NULL), JB_OK);
+    size_t published = res.done;
+    run_until(&loop, &res.done, published + 1); /* durable */
+    run_for(&loop, 100);
+    assert_int_equal(r.events, 19);
+    /* ...until the window becomes immediate: it goes at once, and so does
+     * every later publish, in batches of at most 3. */
+    jb_bus_set_window(bus, JB_BUS_WINDOW_IMMEDIATE, 3);
+    run_until(&loop, &r.events, 20);
+    assert_int_equal(r.batches, 5);
+    assert_int_equal(r.sizes[4], 1);
+    assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 22);
+    assert_int_equal(r.batches, 6);
+    assert_int_equal(r.sizes[5], 2);
+
+    /* Back to the default size (0): 10 events again make one batch. */
+    jb_bus_set_window(bus, JB_BUS_WINDOW_IMMEDIATE, 0);
+    assert_int_equal(jb_bus_publish(bus, evs, 10, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 32);
+    assert_int_equal(r.batches, 7);
+    assert_int_equal(r.sizes[6], 10);
     close_bus(&loop, bus);
     close_store(&loop, store);
     assert_int_equal(uv_loop_close(&loop), 0);
@@ -813,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_publish_deliver_ack_in_test_mode),
         cmocka_unit_test(test_fan_out_and_sharing),
         cmocka_unit_test(test_window_batches_and_max_batch_size),
+        cmocka_unit_test(test_set_window_applies_live),
         cmocka_unit_test(test_aggregation_rules),
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
