@@ -845,6 +845,37 @@ static void path_pop(parser *ps, size_t saved)
         ps->path.data[saved] = '\0';
 }
 
+/* Reads an object member's key and the ':' after it. */
+static jb_status read_member_key(parser *ps, jb__buf *key)
+{
+    jb_status st = read_string(ps, key);
+    if (st != JB_OK)
+        return st;
+    if (!peek(ps, ':'))
+        return syntax(ps, "expected ':'");
+    ps->p++;
+    return JB_OK;
+}
+
+/*
+ * After an object member: ',' (*@more = 1, another member follows) or '}'
+ * (*@more = 0, the object is over); anything else is a syntax error.
+ */
+static jb_status end_member(parser *ps, int *more)
+{
+    if (peek(ps, ',')) {
+        ps->p++;
+        *more = 1;
+        return JB_OK;
+    }
+    if (peek(ps, '}')) {
+        ps->p++;
+        *more = 0;
+        return JB_OK;
+    }
+    return syntax(ps, "expected ',' or '}'");
+}
+
 static jb_status parse_map(parser *ps, const ProtobufCFieldDescriptor *f, ProtobufCMessage *msg)
 {
     const ProtobufCMessageDescriptor *ed = f->descriptor;
@@ -858,14 +889,9 @@ static jb_status parse_map(parser *ps, const ProtobufCFieldDescriptor *f, Protob
     jb__buf key;
     jb__buf_init(&key);
     jb_status st = JB_OK;
-    for (;;) {
-        if ((st = read_string(ps, &key)) != JB_OK)
+    for (int more = 1; more;) {
+        if ((st = read_member_key(ps, &key)) != JB_OK)
             break;
-        if (!peek(ps, ':')) {
-            st = syntax(ps, "expected ':'");
-            break;
-        }
-        ps->p++;
         ProtobufCMessage *entry = new_message(ed);
         *(ProtobufCMessage **)repeated_add(msg, f) = entry;
         size_t saved = ps->path.len;
@@ -902,16 +928,8 @@ static jb_status parse_map(parser *ps, const ProtobufCFieldDescriptor *f, Protob
         if (st != JB_OK)
             break;
         path_pop(ps, saved);
-        if (peek(ps, ',')) {
-            ps->p++;
-            continue;
-        }
-        if (peek(ps, '}')) {
-            ps->p++;
+        if ((st = end_member(ps, &more)) != JB_OK)
             break;
-        }
-        st = syntax(ps, "expected ',' or '}'");
-        break;
     }
     jb__buf_release(&key);
     return st;
@@ -994,14 +1012,9 @@ static jb_status parse_message_body(parser *ps, const ProtobufCMessageDescriptor
         ps->p++;
         goto done;
     }
-    for (;;) {
-        if ((st = read_string(ps, &key)) != JB_OK)
+    for (int more = 1; more;) {
+        if ((st = read_member_key(ps, &key)) != JB_OK)
             break;
-        if (!peek(ps, ':')) {
-            st = syntax(ps, "expected ':'");
-            break;
-        }
-        ps->p++;
         size_t saved;
         path_push(ps, key.data, &saved);
         const ProtobufCFieldDescriptor *f = find_field(d, key.data);
@@ -1025,16 +1038,8 @@ static jb_status parse_message_body(parser *ps, const ProtobufCMessageDescriptor
         if (!at_null(ps) && (st = parse_field(ps, f, msg)) != JB_OK)
             break;
         path_pop(ps, saved);
-        if (peek(ps, ',')) {
-            ps->p++;
-            continue;
-        }
-        if (peek(ps, '}')) {
-            ps->p++;
+        if ((st = end_member(ps, &more)) != JB_OK)
             break;
-        }
-        st = syntax(ps, "expected ',' or '}'");
-        break;
     }
 done:
     jb__buf_release(&key);
