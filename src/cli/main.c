@@ -583,6 +583,38 @@ static int cmd_status(jb_client **client, const jb_client_options *copts, int ar
 
 /* ---- main ---------------------------------------------------------------- */
 
+/*
+ * Takes --addr ADDR / --addr=ADDR out of a command's arguments (up to a
+ * "--"), so that the global option also works after the command, as people
+ * type it: `jimbotctl publish t --payload x --addr host:port`. Returns the
+ * new argument count; 0 with *@bad set when --addr has no value.
+ */
+static int take_addr(int argc, char **argv, jb_client_options *copts, int *bad)
+{
+    int out = 0;
+    *bad = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--") == 0) {
+            while (i < argc)
+                argv[out++] = argv[i++];
+            break;
+        }
+        if (strncmp(argv[i], "--addr=", 7) == 0) {
+            copts->addr = argv[i] + 7;
+        } else if (strcmp(argv[i], "--addr") == 0) {
+            if (i + 1 >= argc) {
+                *bad = 1;
+                return 0;
+            }
+            copts->addr = argv[++i];
+        } else {
+            argv[out++] = argv[i];
+        }
+    }
+    argv[out] = NULL;
+    return out;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -617,8 +649,13 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     cmd_name = argv[optind];
-    int cargc = argc - optind;
     char **cargv = argv + optind;
+    int bad_addr;
+    int cargc = take_addr(argc - optind, cargv, &copts, &bad_addr);
+    if (bad_addr) {
+        fprintf(stderr, "jimbotctl: --addr needs an address (host:port or unix:PATH)\n");
+        return EXIT_USAGE;
+    }
     optind = 0; /* glibc: start afresh on the command's arguments (which it may permute) */
     jb_client *client = NULL;
     int rc;

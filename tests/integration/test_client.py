@@ -116,6 +116,15 @@ class ClientTests(unittest.TestCase):
     def test_health_status_and_cpp(self):
         r = ctl(self.addr, "health")
         self.assertEqual((r.returncode, r.stdout), (0, "SERVING\n"), r.stderr)
+        # --addr also works after the command, and a later one wins.
+        for tail in (["--addr", self.addr], [f"--addr={self.addr}"]):
+            r = subprocess.run([JIMBOTCTL, "--addr", "127.0.0.1:1", "health", *tail],
+                               capture_output=True, text=True, timeout=TIMEOUT)
+            self.assertEqual((r.returncode, r.stdout), (0, "SERVING\n"), r.stderr)
+        r = subprocess.run([JIMBOTCTL, "health", "--addr"], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--addr needs an address", r.stderr)
         r = ctl(self.addr, "status", "--json")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIsInstance(json.loads(r.stdout), dict)
