@@ -811,6 +811,58 @@ static void ack_what_is_held(uv_timer_t *t)
     }
 }
 
+/*
+ * Retention by size never removes what a group still needs: the bus tells
+ * the log each group's floor, and segments below the lowest floor only go
+ * once the group has acked past them.
+ */
+static void test_retention_waits_for_the_slowest_group(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir,
+                           .fsync = JB_STORE_FSYNC_NONE,
+                           .segment_bytes = 64 * 1024,
+                           .retention_max_bytes = 128 * 1024};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received slow = {0}; /* holds its first events, acks nothing */
+    subscribe(bus, "game_events.>", "slow", &slow, 10);
+    publish_many(&loop, bus, 5000); /* ~1 MiB: far over the 128 KiB budget */
+    run_until(&loop, &slow.events, 10);
+    run_for(&loop, 250); /* housekeeping ticks pass the floor to the log */
+    publish_many(&loop, bus, 10); /* a write: the log applies retention after each */
+    run_for(&loop, 50);
+    jb_store_stats st;
+    jb_store_get_stats(store, &st);
+    assert_int_equal(jb_store_first_seq(store), 1); /* sequence 1 is still needed */
+    assert_true(st.segments > 2);
+
+    /* Once the group has handled everything, retention catches up. */
+    jb_bus_sub_options all = {.pattern = "game_events.>", .group = "slow", .max_in_flight = 5000};
+    received rest = {.auto_ack = 1};
+    jb_bus_sub *s2;
+    rest.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &all, on_deliver, &rest, &s2, NULL), JB_OK);
+    jb_bus_unsubscribe(slow.sub); /* its 10 go back to the group */
+    run_until(&loop, &rest.events, 5000);
+    run_for(&loop, 250);
+    publish_many(&loop, bus, 10); /* a write after the floor moved runs retention */
+    run_for(&loop, 250);
+    jb_store_get_stats(store, &st);
+    assert_true(jb_store_first_seq(store) > 1);
+    assert_true(st.deleted > 0);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
 static long max_rss_kb(void)
 {
     struct rusage ru;
@@ -895,6 +947,7 @@ int main(void)
         cmocka_unit_test(test_bad_input_changes_nothing),
         cmocka_unit_test(test_full_group_backpressures_publishers),
         cmocka_unit_test(test_restart_keeps_positions_and_acks),
+        cmocka_unit_test(test_retention_waits_for_the_slowest_group),
         cmocka_unit_test(test_slow_consumer_bounded_memory),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
