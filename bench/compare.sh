@@ -14,7 +14,7 @@
 # folder, and stopped at the end. Results: a table on stdout and
 # bench/results/throughput.csv, bench/results/latency.csv (one row per
 # system and client count). Environment knobs, with their defaults:
-#   EVENTS=200000 SIZE=100 RATE=20000 DURATION=5 BATCH=256
+#   EVENTS=1000000 SIZE=100 RATE=20000 DURATION=5 BATCH=256
 #   CLIENTS="1 4"   publisher+consumer pairs: "1" runs 1+1 only
 # The drivers are bench/compare/driver_*.c; bench/README.md says what each
 # does per request, how to read the table and the CSVs, and the caveats.
@@ -25,7 +25,7 @@ build=$(cd "$build" && pwd)
 src=$(cd "$(dirname "$0")/.." && pwd)
 bin=$build/bench/compare
 results=$src/bench/results
-EVENTS=${EVENTS:-200000}
+EVENTS=${EVENTS:-1000000}
 SIZE=${SIZE:-100}
 RATE=${RATE:-20000}
 DURATION=${DURATION:-5}
