@@ -218,6 +218,38 @@ static void rm_tree(char *dir)
     free(dir);
 }
 
+/*
+ * A bus over a real log (on disk in a fresh folder, or in memory), for the
+ * tests that need more than test mode: windows, rules, retention, memory.
+ */
+typedef struct log_bus {
+    uv_loop_t loop;
+    char *dir; /* NULL for an in-memory log */
+    jb_store *store;
+    jb_bus *bus;
+} log_bus;
+
+/* Opens @lb: @so.dir becomes a fresh folder when @on_disk; @o.store is set. */
+static void log_bus_open(log_bus *lb, jb_store_options so, int on_disk, jb_bus_options o)
+{
+    uv_loop_init(&lb->loop);
+    lb->dir = on_disk ? make_tmpdir() : NULL;
+    so.dir = lb->dir;
+    assert_int_equal(jb_store_open(&lb->loop, &so, &lb->store, NULL), JB_OK);
+    o.store = lb->store;
+    assert_int_equal(jb_bus_new(&lb->loop, &o, &lb->bus, NULL), JB_OK);
+}
+
+/* Closes the bus, then the log, checks the loop is left empty, removes the folder. */
+static void log_bus_close(log_bus *lb)
+{
+    close_bus(&lb->loop, lb->bus);
+    close_store(&lb->loop, lb->store);
+    assert_int_equal(uv_loop_close(&lb->loop), 0);
+    if (lb->dir != NULL)
+        rm_tree(lb->dir);
+}
+
 /* ---- tests -------------------------------------------------------------- */
 
 static void test_publish_deliver_ack_in_test_mode(void **state)
@@ -284,15 +316,10 @@ static void test_fan_out_and_sharing(void **state)
 static void test_window_batches_and_max_batch_size(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char *dir = make_tmpdir();
-    jb_store_options so = {.dir = dir};
-    jb_store *store;
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    jb_bus_options o = {.store = store, .batch_window_ms = 200, .max_batch_size = 10};
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 1,
+                 (jb_bus_options){.batch_window_ms = 200, .max_batch_size = 10});
+    jb_bus *bus = lb.bus;
     received r = {.auto_ack = 1};
     subscribe(bus, ">", "g", &r, 100);
     jb_event evs[25];
@@ -300,15 +327,12 @@ static void test_window_batches_and_max_batch_size(void **state)
         evs[i] = (jb_event){.topic = "game_events", .type = "t"};
     publish_result res = {0};
     assert_int_equal(jb_bus_publish(bus, evs, 25, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 25);
+    run_until(&lb.loop, &r.events, 25);
     /* Two full batches of 10 went at once, the last 5 at the window's close. */
     assert_int_equal(r.batches, 3);
     assert_int_equal(r.max_batch, 10);
     assert_int_equal(res.seqs[24], 25);
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    rm_tree(dir);
+    log_bus_close(&lb);
 }
 
 /*
@@ -319,15 +343,10 @@ static void test_window_batches_and_max_batch_size(void **state)
 static void test_set_window_applies_live(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    char *dir = make_tmpdir();
-    jb_store_options so = {.dir = dir};
-    jb_store *store;
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    jb_bus_options o = {.store = store, .batch_window_ms = 60000, .max_batch_size = 10};
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 1,
+                 (jb_bus_options){.batch_window_ms = 60000, .max_batch_size = 10});
+    jb_bus *bus = lb.bus;
     received r = {.auto_ack = 1};
     subscribe(bus, ">", "g", &r, 100);
     jb_event evs[10];
@@ -337,14 +356,14 @@ static void test_set_window_applies_live(void **state)
 
     /* As configured: 10 events make one full batch. */
     assert_int_equal(jb_bus_publish(bus, evs, 10, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 10);
+    run_until(&lb.loop, &r.events, 10);
     assert_int_equal(r.batches, 1);
     assert_int_equal(r.sizes[0], 10);
 
     /* max_batch_size 10 -> 3, same window: the next 9 come as three full batches. */
     jb_bus_set_window(bus, 60000, 3);
     assert_int_equal(jb_bus_publish(bus, evs, 9, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 19);
+    run_until(&lb.loop, &r.events, 19);
     assert_int_equal(r.batches, 4);
     assert_int_equal(r.sizes[1], 3);
     assert_int_equal(r.sizes[2], 3);
@@ -353,30 +372,27 @@ static void test_set_window_applies_live(void **state)
     /* A partial batch waits for the minute-long window... */
     assert_int_equal(jb_bus_publish(bus, evs, 1, on_published, &res, NULL, NULL), JB_OK);
     size_t published = res.done;
-    run_until(&loop, &res.done, published + 1); /* durable */
-    run_for(&loop, 100);
+    run_until(&lb.loop, &res.done, published + 1); /* durable */
+    run_for(&lb.loop, 100);
     assert_int_equal(r.events, 19);
     /* ...until the window becomes immediate: it goes at once, and so does
      * every later publish, in batches of at most 3. */
     jb_bus_set_window(bus, JB_BUS_WINDOW_IMMEDIATE, 3);
-    run_until(&loop, &r.events, 20);
+    run_until(&lb.loop, &r.events, 20);
     assert_int_equal(r.batches, 5);
     assert_int_equal(r.sizes[4], 1);
     assert_int_equal(jb_bus_publish(bus, evs, 2, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 22);
+    run_until(&lb.loop, &r.events, 22);
     assert_int_equal(r.batches, 6);
     assert_int_equal(r.sizes[5], 2);
 
     /* Back to the default size (0): 10 events again make one batch. */
     jb_bus_set_window(bus, JB_BUS_WINDOW_IMMEDIATE, 0);
     assert_int_equal(jb_bus_publish(bus, evs, 10, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 32);
+    run_until(&lb.loop, &r.events, 32);
     assert_int_equal(r.batches, 7);
     assert_int_equal(r.sizes[6], 10);
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    rm_tree(dir);
+    log_bus_close(&lb);
 }
 
 static void count_odd_only(const jb_event *const *events, size_t n, uint8_t *keep, void *ud)
@@ -389,8 +405,6 @@ static void count_odd_only(const jb_event *const *events, size_t n, uint8_t *kee
 static void test_aggregation_rules(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     int custom_calls = 0;
     jb_aggregate_rule rules[] = {
         {.type = "state", .kind = JB_AGGREGATE_LAST, .key_header = "game_id"},
@@ -400,13 +414,10 @@ static void test_aggregation_rules(void **state)
          .fn = count_odd_only,
          .userdata = &custom_calls},
     };
-    jb_bus_options o = {.batch_window_ms = 100, .rules = rules, .n_rules = 3};
-    jb_store *store;
-    jb_store_options so = {0};
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    o.store = store;
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 0,
+                 (jb_bus_options){.batch_window_ms = 100, .rules = rules, .n_rules = 3});
+    jb_bus *bus = lb.bus;
     received r = {.auto_ack = 1};
     subscribe(bus, ">", "g", &r, 0);
     jb_header g1[] = {{"game_id", "g1"}}, g2[] = {{"game_id", "g2"}};
@@ -423,8 +434,8 @@ static void test_aggregation_rules(void **state)
     };
     publish_result res = {0};
     assert_int_equal(jb_bus_publish(bus, evs, 9, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 5);
-    run_for(&loop, 250);
+    run_until(&lb.loop, &r.events, 5);
+    run_for(&lb.loop, 250);
     assert_int_equal(r.events, 5);
     uint64_t want[] = {2, 4, 6, 7, 9};
     for (int i = 0; i < 5; i++)
@@ -438,23 +449,17 @@ static void test_aggregation_rules(void **state)
     assert_int_equal(jb_bus_group_info_get(bus, "g", &gi), JB_OK);
     assert_int_equal(gi.pending, 0);
     assert_int_equal(gi.ack_floor, 10);
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    log_bus_close(&lb);
 }
 
 static void test_count_summary_headers(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
     jb_aggregate_rule rule = {.type = "tick", .kind = JB_AGGREGATE_COUNT};
-    jb_store *store;
-    jb_store_options so = {0};
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    jb_bus_options o = {.store = store, .batch_window_ms = 100, .rules = &rule, .n_rules = 1};
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 0,
+                 (jb_bus_options){.batch_window_ms = 100, .rules = &rule, .n_rules = 1});
+    jb_bus *bus = lb.bus;
     received r = {.auto_ack = 1};
     subscribe(bus, ">", "g", &r, 0);
     jb_header h[] = {{"game_id", "g7"}};
@@ -463,11 +468,9 @@ static void test_count_summary_headers(void **state)
         evs[i] = (jb_event){.topic = "a", .type = "tick", .headers = h, .n_headers = 1};
     publish_result res = {0};
     assert_int_equal(jb_bus_publish(bus, evs, 3, on_published, &res, NULL, NULL), JB_OK);
-    run_until(&loop, &r.events, 1);
+    run_until(&lb.loop, &r.events, 1);
     assert_string_equal(r.last_headers, "game_id=g7;jimbot-aggregate=count;jimbot-count=3;");
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    log_bus_close(&lb);
 }
 
 static void test_nacked_five_times_goes_to_dead_letters(void **state)
@@ -819,25 +822,21 @@ static void ack_what_is_held(uv_timer_t *t)
 static void test_retention_waits_for_the_slowest_group(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    jb_store_options so = {.dir = dir,
-                           .fsync = JB_STORE_FSYNC_NONE,
-                           .segment_bytes = 64 * 1024,
-                           .retention_max_bytes = 128 * 1024};
-    jb_store *store;
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    jb_bus_options o = {.store = store, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb,
+                 (jb_store_options){.fsync = JB_STORE_FSYNC_NONE,
+                                    .segment_bytes = 64 * 1024,
+                                    .retention_max_bytes = 128 * 1024},
+                 1, (jb_bus_options){.batch_window_ms = JB_BUS_WINDOW_IMMEDIATE});
+    jb_bus *bus = lb.bus;
+    jb_store *store = lb.store;
     received slow = {0}; /* holds its first events, acks nothing */
     subscribe(bus, "game_events.>", "slow", &slow, 10);
-    publish_many(&loop, bus, 5000); /* ~1 MiB: far over the 128 KiB budget */
-    run_until(&loop, &slow.events, 10);
-    run_for(&loop, 250); /* housekeeping ticks pass the floor to the log */
-    publish_many(&loop, bus, 10); /* a write: the log applies retention after each */
-    run_for(&loop, 50);
+    publish_many(&lb.loop, bus, 5000); /* ~1 MiB: far over the 128 KiB budget */
+    run_until(&lb.loop, &slow.events, 10);
+    run_for(&lb.loop, 250);          /* housekeeping ticks pass the floor to the log */
+    publish_many(&lb.loop, bus, 10); /* a write: the log applies retention after each */
+    run_for(&lb.loop, 50);
     jb_store_stats st;
     jb_store_get_stats(store, &st);
     assert_int_equal(jb_store_first_seq(store), 1); /* sequence 1 is still needed */
@@ -850,17 +849,14 @@ static void test_retention_waits_for_the_slowest_group(void **state)
     rest.bus = bus;
     assert_int_equal(jb_bus_subscribe(bus, &all, on_deliver, &rest, &s2, NULL), JB_OK);
     jb_bus_unsubscribe(slow.sub); /* its 10 go back to the group */
-    run_until(&loop, &rest.events, 5000);
-    run_for(&loop, 250);
-    publish_many(&loop, bus, 10); /* a write after the floor moved runs retention */
-    run_for(&loop, 250);
+    run_until(&lb.loop, &rest.events, 5000);
+    run_for(&lb.loop, 250);
+    publish_many(&lb.loop, bus, 10); /* a write after the floor moved runs retention */
+    run_for(&lb.loop, 250);
     jb_store_get_stats(store, &st);
     assert_true(jb_store_first_seq(store) > 1);
     assert_true(st.deleted > 0);
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    rm_tree(dir);
+    log_bus_close(&lb);
 }
 
 static long max_rss_kb(void)
@@ -878,31 +874,25 @@ static long max_rss_kb(void)
 static void test_slow_consumer_bounded_memory(void **state)
 {
     (void)state;
-    char *dir = make_tmpdir();
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
-    jb_store *store;
-    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
-    jb_bus_options o = {.store = store,
-                        .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE,
-                        .max_group_pending = 2000000,
-                        .cache_bytes = 8u << 20};
-    jb_bus *bus;
-    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){.fsync = JB_STORE_FSYNC_NONE}, 1,
+                 (jb_bus_options){.batch_window_ms = JB_BUS_WINDOW_IMMEDIATE,
+                                  .max_group_pending = 2000000,
+                                  .cache_bytes = 8u << 20});
+    jb_bus *bus = lb.bus;
     received fast = {.auto_ack = 1}, slow = {0};
     subscribe(bus, "game_events.>", "fast", &fast, 5000);
     subscribe(bus, "game_events.>", "slow", &slow, 8);
     uv_timer_t slow_acker;
-    uv_timer_init(&loop, &slow_acker);
+    uv_timer_init(&lb.loop, &slow_acker);
     slow_acker.data = &slow;
     uv_timer_start(&slow_acker, ack_what_is_held, 5, 5);
 
-    publish_many(&loop, bus, 100000); /* warm up allocators and the cache */
-    run_until(&loop, &fast.events, 100000);
+    publish_many(&lb.loop, bus, 100000); /* warm up allocators and the cache */
+    run_until(&lb.loop, &fast.events, 100000);
     long rss_before = max_rss_kb();
-    publish_many(&loop, bus, 900000);
-    run_until(&loop, &fast.events, 1000000);
+    publish_many(&lb.loop, bus, 900000);
+    run_until(&lb.loop, &fast.events, 1000000);
     long rss_after = max_rss_kb();
 
     assert_true(slow.max_in_flight_seen <= 8);
@@ -923,10 +913,7 @@ static void test_slow_consumer_bounded_memory(void **state)
     assert_true(rss_after - rss_before < 64 * 1024);
 #endif
     uv_close((uv_handle_t *)&slow_acker, NULL);
-    close_bus(&loop, bus);
-    close_store(&loop, store);
-    assert_int_equal(uv_loop_close(&loop), 0);
-    rm_tree(dir);
+    log_bus_close(&lb);
 }
 
 int main(void)
