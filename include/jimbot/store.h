@@ -9,7 +9,7 @@
  * Two modes with one API:
  *   - on disk (options.dir set): segment files with a CRC32C per record, a
  *     group-committing writer on libuv's threadpool, recovery at open. The
- *     format is described in src/log/store.c and docs/durable-log.md.
+ *     format is described in src/store/store.c and docs/durable-log.md.
  *   - in memory (options.dir NULL): the same behaviour without files, for
  *     tests and test mode. Everything is "durable" as soon as it is appended.
  *

@@ -23,7 +23,7 @@
 #include "core/buf.h"
 #include "jimbot/log.h"
 #include "jimbot/topic.h"
-#include "rpc/envelope.h"
+#include "event/envelope.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -25,7 +25,7 @@
 
 #include "jimbot/log.h"
 #include "jimbot/topic.h"
-#include "rpc/envelope.h"
+#include "event/envelope.h"
 
 #include <stdio.h>
 #include <stdlib.h>

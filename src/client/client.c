@@ -20,13 +20,13 @@
  * once, and nothing outlives the client.
  *
  * Wire format. A PublishRequest is written by hand from the events'
- * envelopes (src/rpc/envelope.c): field 1, length-delimited, per event.
+ * envelopes (src/event/envelope.c): field 1, length-delimited, per event.
  * Everything else goes through protobuf-c.
  */
 #include "client/internal.h"
 
 #include "core/buf.h"
-#include "rpc/envelope.h"
+#include "event/envelope.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 #include "jimbot/infra/v1/health.pb-c.h"

@@ -32,7 +32,7 @@
 #include "client/internal.h"
 
 #include "core/buf.h"
-#include "rpc/envelope.h"
+#include "event/envelope.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 

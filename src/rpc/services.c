@@ -21,8 +21,8 @@
  *
  * Runs on the loop thread only.
  */
-#include "rpc/envelope.h"
-#include "rpc/publish_decode.h"
+#include "event/envelope.h"
+#include "event/decode.h"
 #include "rpc/server_internal.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"

@@ -25,8 +25,8 @@
  * over corpus/publish/ (ctest fuzz.publish).
  */
 #include "jimbot/infra/v1/event_bus.pb-c.h"
-#include "rpc/envelope.h"
-#include "rpc/publish_decode.h"
+#include "event/envelope.h"
+#include "event/decode.h"
 
 #include <stdint.h>
 #include <stdio.h>

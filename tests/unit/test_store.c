@@ -1,5 +1,5 @@
 /*
- * Unit tests for the durable log (src/log/, include/jimbot/store.h).
+ * Unit tests for the durable log (src/store/, include/jimbot/store.h).
  *
  * Every test runs a real libuv loop over a real temporary directory (or the
  * in-memory mode) and closes both: a test that leaks a handle fails on
@@ -24,8 +24,8 @@
 
 #include "jimbot/log.h"
 #include "jimbot/store.h"
-#include "log/crc32c.h"
-#include "log/store_internal.h"
+#include "store/crc32c.h"
+#include "store/store_internal.h"
 
 /* ---- fixtures ---------------------------------------------------------- */
 

@@ -5,8 +5,8 @@
  * and header; and of a single Event (the stored envelope). publish_decode.c says which bytes it
  * accepts: exactly those protobuf-c 1.4 accepts, except strings with a NUL byte.
  */
-#ifndef JB_RPC_PUBLISH_DECODE_H
-#define JB_RPC_PUBLISH_DECODE_H
+#ifndef JB_EVENT_DECODE_H
+#define JB_EVENT_DECODE_H
 
 #include "jimbot/event.h"
 #include "jimbot/status.h"
@@ -49,4 +49,4 @@ jb_status jb__event_decode(const uint8_t *data, size_t len, jb__publish_req *out
 /* Frees what jb__publish_decode() allocated; @req is left empty. */
 void jb__publish_req_release(jb__publish_req *req);
 
-#endif /* JB_RPC_PUBLISH_DECODE_H */
+#endif /* JB_EVENT_DECODE_H */

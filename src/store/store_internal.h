@@ -1,7 +1,7 @@
 /*
  * Internals of the durable log shared with its unit tests: the on-disk
  * constants (the format itself is described at the top of store.c) and the
- * test hooks. Nothing outside src/log/ and tests/unit/test_store.c uses this.
+ * test hooks. Nothing outside src/store/ and tests/unit/test_store.c uses this.
  */
 #ifndef JIMBOT_LOG_STORE_INTERNAL_H
 #define JIMBOT_LOG_STORE_INTERNAL_H

@@ -1,17 +1,17 @@
 /*
- * Envelope encoding and decoding (src/rpc/envelope.h).
+ * Envelope encoding and decoding (src/event/envelope.h).
  *
  * Encoding is written by hand against the protobuf wire format (varints and
  * length-delimited fields, in field-number order, defaults left out, as
  * every protobuf encoder does): it runs once per published event and needs
- * no intermediate structs. Decoding is publish_decode.c's walk over one
+ * no intermediate structs. Decoding is decode.c's walk over one
  * Event, which checks the input as protobuf-c would (malformed bytes are an
  * error, never a crash) and makes one allocation for the event, its headers,
  * strings and payload.
  */
-#include "rpc/envelope.h"
+#include "event/envelope.h"
 
-#include "rpc/publish_decode.h"
+#include "event/decode.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -74,8 +74,8 @@
 #include <unistd.h>
 
 #include "jimbot/log.h"
-#include "log/crc32c.h"
-#include "log/store_internal.h"
+#include "store/crc32c.h"
+#include "store/store_internal.h"
 
 #define DEFAULT_SEGMENT_BYTES (64ull * 1024 * 1024)
 #define DEFAULT_MAX_UNFLUSHED ((size_t)64 * 1024 * 1024)

@@ -11,7 +11,7 @@
  * value; it was generated, not copied, and the unit tests check both paths
  * against known vectors.
  */
-#include "log/crc32c.h"
+#include "store/crc32c.h"
 
 #include <string.h>
 

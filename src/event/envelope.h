@@ -7,11 +7,11 @@
  * protobuf reads as part of the same message (concatenated encodings
  * merge). So an event is encoded once, at publish, and forwarded as bytes.
  */
-#ifndef JB_RPC_ENVELOPE_H
-#define JB_RPC_ENVELOPE_H
+#ifndef JB_EVENT_ENVELOPE_H
+#define JB_EVENT_ENVELOPE_H
 
-#include "core/buf.h"
-#include "jimbot/bus.h"
+#include "jimbot/event.h"
+#include "jimbot/status.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -53,4 +53,4 @@ jb_status jb__envelope_decode(const void *data, size_t len, jb__envelope **out, 
                               jb_error *err);
 void jb__envelope_free(jb__envelope *env);
 
-#endif /* JB_RPC_ENVELOPE_H */
+#endif /* JB_EVENT_ENVELOPE_H */

@@ -1,5 +1,5 @@
 /*
- * Unit tests for src/rpc/publish_decode.c, the hand decoder of
+ * Unit tests for src/event/decode.c, the hand decoder of
  * PublishRequest, against protobuf-c as the reference.
  *
  * Differential: random requests (random counts, strings, payloads, headers;
@@ -21,8 +21,8 @@
 #include <cmocka.h>
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
-#include "rpc/envelope.h"
-#include "rpc/publish_decode.h"
+#include "event/envelope.h"
+#include "event/decode.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,5 +1,5 @@
 /*
- * PublishRequest decoding by hand (src/rpc/publish_decode.h).
+ * PublishRequest decoding by hand (src/event/decode.h).
  *
  * Why: protobuf-c's unpack allocates once per Event, per string, per header
  * entry and per map-entry message; under a durable publish load that was
@@ -49,7 +49,7 @@
  * No dependency beyond the C library and jimbot/status.h: no protobuf-c, no
  * gRPC. Any thread; no state.
  */
-#include "rpc/publish_decode.h"
+#include "event/decode.h"
 
 #include <stdlib.h>
 #include <string.h>
