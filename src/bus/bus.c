@@ -480,48 +480,12 @@ static void collect_match(void *item, void *userdata)
     match_push(userdata, item);
 }
 
-/*
- * The shared publish path. @internal: dead letters, which skip the groups'
- * pending limit (refusing them would keep the original stuck).
- *
- * Steps: check every event; answer duplicates; route each event (the
- * previous event's route is reused for a repeated topic, the common case
- * of a batch); check the groups' limits; build the in-memory copies, whose
- * encoded envelopes go to the store as they are; append all or none; then
- * cache, offer to live groups and queue for durability.
- */
-static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_publish_cb cb,
-                         void *userdata, int internal, uint32_t *retry_after_ms, jb_error *err)
+/* Phase 1: copies each event (timestamp filled in) and checks it. */
+static jb_status stage_events(jb_bus *bus, publish_call *c, const jb_event *events, size_t n,
+                              uint64_t now, jb_error *err)
 {
-    if (bus->closing)
-        return jb_error_set(err, JB_ECLOSED, "the bus is shutting down");
-    if (n == 0)
-        return jb_error_set(err, JB_EINVAL, "a publish needs at least one event");
-
-    publish_call c = {0};
-    jb__strmap_init(&c.ids);
-    jb_status st = JB_OK;
-    c.st = malloc(n * sizeof(*c.st));
-    c.entries = malloc(n * sizeof(*c.entries));
-    c.p = calloc(1, sizeof(*c.p));
-    uint64_t *seqs = calloc(n, sizeof(uint64_t) + 1);
-    if (c.p != NULL)
-        c.p->seqs = seqs;
-    else
-        free(seqs);
-    if (c.st == NULL || c.entries == NULL || c.p == NULL || seqs == NULL) {
-        st = jb_error_set(err, JB_ENOMEM, "out of memory publishing %zu events", n);
-        goto out;
-    }
-    jb__pending_publish *p = c.p;
-    p->dups = (uint8_t *)(seqs + n);
-    p->n = n;
-    p->cb = cb;
-    p->userdata = userdata;
-
-    uint64_t now = jb__bus_now_ms(bus);
     for (size_t i = 0; i < n; i++) {
-        staged *s = &c.st[i];
+        staged *s = &c->st[i];
         s->ev = events[i];
         if (s->ev.timestamp_ms == 0)
             s->ev.timestamp_ms = (int64_t)now;
@@ -530,15 +494,20 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         s->dup_of = SIZE_MAX;
         s->dup_seq = 0;
         s->g_start = 0;
-        c.n_staged = i + 1;
+        c->n_staged = i + 1;
         int same_topic = i > 0 && events[i].topic != NULL && events[i - 1].topic != NULL &&
                          strcmp(events[i].topic, events[i - 1].topic) == 0;
-        if ((st = validate_event(bus, &s->ev, i, same_topic, s->size, err)) != JB_OK)
-            goto out;
+        jb_status st = validate_event(bus, &s->ev, i, same_topic, s->size, err);
+        if (st != JB_OK)
+            return st;
     }
+    return JB_OK;
+}
 
-    /* Duplicates of earlier publishes, then within this request. */
-    dedup_expire(bus, now);
+/* Phase 2: marks duplicates of earlier publishes, then of earlier events of this request. */
+static void find_duplicates(jb_bus *bus, publish_call *c, const jb_event *events, size_t n)
+{
+    jb__pending_publish *p = c->p;
     for (size_t i = 0; i < n && bus->opts.dedup_window_ms != JB_BUS_DEDUP_OFF; i++) {
         const char *id = events[i].id;
         if (id == NULL || id[0] == '\0')
@@ -546,85 +515,113 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         void *hit = jb__strmap_get(&bus->dedup, id);
         if (hit != NULL) {
             p->dups[i] = 1;
-            c.st[i].dup_seq = (uint64_t)(uintptr_t)hit;
+            c->st[i].dup_seq = (uint64_t)(uintptr_t)hit;
             continue;
         }
-        void *first = jb__strmap_get(&c.ids, id);
+        void *first = jb__strmap_get(&c->ids, id);
         if (first != NULL) {
             p->dups[i] = 1;
-            c.st[i].dup_of = (size_t)(uintptr_t)first - 1;
+            c->st[i].dup_of = (size_t)(uintptr_t)first - 1;
         } else {
-            jb__strmap_put(&c.ids, id, (void *)(uintptr_t)(i + 1));
+            jb__strmap_put(&c->ids, id, (void *)(uintptr_t)(i + 1));
         }
     }
+}
 
-    /* Routes and the groups' limits. */
-    size_t prev = SIZE_MAX; /* the last routed event */
-    for (size_t i = 0; i < n; i++) {
-        staged *s = &c.st[i];
-        s->g_start = c.matched.n;
-        if (p->dups[i])
-            continue;
-        size_t from = c.matched.n;
-        if (prev != SIZE_MAX && strcmp(events[i].topic, events[prev].topic) == 0) {
-            size_t a = c.st[prev].g_start, b = from;
-            for (size_t k = a; k < b; k++)
-                match_push(&c.matched, c.matched.v[k]);
-        } else {
-            jb__sublist_match(bus->routes, events[i].topic, collect_match, &c.matched);
-        }
-        if (c.matched.oom) {
-            st = jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
-            goto out;
-        }
-        prev = i;
-        for (size_t k = from; k < c.matched.n; k++) {
-            jb__group *g = c.matched.v[k];
-            if (!internal && g->pending + g->publish_tally + 1 > bus->opts.max_group_pending) {
-                bus->stats.backpressured++;
-                if (retry_after_ms != NULL)
-                    *retry_after_ms = g->ack_wait_ms < 1000 ? g->ack_wait_ms : 1000;
-                st = jb_error_set(err, JB_EBACKPRESSURE,
-                                  "group '%s' holds %llu unhandled events (limit %u); retry "
-                                  "after it catches up",
-                                  g->name, (unsigned long long)g->pending,
-                                  bus->opts.max_group_pending);
-                goto out;
-            }
-            g->publish_tally++;
-        }
-    }
-
-    /* The copies kept in memory; their envelopes are what the store writes. */
-    size_t n_store = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (p->dups[i])
-            continue;
-        staged *s = &c.st[i];
-        s->e = ev_build(&s->ev, 0, NULL, s->size);
-        if (s->e == NULL) {
-            st = jb_error_set(err, JB_ENOMEM, "out of memory copying an event");
-            goto out;
-        }
-        c.entries[n_store++] = (jb_store_entry){
-            .timestamp_ms = s->ev.timestamp_ms, .payload = s->e->ev.encoded, .len = s->size};
-    }
-    uint64_t first_seq = 0;
-    if (n_store > 0) {
-        st = jb_store_append_batch(bus->store, c.entries, n_store, &first_seq, err);
-        if (st == JB_EBACKPRESSURE) {
+/* Counts one more event for each newly matched group, refusing one that is full. */
+static jb_status tally_groups(jb_bus *bus, publish_call *c, size_t from, int internal,
+                              uint32_t *retry_after_ms, jb_error *err)
+{
+    for (size_t k = from; k < c->matched.n; k++) {
+        jb__group *g = c->matched.v[k];
+        if (!internal && g->pending + g->publish_tally + 1 > bus->opts.max_group_pending) {
             bus->stats.backpressured++;
             if (retry_after_ms != NULL)
-                *retry_after_ms = RETRY_HINT_MS;
+                *retry_after_ms = g->ack_wait_ms < 1000 ? g->ack_wait_ms : 1000;
+            return jb_error_set(err, JB_EBACKPRESSURE,
+                                "group '%s' holds %llu unhandled events (limit %u); retry "
+                                "after it catches up",
+                                g->name, (unsigned long long)g->pending,
+                                bus->opts.max_group_pending);
         }
-        if (st != JB_OK)
-            goto out;
+        g->publish_tally++;
     }
+    return JB_OK;
+}
 
-    /* Stored: from here on nothing can fail the publish. */
+/*
+ * Phase 3: routes each event (the previous event's route is reused for a
+ * repeated topic, the common case of a batch) and checks the groups' limits.
+ */
+static jb_status route_events(jb_bus *bus, publish_call *c, const jb_event *events, size_t n,
+                              int internal, uint32_t *retry_after_ms, jb_error *err)
+{
+    size_t prev = SIZE_MAX; /* the last routed event */
+    for (size_t i = 0; i < n; i++) {
+        staged *s = &c->st[i];
+        s->g_start = c->matched.n;
+        if (c->p->dups[i])
+            continue;
+        size_t from = c->matched.n;
+        if (prev != SIZE_MAX && strcmp(events[i].topic, events[prev].topic) == 0) {
+            size_t a = c->st[prev].g_start, b = from;
+            for (size_t k = a; k < b; k++)
+                match_push(&c->matched, c->matched.v[k]);
+        } else {
+            jb__sublist_match(bus->routes, events[i].topic, collect_match, &c->matched);
+        }
+        if (c->matched.oom)
+            return jb_error_set(err, JB_ENOMEM, "out of memory routing an event");
+        prev = i;
+        jb_status st = tally_groups(bus, c, from, internal, retry_after_ms, err);
+        if (st != JB_OK)
+            return st;
+    }
+    return JB_OK;
+}
+
+/*
+ * Phase 4: builds the copies kept in memory, whose envelopes are what the
+ * store writes, and appends them all or none. *@first_seq, *@n_store: what was stored.
+ */
+static jb_status store_events(jb_bus *bus, publish_call *c, size_t n, uint64_t *first_seq,
+                              size_t *n_store, uint32_t *retry_after_ms, jb_error *err)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (c->p->dups[i])
+            continue;
+        staged *s = &c->st[i];
+        s->e = ev_build(&s->ev, 0, NULL, s->size);
+        if (s->e == NULL)
+            return jb_error_set(err, JB_ENOMEM, "out of memory copying an event");
+        c->entries[k++] = (jb_store_entry){
+            .timestamp_ms = s->ev.timestamp_ms, .payload = s->e->ev.encoded, .len = s->size};
+    }
+    *n_store = k;
+    *first_seq = 0;
+    if (k == 0)
+        return JB_OK;
+    jb_status st = jb_store_append_batch(bus->store, c->entries, k, first_seq, err);
+    if (st == JB_EBACKPRESSURE) {
+        bus->stats.backpressured++;
+        if (retry_after_ms != NULL)
+            *retry_after_ms = RETRY_HINT_MS;
+    }
+    return st;
+}
+
+/*
+ * Phase 5, once stored (nothing can fail from here on): gives every event its
+ * sequence (a duplicate the original's), remembers its id, caches it and offers
+ * it to the live groups it matched.
+ */
+static void commit_events(jb_bus *bus, publish_call *c, size_t n, uint64_t first_seq, uint64_t now)
+{
+    jb__pending_publish *p = c->p;
     uint64_t seq = first_seq;
     for (size_t i = 0; i < n; i++) {
-        staged *s = &c.st[i];
+        staged *s = &c->st[i];
         if (p->dups[i]) {
             bus->stats.duplicates++;
             p->seqs[i] = s->dup_of != SIZE_MAX ? p->seqs[s->dup_of] : s->dup_seq;
@@ -638,9 +635,9 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
             if (bus->opts.test_mode)
                 record_published(bus, e);
             cache_push(bus, e);
-            size_t end = i + 1 < n ? c.st[i + 1].g_start : c.matched.n;
+            size_t end = i + 1 < n ? c->st[i + 1].g_start : c->matched.n;
             for (size_t k = s->g_start; k < end; k++) {
-                jb__group *g = c.matched.v[k];
+                jb__group *g = c->matched.v[k];
                 g->pending++;
                 jb__group_offer(g, e);
             }
@@ -650,19 +647,79 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
         if (p->seqs[i] > p->last_seq)
             p->last_seq = p->seqs[i];
     }
-    if (n_store > 0)
-        bus->stats.last_sequence = first_seq + n_store - 1;
+}
 
+/* Phase 6: queues the publish until the store reports its last sequence durable. */
+static void await_durable(jb_bus *bus, publish_call *c)
+{
+    jb__pending_publish *p = c->p;
     if (bus->pending_tail != NULL)
         bus->pending_tail->next = p;
     else
         bus->pending_head = p;
     bus->pending_tail = p;
     bus->stats.pending_publishes++;
-    c.p = NULL; /* queued: no longer ours to free */
+    c->p = NULL; /* queued: no longer ours to free */
     request_flush(bus);
+}
 
-out:
+/* Allocates a publish call's arrays for @n events; JB_ENOMEM leaves @c releasable. */
+static jb_status publish_call_init(publish_call *c, size_t n, jb_bus_publish_cb cb, void *userdata,
+                                   jb_error *err)
+{
+    jb__strmap_init(&c->ids);
+    c->st = malloc(n * sizeof(*c->st));
+    c->entries = malloc(n * sizeof(*c->entries));
+    c->p = calloc(1, sizeof(*c->p));
+    uint64_t *seqs = calloc(n, sizeof(uint64_t) + 1);
+    if (c->p != NULL)
+        c->p->seqs = seqs;
+    else
+        free(seqs);
+    if (c->st == NULL || c->entries == NULL || c->p == NULL || seqs == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory publishing %zu events", n);
+    c->p->dups = (uint8_t *)(seqs + n);
+    c->p->n = n;
+    c->p->cb = cb;
+    c->p->userdata = userdata;
+    return JB_OK;
+}
+
+/*
+ * The shared publish path, in the phases above: stage and check every event;
+ * find duplicates; route and check the groups' limits; append all or none;
+ * then commit (cache, offer to live groups) and queue for durability.
+ * @internal: dead letters, which skip the groups' pending limit (refusing
+ * them would keep the original stuck).
+ */
+static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_publish_cb cb,
+                         void *userdata, int internal, uint32_t *retry_after_ms, jb_error *err)
+{
+    if (bus->closing)
+        return jb_error_set(err, JB_ECLOSED, "the bus is shutting down");
+    if (n == 0)
+        return jb_error_set(err, JB_EINVAL, "a publish needs at least one event");
+
+    publish_call c = {0};
+    uint64_t now = jb__bus_now_ms(bus);
+    uint64_t first_seq = 0;
+    size_t n_store = 0;
+    jb_status st = publish_call_init(&c, n, cb, userdata, err);
+    if (st == JB_OK)
+        st = stage_events(bus, &c, events, n, now, err);
+    if (st == JB_OK) {
+        dedup_expire(bus, now);
+        find_duplicates(bus, &c, events, n);
+        st = route_events(bus, &c, events, n, internal, retry_after_ms, err);
+    }
+    if (st == JB_OK)
+        st = store_events(bus, &c, n, &first_seq, &n_store, retry_after_ms, err);
+    if (st == JB_OK) {
+        commit_events(bus, &c, n, first_seq, now);
+        if (n_store > 0)
+            bus->stats.last_sequence = first_seq + n_store - 1;
+        await_durable(bus, &c);
+    }
     publish_call_release(&c);
     return st;
 }
