@@ -10,8 +10,9 @@
  *   none) -> keep each event in the cache and offer it to the live groups
  *   it matched -> queue the publish until the store reports it durable.
  *
- * Durability: one store flush in flight at a time; publishes that arrive
- * meanwhile ride the next one (group commit). When a flush completes, the
+ * Durability: each publish asks the store for a flush; the store runs one
+ * write job at a time and the flushes asked for meanwhile ride the next one
+ * (group commit lives in the store only). When a write completes, the
  * publishes it covers are answered in order, then delivery runs (at once
  * with a window of 0, else at the window's close or when a batch is full).
  *
@@ -315,7 +316,6 @@ static void record_published(jb_bus *bus, jb__ev *e)
 
 /* ---- durability --------------------------------------------------------- */
 
-static void request_flush(jb_bus *bus);
 void jb__bus_maybe_finish_close(jb_bus *bus);
 
 static void complete_publish(jb__pending_publish *p, jb_status st, const jb_error *err)
@@ -326,11 +326,18 @@ static void complete_publish(jb__pending_publish *p, jb_status st, const jb_erro
     free(p);
 }
 
+/*
+ * One call per publish (the store answers its flush waiters in order, and
+ * all those a write covers in one go): the first call of a go moves
+ * durable_seq and answers every publish it covers, so the others find
+ * nothing to do and delivery runs once per write, not once per publish.
+ */
 static void on_flushed(jb_status status, uint64_t durable_seq, const jb_error *err, void *userdata)
 {
     jb_bus *bus = userdata;
-    bus->flush_in_flight = 0;
-    if (status == JB_OK && durable_seq > bus->durable_seq)
+    bus->flushes_waiting--;
+    int advanced = status == JB_OK && durable_seq > bus->durable_seq;
+    if (advanced)
         bus->durable_seq = durable_seq;
     while (bus->pending_head != NULL &&
            (status != JB_OK || bus->pending_head->last_seq <= bus->durable_seq)) {
@@ -341,29 +348,29 @@ static void on_flushed(jb_status status, uint64_t durable_seq, const jb_error *e
         bus->stats.pending_publishes--;
         complete_publish(p, status, err);
     }
-    if (status != JB_OK)
+    if (status != JB_OK && !bus->store_failed) {
+        bus->store_failed = 1;
         jb_log(JB_LOG_ERROR, "bus", "the log failed; publishes are refused", "error=%s detail=%s",
                jb_status_name(status), err ? err->message : "");
-    if (bus->flush_again || bus->pending_head != NULL) {
-        bus->flush_again = 0;
-        if (status == JB_OK)
-            request_flush(bus);
     }
     if (bus->closing) {
         jb__bus_maybe_finish_close(bus);
         return;
     }
+    if (!advanced)
+        return;
     jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
     if (bus->state_dirty)
         jb__state_save(bus);
 }
 
+/*
+ * Asks the store to make everything appended so far durable. The store is
+ * the one group-commit mechanism: one write job at a time, and the flushes
+ * asked for meanwhile ride the next one.
+ */
 static void request_flush(jb_bus *bus)
 {
-    if (bus->flush_in_flight) {
-        bus->flush_again = 1;
-        return;
-    }
     jb_error err;
     jb_status st = jb_store_flush(bus->store, on_flushed, bus);
     if (st != JB_OK) {
@@ -378,7 +385,7 @@ static void request_flush(jb_bus *bus)
         bus->pending_tail = NULL;
         return;
     }
-    bus->flush_in_flight = 1;
+    bus->flushes_waiting++;
 }
 
 /* ---- publish ------------------------------------------------------------ */
@@ -760,7 +767,7 @@ static void on_timer(uv_timer_t *t)
             floor = f;
     }
     jb_store_set_min_needed(bus->store, floor);
-    if (bus->state_dirty && !bus->flush_in_flight)
+    if (bus->state_dirty && bus->flushes_waiting == 0)
         jb__state_save(bus);
 }
 
@@ -944,7 +951,7 @@ static void on_store_closed(jb_status status, void *userdata)
 
 static void finish_close(jb_bus *bus)
 {
-    if (bus->handles_open > 0 || bus->flush_in_flight || bus->state_saving ||
+    if (bus->handles_open > 0 || bus->flushes_waiting > 0 || bus->state_saving ||
         bus->pending_head != NULL)
         return;
     jb_error err;

@@ -109,8 +109,8 @@ struct jb_bus {
 
     /* Durability. */
     jb__pending_publish *pending_head, *pending_tail;
-    int flush_in_flight;
-    int flush_again;
+    size_t flushes_waiting; /* store flush callbacks still to come */
+    int store_failed;       /* the store's failure was logged */
     uint64_t durable_seq;
 
     /* Recent events by sequence: cache[(cache_start + i) % cache_cap] holds
