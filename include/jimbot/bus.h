@@ -15,7 +15,10 @@
  *   - Events are delivered only once durable, in batches: a subscriber gets
  *     one batch per window (event_bus.batch_window_ms) holding at most
  *     max_batch_size events, sooner when a full batch is ready; a window of
- *     0 delivers as soon as events are durable.
+ *     0 delivers as soon as events are durable. Topic patterns may have a
+ *     window and a size of their own (jb_bus_set_windows).
+ *   - With a list of allowed topics (jb_bus_set_topics), other topics are
+ *     refused as unknown.
  *   - A delivered event is in flight for its group until acked. A nack, or
  *     no ack within ack_wait_ms, makes it due again after a backoff; after
  *     max_deliver deliveries it is published to "dlq.<topic>" with the

@@ -11,6 +11,9 @@
  * to prove it); a key without JB_CONFIG_RELOADABLE is read once at start and
  * a change is reported as pending until a restart; secrets get
  * JB_CONFIG_SECRET and an empty default (they come from ${VAR} or ${file:}).
+ * A map (JB_CONFIG_MAP, names chosen by the user) is followed by its field
+ * rows "MAP.*.FIELD"; a field's default NULL makes it required, "~" leaves it
+ * unset; checks of an entry's fields together are in jb__schema_check_entry().
  */
 #include "config/internal.h"
 
