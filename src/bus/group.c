@@ -833,13 +833,14 @@ void jb_bus_unsubscribe(jb_bus_sub *s)
         g->doomed = 1;
         bus->any_doomed = 1;
     }
+    int others = g->n_subs > 0; /* read now: reaping may free a private group */
     if (s->delivering) {
         s->dead = 1; /* freed by deliver_batch() once the callback returns */
     } else {
         free(s);
         jb__bus_reap_groups(bus);
     }
-    if (g->n_subs > 0)
+    if (others)
         jb__bus_kick(bus);
 }
 
