@@ -7,7 +7,9 @@ while the bus's window is a minute) and a topic allow-list:
 * a publish to a topic outside the list is INVALID_ARGUMENT "unknown topic",
   and so is a subscription whose pattern cannot match an allowed topic;
 * the file is then changed while jimbotd runs: the new rule (count) and the
-  empty list (every topic) apply to what is published next.
+  empty list (every topic) apply to what is published next;
+* an invalid rule written next is refused (logged with its line) and the
+  rules in force stay.
 
 Timeouts are generous and only keep a broken daemon from hanging the suite;
 nothing here asserts how fast things happen.
@@ -101,6 +103,20 @@ class BusConfig(unittest.TestCase):
             self.assertEqual(summary.headers["jimbot-count"], "3")
             r = self.stubs.publish(event("elsewhere.x"))
             self.assertEqual(list(r.sequences), [10])
+
+            # An invalid rule is refused with its place, and the rules in force stay.
+            with open(self.daemon.config_path, "w") as f:
+                f.write(RELOADED.replace("{rule: count}", "{rule: first}"))
+            self.daemon.wait_for("config reload failed")
+            line = self.daemon.wait_for("config error")
+            self.assertIn("event_bus.aggregation.jimbot.GameStateUpdate.rule", line)
+            self.assertIn(":5:", line)
+            r = self.stubs.publish(*[state("game_events.state", g) for g in ["g1", "g1"]])
+            self.assertEqual(list(r.sequences), [11, 12])
+            got = sub.wait_count(5)
+            self.assertEqual(len(got), 5)
+            self.assertEqual(got[4].sequence, 12)
+            self.assertEqual(got[4].headers["jimbot-count"], "2")
         finally:
             sub.cancel()
 
