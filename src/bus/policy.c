@@ -92,19 +92,20 @@ void jb__bus_window_take(const jb_bus *bus, const char *topic, int default_close
                          int *closed)
 {
     const jb__policy *p = bus->policy;
+    int dflt = default_closed || bus->opts.batch_window_ms == 0;
     for (size_t i = 0; p != NULL && i < p->n_windows; i++) {
         const jb__window *w = &p->windows[i];
         if (!jb_pattern_matches(w->pattern, topic))
             continue;
         if (window_max(bus, w) < *size_cap)
             *size_cap = window_max(bus, w);
-        *closed |= w->window_ms == JB_BUS_WINDOW_IMMEDIATE || w->closed ||
-                   (w->window_ms == 0 && default_closed);
+        *closed |=
+            w->window_ms == JB_BUS_WINDOW_IMMEDIATE || w->closed || (w->window_ms == 0 && dflt);
         return;
     }
     if (bus->opts.max_batch_size < *size_cap)
         *size_cap = bus->opts.max_batch_size;
-    *closed |= default_closed;
+    *closed |= dflt;
 }
 
 void jb__bus_windows_reset(jb_bus *bus)
