@@ -83,7 +83,7 @@ wait_port "$redis_port" redis-server "$tmp/redis.log"
 jb_port=$(free_port)
 mkdir -p "$tmp/jimbotd"
 cp "$src/config/infrastructure.yaml" "$tmp/jimbotd/infrastructure.yaml"
-printf 'event_bus:\n  fsync: batch\n  batch_window_ms: 0\n  max_batch_size: %s\n' "$BATCH" \
+printf 'event_bus:\n  fsync: batch\n  batch_window_ms: 0\n  max_batch_size: %s\n  topics: []\n' "$BATCH" \
     >"$tmp/jimbotd/bench.yaml"
 jimbotd_up=0
 if [ -x "$build/bin/jimbotd" ]; then

@@ -15,7 +15,10 @@
  *   - Events are delivered only once durable, in batches: a subscriber gets
  *     one batch per window (event_bus.batch_window_ms) holding at most
  *     max_batch_size events, sooner when a full batch is ready; a window of
- *     0 delivers as soon as events are durable.
+ *     0 delivers as soon as events are durable. Topic patterns may have a
+ *     window and a size of their own (jb_bus_set_windows).
+ *   - With a list of allowed topics (jb_bus_set_topics), other topics are
+ *     refused as unknown.
  *   - A delivered event is in flight for its group until acked. A nack, or
  *     no ack within ack_wait_ms, makes it due again after a backoff; after
  *     max_deliver deliveries it is published to "dlq.<topic>" with the
@@ -129,6 +132,46 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
  * default. The window open now closes on the old schedule.
  */
 void jb_bus_set_window(jb_bus *bus, uint32_t batch_window_ms, uint32_t max_batch_size);
+
+/*
+ * The batch window and size of the events of the topics that @pattern
+ * matches. An event takes the most specific matching pattern (the most
+ * literal words, then no '>', then the most words, then the first in byte
+ * order); without one, the bus's window and size. A batch for a subscriber
+ * holds due events in sequence order, at most the smallest max_batch_size
+ * among them, and goes when it reaches that size or when the window of any
+ * of its events closes (each window closes every batch_window_ms on its own
+ * schedule, at once for none).
+ */
+typedef struct jb_bus_window {
+    const char *pattern;
+    uint32_t batch_window_ms; /* 0: closes with the bus's window; JB_BUS_WINDOW_IMMEDIATE: none */
+    uint32_t max_batch_size;  /* 0: the bus's max_batch_size */
+} jb_bus_window;
+
+/*
+ * Replace, on a running bus (or right after jb_bus_new), the aggregation
+ * rules (those of the options included), the windows per pattern, and the
+ * allowed topics: with @n_topics > 0 only a topic equal to, or below, one of
+ * @topics (or below "dlq") can be published, and only a pattern that can
+ * match one can be subscribed; others fail with JB_EINVAL "unknown topic".
+ * Everything is copied; on failure nothing changes. Batches delivered from
+ * now on follow the new values; groups that exist are kept.
+ */
+jb_status jb_bus_set_rules(jb_bus *bus, const jb_aggregate_rule *rules, size_t n_rules,
+                           jb_error *err);
+jb_status jb_bus_set_windows(jb_bus *bus, const jb_bus_window *windows, size_t n_windows,
+                             jb_error *err);
+jb_status jb_bus_set_topics(jb_bus *bus, const char *const *topics, size_t n_topics, jb_error *err);
+
+/*
+ * Applies what a configuration snapshot says about a running bus, all or
+ * nothing: event_bus.batch_window_ms and max_batch_size, aggregation,
+ * windows and topics (what jimbotd does at start and on every reload).
+ * @cfg is borrowed.
+ */
+struct jb_config;
+jb_status jb_bus_apply_config(jb_bus *bus, const struct jb_config *cfg, jb_error *err);
 
 typedef void (*jb_bus_close_cb)(void *userdata);
 

@@ -45,6 +45,7 @@ typedef enum jb_config_type {
     JB_CONFIG_STRING,  /* any scalar, as text */
     JB_CONFIG_ENUM,    /* one of a fixed list of words; read with _get_string */
     JB_CONFIG_STRLIST, /* a sequence of strings */
+    JB_CONFIG_MAP,     /* entries under names the user chooses; read with jb_config_get_map */
 } jb_config_type;
 
 /* Flags of a key. */
@@ -64,6 +65,14 @@ typedef const char *(*jb_config_check_fn)(const char *value);
  * INT and FLOAT keys when @max > @min. @allowed is the NULL-terminated list of
  * the words of an ENUM. Restart-only keys (no JB_CONFIG_RELOADABLE) configure
  * the whole process and cannot be set at the component or feature level.
+ *
+ * A MAP key "a.b" holds entries under names the user chooses ("a.b.NAME"),
+ * each a map of fields. Its fields are the rows "a.b.*.FIELD" right after it
+ * in the table, each with its own type, range and check; a field's @def is
+ * NULL when the field is required and "~" when it is optional with no value.
+ * The map's own @check, when set, checks each name; its default is "{}".
+ * Across layers the entries merge by name (a higher layer's entry replaces
+ * the lower one's whole).
  */
 typedef struct jb_config_key {
     const char *path;
@@ -88,7 +97,7 @@ const jb_config_schema *jb_config_schema_builtin(void);
 /* The entry of @path in @schema, or NULL. */
 const jb_config_key *jb_config_schema_find(const jb_config_schema *schema, const char *path);
 
-/* "int", "float", "bool", "string", "enum" or "list". */
+/* "int", "float", "bool", "string", "enum", "list" or "map". */
 const char *jb_config_type_name(jb_config_type type);
 
 /* ---- Errors: every problem of a load, with its place -------------------- */
@@ -171,6 +180,22 @@ const char *jb_config_get_string(const jb_config *cfg, const char *key, const ch
                                  const char *feature);
 const char *const *jb_config_get_strlist(const jb_config *cfg, const char *key,
                                          const char *component, const char *feature, size_t *count);
+
+/*
+ * The entries of a MAP key, sorted by name; borrowed from @cfg like a string.
+ * Field getters take the field's last word ("rule") and JB_BUG on a field
+ * that is not in the table or of another type.
+ */
+typedef struct jb_config_map jb_config_map;
+const jb_config_map *jb_config_get_map(const jb_config *cfg, const char *key, const char *component,
+                                       const char *feature);
+size_t jb_config_map_count(const jb_config_map *map);
+const char *jb_config_map_name(const jb_config_map *map, size_t i);
+/* Whether field @field of entry @i has a value (given, or its default). */
+int jb_config_map_has(const jb_config_map *map, size_t i, const char *field);
+/* Field values of entry @i: 0 or NULL when unset. */
+int64_t jb_config_map_get_int(const jb_config_map *map, size_t i, const char *field);
+const char *jb_config_map_get_string(const jb_config_map *map, size_t i, const char *field);
 
 /* One resolved value, as jb_config_foreach shows it; every pointer is borrowed. */
 typedef struct jb_config_entry {

@@ -398,7 +398,8 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
                                 int same_topic_as_previous, size_t envelope_size, jb_error *err)
 {
     jb_error terr;
-    if (!same_topic_as_previous && jb_topic_validate(ev->topic, &terr) != JB_OK)
+    if (!same_topic_as_previous && (jb_topic_validate(ev->topic, &terr) != JB_OK ||
+                                    jb__bus_topic_allowed(bus, ev->topic, &terr) != JB_OK))
         return jb_error_set(err, JB_EINVAL, "event %zu: %s", index, terr.message);
     if (ev->id != NULL && strlen(ev->id) > MAX_ID_BYTES)
         return jb_error_set(err, JB_EINVAL, "event %zu: id longer than %d bytes", index,
@@ -804,33 +805,6 @@ static void apply_defaults(jb_bus_options *o)
         o->batch_window_ms = 0;
 }
 
-static jb_status copy_rules(jb_bus *bus, const jb_bus_options *opts, jb_error *err)
-{
-    if (opts->n_rules == 0)
-        return JB_OK;
-    bus->rules = calloc(opts->n_rules, sizeof(*bus->rules));
-    if (bus->rules == NULL)
-        return jb_error_set(err, JB_ENOMEM, "out of memory copying aggregation rules");
-    for (size_t i = 0; i < opts->n_rules; i++) {
-        const jb_aggregate_rule *r = &opts->rules[i];
-        if (r->type == NULL || r->type[0] == '\0')
-            return jb_error_set(err, JB_EINVAL, "aggregation rule %zu has no event type", i);
-        if (r->kind == JB_AGGREGATE_CUSTOM && r->fn == NULL)
-            return jb_error_set(err, JB_EINVAL, "custom aggregation for '%s' has no function",
-                                r->type);
-        if ((unsigned)r->kind > JB_AGGREGATE_CUSTOM)
-            return jb_error_set(err, JB_EINVAL, "aggregation rule for '%s': unknown kind %d",
-                                r->type, (int)r->kind);
-        bus->rules[i] = *r;
-        bus->rules[i].type = strdup(r->type);
-        bus->rules[i].key_header = strdup(r->key_header ? r->key_header : "key");
-        if (bus->rules[i].type == NULL || bus->rules[i].key_header == NULL)
-            return jb_error_set(err, JB_ENOMEM, "out of memory copying aggregation rules");
-    }
-    bus->opts.rules = bus->rules;
-    return JB_OK;
-}
-
 static void bus_free(jb_bus *bus)
 {
     size_t it = 0;
@@ -858,11 +832,7 @@ static void bus_free(jb_bus *bus)
     free(bus->scratch_idx);
     free(bus->scratch_keep);
     free(bus->scratch_summary);
-    for (size_t i = 0; i < bus->opts.n_rules && bus->rules != NULL; i++) {
-        free((char *)bus->rules[i].type);
-        free((char *)bus->rules[i].key_header);
-    }
-    free(bus->rules);
+    jb__policy_free(bus);
     free(bus->state_path);
     free(bus);
 }
@@ -875,12 +845,15 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
     bus->loop = loop;
     bus->opts = *opts;
     bus->opts.rules = NULL;
+    bus->opts.n_rules = 0;
     bus->opts.state_path = NULL;
     apply_defaults(&bus->opts);
     jb__strmap_init(&bus->dedup);
     jb__strmap_init(&bus->groups);
     bus->routes = jb__sublist_new();
-    jb_status st = copy_rules(bus, opts, err);
+    jb_status st = jb__policy_new(bus, err);
+    if (st == JB_OK)
+        st = jb_bus_set_rules(bus, opts->rules, opts->n_rules, err);
     if (st == JB_OK && bus->routes == NULL)
         st = jb_error_set(err, JB_ENOMEM, "out of memory creating the bus");
     if (st == JB_OK && opts->state_path != NULL) {
@@ -916,7 +889,8 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
     uv_timer_start(&bus->timer, on_timer, period, period);
     uv_timer_init(loop, &bus->kick);
     bus->kick.data = bus;
-    bus->handles_open = 2;
+    jb__policy_start(bus);
+    bus->handles_open = 3;
     *out = bus;
     return JB_OK;
 }
@@ -994,7 +968,8 @@ void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)
         JB_BUG("jb_bus_close() called from a deliver callback");
     if (bus->closing)
         return;
-    /* Flush the open window to subscribers first. */
+    /* Flush the open windows to subscribers first. */
+    jb__bus_windows_close_all(bus);
     jb__bus_deliver_all(bus, 1);
     bus->closing = 1;
     bus->close_cb = cb;
@@ -1007,6 +982,7 @@ void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)
         jb__group_drop_subs(value);
     uv_close((uv_handle_t *)&bus->timer, on_timer_closed);
     uv_close((uv_handle_t *)&bus->kick, on_timer_closed);
+    jb__policy_close(bus, on_timer_closed);
 }
 
 void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out)

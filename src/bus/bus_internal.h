@@ -97,11 +97,13 @@ struct jb_bus_sub {
 };
 
 typedef struct jb__pending_publish jb__pending_publish;
+typedef struct jb__policy jb__policy; /* policy.c */
 
 struct jb_bus {
     uv_loop_t *loop;
     jb_bus_options opts;
     jb_aggregate_rule *rules;
+    jb__policy *policy; /* windows per pattern, allowed topics */
     jb_store *store;
     int owns_store;
     char *state_path;
@@ -180,6 +182,27 @@ void jb__bus_kick(jb_bus *bus);
 jb_status jb__bus_publish_internal(jb_bus *bus, const jb_event *ev, jb_bus_publish_cb cb,
                                    void *userdata, jb_error *err);
 void jb__bus_mark_dirty(jb_bus *bus);
+
+/* policy.c */
+jb_status jb__policy_new(jb_bus *bus, jb_error *err);
+void jb__policy_start(jb_bus *bus);                 /* its timer, once the bus exists */
+void jb__policy_close(jb_bus *bus, uv_close_cb cb); /* closes that timer */
+void jb__policy_free(jb_bus *bus);                  /* and the aggregation rules */
+/* JB_EINVAL "unknown topic" unless @topic (or some topic @pattern matches) is allowed. */
+jb_status jb__bus_topic_allowed(const jb_bus *bus, const char *topic, jb_error *err);
+jb_status jb__bus_pattern_allowed(const jb_bus *bus, const char *pattern, jb_error *err);
+/* The largest batch any window allows. */
+size_t jb__bus_max_batch(const jb_bus *bus);
+/*
+ * One more event of @topic in a batch being collected: lowers *@size_cap to
+ * its window's max_batch_size and sets *@closed when its window has closed
+ * (@default_closed: the bus's own window has).
+ */
+void jb__bus_window_take(const jb_bus *bus, const char *topic, int default_closed, size_t *size_cap,
+                         int *closed);
+/* Window closes last one delivery round: forget them, or (bus close) close all. */
+void jb__bus_windows_reset(jb_bus *bus);
+void jb__bus_windows_close_all(jb_bus *bus);
 
 /* state.c */
 jb_status jb__state_load(jb_bus *bus, jb_error *err);

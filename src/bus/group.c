@@ -521,21 +521,28 @@ static int scratch_reserve(jb_bus *bus, size_t n)
 
 /*
  * Collects up to @limit deliverable entries (DUE, due now, durable) into
- * bus->scratch_idx (ring positions). Returns how many.
+ * bus->scratch_idx (ring positions), and fewer when their windows allow a
+ * smaller batch (policy.c). Returns how many; *@ready says whether they go
+ * now: a full batch, or the window of one of them closed (@window_closed:
+ * the bus's own window).
  */
-static size_t collect_due(jb__group *g, uint64_t now, size_t limit)
+static size_t collect_due(jb__group *g, uint64_t now, size_t limit, int window_closed, int *ready)
 {
     jb_bus *bus = g->bus;
     while (g->first_due < g->count && at(g, g->first_due)->state != JB__DUE)
         g->first_due++;
-    size_t n = 0;
-    for (size_t i = g->first_due; i < g->count && n < limit; i++) {
+    size_t n = 0, size_cap = SIZE_MAX;
+    int closed = 0;
+    for (size_t i = g->first_due; i < g->count && n < limit && n < size_cap; i++) {
         jb__entry *en = at(g, i);
         if (en->seq > bus->durable_seq)
             break;
-        if (en->state == JB__DUE && en->when_ms <= now)
+        if (en->state == JB__DUE && en->when_ms <= now) {
             bus->scratch_idx[n++] = i;
+            jb__bus_window_take(bus, en->ev->ev.topic, window_closed, &size_cap, &closed);
+        }
     }
+    *ready = closed || n >= size_cap;
     return n;
 }
 
@@ -603,7 +610,7 @@ static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
 static void deliver_group(jb__group *g, uint64_t now, int window_closed)
 {
     jb_bus *bus = g->bus;
-    size_t batch = bus->opts.max_batch_size;
+    size_t batch = jb__bus_max_batch(bus);
     uint32_t idle = 0;
     while (g->n_subs > 0 && idle < g->n_subs && !bus->closing) {
         jb_bus_sub *s = g->subs;
@@ -616,11 +623,12 @@ static void deliver_group(jb__group *g, uint64_t now, int window_closed)
         }
         if (!scratch_reserve(bus, batch))
             return;
-        size_t n = collect_due(g, now, limit);
+        int ready;
+        size_t n = collect_due(g, now, limit, window_closed, &ready);
         if (n == 0)
             return; /* Nothing due for anyone. */
-        if (!window_closed && n < batch)
-            return; /* A partial batch waits for the window to close. */
+        if (!ready)
+            return; /* A partial batch waits for a window to close. */
         idle = 0;
         if (!deliver_batch(g, s, n, now))
             return;
@@ -672,6 +680,7 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
         deliver_round(bus, closed);
     }
     bus->in_deliver = 0;
+    jb__bus_windows_reset(bus);
     jb__bus_reap_groups(bus);
 }
 
@@ -733,6 +742,8 @@ jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_d
     if (deliver == NULL)
         return jb_error_set(err, JB_EINVAL, "subscribe needs a deliver callback");
     jb_status st = jb_pattern_validate(opts->pattern, err);
+    if (st == JB_OK)
+        st = jb__bus_pattern_allowed(bus, opts->pattern, err);
     if (st != JB_OK)
         return st;
     if ((unsigned)opts->deliver_policy > JB_DELIVER_FROM_TIME)
@@ -822,13 +833,14 @@ void jb_bus_unsubscribe(jb_bus_sub *s)
         g->doomed = 1;
         bus->any_doomed = 1;
     }
+    int others = g->n_subs > 0; /* read now: reaping may free a private group */
     if (s->delivering) {
         s->dead = 1; /* freed by deliver_batch() once the callback returns */
     } else {
         free(s);
         jb__bus_reap_groups(bus);
     }
-    if (g->n_subs > 0)
+    if (others)
         jb__bus_kick(bus);
 }
 

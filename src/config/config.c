@@ -19,9 +19,15 @@
 
 /* ---- Values -------------------------------------------------------------- */
 
+static void map_free(jb_config_map *m);
+static jb_config_map *map_copy(const jb_config_map *m);
+static int map_equal(const jb_config_map *a, const jb_config_map *b);
+
 static void value_release_typed(jb_config_type type, jb__value *v)
 {
-    if (v->set) {
+    if (v->set && type == JB_CONFIG_MAP) {
+        map_free(v->u.map);
+    } else if (v->set) {
         if (type == JB_CONFIG_STRING || type == JB_CONFIG_ENUM) {
             free(v->u.s);
         } else if (type == JB_CONFIG_STRLIST) {
@@ -44,6 +50,9 @@ static jb_status value_copy_typed(jb_config_type type, jb__value *dst, const jb_
         return JB_OK;
     if (type == JB_CONFIG_STRING || type == JB_CONFIG_ENUM) {
         if ((dst->u.s = strdup(src->u.s)) == NULL)
+            goto oom;
+    } else if (type == JB_CONFIG_MAP) {
+        if ((dst->u.map = map_copy(src->u.map)) == NULL)
             goto oom;
     } else if (type == JB_CONFIG_STRLIST) {
         size_t n = src->u.list.count;
@@ -99,8 +108,127 @@ int jb__value_equal(jb_config_type type, const jb__value *a, const jb__value *b)
                 return 0;
         }
         return 1;
+    case JB_CONFIG_MAP:
+        return map_equal(a->u.map, b->u.map);
     }
     return 0;
+}
+
+/* ---- Maps ------------------------------------------------------------------ */
+
+static const jb_config_key *field_spec(const jb_config_map *m, size_t f)
+{
+    return &m->schema->keys[m->key + 1 + f];
+}
+
+static void item_release(const jb_config_map *m, jb__map_item *it)
+{
+    for (size_t f = 0; f < m->n_fields && it->fields != NULL; f++)
+        value_release_typed(field_spec(m, f)->type, &it->fields[f]);
+    free(it->fields);
+    free(it->name);
+}
+
+static void map_free(jb_config_map *m)
+{
+    if (m == NULL)
+        return;
+    for (size_t i = 0; i < m->count; i++)
+        item_release(m, &m->items[i]);
+    free(m->items);
+    free(m);
+}
+
+jb_config_map *jb__map_new(const jb_config_schema *schema, size_t key, size_t cap)
+{
+    jb_config_map *m = calloc(1, sizeof(*m));
+    if (m == NULL)
+        return NULL;
+    m->schema = schema;
+    m->key = key;
+    m->n_fields = jb__schema_fields(schema, key);
+    m->items = calloc(cap ? cap : 1, sizeof(*m->items));
+    if (m->items == NULL) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+/* Appends a deep copy of @src (an entry of a map of the same row) to @m, which has room. */
+static jb_status item_copy_into(jb_config_map *m, const jb__map_item *src)
+{
+    jb__map_item *it = &m->items[m->count];
+    it->name = strdup(src->name);
+    it->fields = calloc(m->n_fields ? m->n_fields : 1, sizeof(jb__value));
+    if (it->name == NULL || it->fields == NULL) {
+        free(it->name);
+        free(it->fields);
+        return JB_ENOMEM;
+    }
+    m->count++;
+    for (size_t f = 0; f < m->n_fields; f++) {
+        if (value_copy_typed(field_spec(m, f)->type, &it->fields[f], &src->fields[f]) != JB_OK)
+            return JB_ENOMEM;
+    }
+    return JB_OK;
+}
+
+static jb_config_map *map_copy(const jb_config_map *src)
+{
+    jb_config_map *m = jb__map_new(src->schema, src->key, src->count);
+    for (size_t i = 0; m != NULL && i < src->count; i++) {
+        if (item_copy_into(m, &src->items[i]) != JB_OK) {
+            map_free(m);
+            return NULL;
+        }
+    }
+    return m;
+}
+
+static int map_equal(const jb_config_map *a, const jb_config_map *b)
+{
+    if (a->count != b->count)
+        return 0;
+    for (size_t i = 0; i < a->count; i++) {
+        if (strcmp(a->items[i].name, b->items[i].name) != 0)
+            return 0;
+        for (size_t f = 0; f < a->n_fields; f++) {
+            if (!jb__value_equal(field_spec(a, f)->type, &a->items[i].fields[f],
+                                 &b->items[i].fields[f]))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static int item_cmp(const void *a, const void *b)
+{
+    return strcmp(((const jb__map_item *)a)->name, ((const jb__map_item *)b)->name);
+}
+
+void jb__map_sort(jb_config_map *m)
+{
+    if (m->count > 1)
+        qsort(m->items, m->count, sizeof(*m->items), item_cmp);
+}
+
+jb_status jb__map_merge(jb_config_map *dst, const jb_config_map *src)
+{
+    jb__map_item *items = realloc(dst->items, (dst->count + src->count + 1) * sizeof(*items));
+    if (items == NULL)
+        return JB_ENOMEM;
+    dst->items = items;
+    size_t own = dst->count;
+    for (size_t i = 0; i < src->count; i++) {
+        int seen = 0;
+        for (size_t j = 0; j < own && !seen; j++)
+            seen = strcmp(dst->items[j].name, src->items[i].name) == 0;
+        if (!seen && item_copy_into(dst, &src->items[i]) != JB_OK)
+            return JB_ENOMEM;
+    }
+    jb__map_sort(dst);
+    return JB_OK;
 }
 
 /* Appends @s double-quoted with YAML/JSON escapes at @buf+*@n. */
@@ -134,6 +262,41 @@ static void put_quoted(char *buf, size_t size, size_t *n, const char *s)
     if (size > 0)
         buf[o < size ? o : size - 1] = '\0';
     *n = o;
+}
+
+/* Appends printf-style text at @buf + *@n, truncating at @size. */
+static void put_text(char *buf, size_t size, size_t *n, const char *text)
+{
+    int w = snprintf(buf + *n, size - *n, "%s", text);
+    if (w > 0)
+        *n = *n + (size_t)w < size ? *n + (size_t)w : size - 1;
+}
+
+/* {"NAME": {field: value, ...}, ...}, fields without a value left out. */
+static void render_map(const jb_config_map *m, char *buf, size_t size)
+{
+    size_t n = 0;
+    char value[1024];
+    put_text(buf, size, &n, "{");
+    for (size_t i = 0; i < m->count; i++) {
+        put_text(buf, size, &n, i > 0 ? ", " : "");
+        put_quoted(buf, size, &n, m->items[i].name);
+        put_text(buf, size, &n, ": {");
+        int first = 1;
+        for (size_t f = 0; f < m->n_fields; f++) {
+            const jb__value *fv = &m->items[i].fields[f];
+            if (!fv->set)
+                continue;
+            const jb_config_key *spec = field_spec(m, f);
+            put_text(buf, size, &n, first ? "" : ", ");
+            put_text(buf, size, &n, strrchr(spec->path, '.') + 1);
+            put_text(buf, size, &n, ": ");
+            put_text(buf, size, &n, jb__value_render(spec, fv, value, sizeof(value)));
+            first = 0;
+        }
+        put_text(buf, size, &n, "}");
+    }
+    put_text(buf, size, &n, "}");
 }
 
 const char *jb__value_render(const jb_config_key *spec, const jb__value *v, char *buf, size_t size)
@@ -186,6 +349,9 @@ const char *jb__value_render(const jb_config_key *spec, const jb__value *v, char
         if (n + 1 < size)
             buf[n++] = ']';
         buf[n < size ? n : size - 1] = '\0';
+        break;
+    case JB_CONFIG_MAP:
+        render_map(v->u.map, buf, size);
         break;
     }
     return buf;
@@ -347,6 +513,61 @@ const char *const *jb_config_get_strlist(const jb_config *cfg, const char *key,
     if (count != NULL)
         *count = v->u.list.count;
     return (const char *const *)v->u.list.items;
+}
+
+const jb_config_map *jb_config_get_map(const jb_config *cfg, const char *key, const char *component,
+                                       const char *feature)
+{
+    return typed(cfg, key, component, feature, JB_CONFIG_MAP)->u.map;
+}
+
+size_t jb_config_map_count(const jb_config_map *map)
+{
+    return map->count;
+}
+
+const char *jb_config_map_name(const jb_config_map *map, size_t i)
+{
+    if (i >= map->count)
+        JB_BUG("jb_config_map_name: entry %zu of %zu", i, map->count);
+    return map->items[i].name;
+}
+
+/* The value of @field of entry @i, which must be of @type unless @any_type. */
+static const jb__value *map_field(const jb_config_map *map, size_t i, const char *field,
+                                  int any_type, jb_config_type type)
+{
+    if (i >= map->count)
+        JB_BUG("configuration map entry %zu of %zu", i, map->count);
+    for (size_t f = 0; f < map->n_fields; f++) {
+        const jb_config_key *spec = field_spec(map, f);
+        if (strcmp(strrchr(spec->path, '.') + 1, field) != 0)
+            continue;
+        if (!any_type && type != spec->type &&
+            !(type == JB_CONFIG_STRING && spec->type == JB_CONFIG_ENUM))
+            JB_BUG("configuration field '%s' is a %s, not a %s", spec->path,
+                   jb_config_type_name(spec->type), jb_config_type_name(type));
+        return &map->items[i].fields[f];
+    }
+    JB_BUG("configuration map '%s' has no field '%s'", map->schema->keys[map->key].path, field);
+    return NULL;
+}
+
+int jb_config_map_has(const jb_config_map *map, size_t i, const char *field)
+{
+    return map_field(map, i, field, 1, JB_CONFIG_INT)->set;
+}
+
+int64_t jb_config_map_get_int(const jb_config_map *map, size_t i, const char *field)
+{
+    const jb__value *v = map_field(map, i, field, 0, JB_CONFIG_INT);
+    return v->set ? v->u.i : 0;
+}
+
+const char *jb_config_map_get_string(const jb_config_map *map, size_t i, const char *field)
+{
+    const jb__value *v = map_field(map, i, field, 0, JB_CONFIG_STRING);
+    return v->set ? v->u.s : NULL;
 }
 
 /* ---- Walking and printing -------------------------------------------------------- */

@@ -72,9 +72,31 @@ typedef struct jb__value {
             char **items; /* NULL-terminated, count items */
             size_t count;
         } list;
+        jb_config_map *map; /* MAP: never NULL when set */
     } u;
     char *source; /* "FILE:LINE", NULL for a default */
 } jb__value;
+
+/* One entry of a MAP value. */
+typedef struct jb__map_item {
+    char *name;
+    jb__value *fields; /* n_fields values, in table order */
+} jb__map_item;
+
+struct jb_config_map {
+    const jb_config_schema *schema;
+    size_t key;          /* index of the MAP row */
+    size_t n_fields;     /* its fields: rows key + 1 .. key + n_fields */
+    jb__map_item *items; /* sorted by name, no name twice */
+    size_t count;
+};
+
+/* An empty map for row @key of @schema with room for @cap entries; NULL if out of memory. */
+jb_config_map *jb__map_new(const jb_config_schema *schema, size_t key, size_t cap);
+/* Sorts the entries by name. */
+void jb__map_sort(jb_config_map *m);
+/* Adds to @dst (sorted) each entry of @src whose name it lacks. JB_OK or JB_ENOMEM. */
+jb_status jb__map_merge(jb_config_map *dst, const jb_config_map *src);
 
 typedef enum jb__scope_kind {
     JB__SCOPE_GLOBAL,
@@ -112,6 +134,16 @@ jb_config *jb__config_alloc(const jb_config_schema *schema);
 jb__scope *jb__config_scope(jb_config *cfg, jb__scope_kind kind, const char *name, int create);
 /* Index of @path in @schema, or -1. */
 long jb__schema_index(const jb_config_schema *schema, const char *path);
+/* A field row of a MAP key ("a.b.*.FIELD"): never a key of its own. */
+int jb__schema_is_field(const jb_config_key *k);
+/* The number of field rows that follow the MAP row @key. */
+size_t jb__schema_fields(const jb_config_schema *schema, size_t key);
+/*
+ * The checks of an entry as a whole (fields that go together), for the maps
+ * of the builtin table: NULL when entry @i of @m is fine, else a static
+ * reason, with *@field set to the field it is about (or NULL).
+ */
+const char *jb__schema_check_entry(const jb_config_map *m, size_t i, const char **field);
 
 /*
  * Compares @old with @new_cfg for a reload. Restart-only keys that differ get

@@ -223,7 +223,8 @@ static int convert_scalar(vctx *c, const jb_config_key *k, const char *key, cons
         break;
     }
     case JB_CONFIG_STRLIST:
-        JB_BUG("convert_scalar: a list key");
+    case JB_CONFIG_MAP:
+        JB_BUG("convert_scalar: a list or map key");
     }
     free(text);
     return rc;
@@ -274,11 +275,17 @@ static int convert_list(vctx *c, const jb_config_key *k, const char *key, const 
     return rc;
 }
 
+static int convert_map(vctx *c, const jb_config_key *k, const char *key, const jb__ynode *node,
+                       jb__value *out);
+
 /* Converts @node into @out (unset on error); 0 or -1. */
 static int convert(vctx *c, const jb_config_key *k, const char *key, const jb__ynode *node,
                    jb__value *out)
 {
-    if (k->type == JB_CONFIG_STRLIST) {
+    if (k->type == JB_CONFIG_MAP) {
+        if (convert_map(c, k, key, node, out) != 0)
+            return -1;
+    } else if (k->type == JB_CONFIG_STRLIST) {
         if (node->kind != JB__YNODE_SEQ) {
             verr(c, node->line, key, "expected a list of strings, got %s",
                  node->kind == JB__YNODE_MAP ? "a map" : "a single value");
@@ -298,6 +305,151 @@ static int convert(vctx *c, const jb_config_key *k, const char *key, const jb__y
     }
     out->set = 1;
     return 0;
+}
+
+/* ---- Maps with names the user chooses ------------------------------------------ */
+
+static jb_status default_value(const jb_config_schema *schema, size_t idx, jb__value *out);
+
+/* A field row whose default is "~": optional, with no value when not given. */
+static int def_is_none(const jb_config_key *k)
+{
+    return k->def != NULL && strcmp(k->def, "~") == 0;
+}
+
+static const char *last_word(const char *path)
+{
+    return strrchr(path, '.') + 1;
+}
+
+/* The field of @m named @word (its index among the fields), or -1. */
+static long field_of(const jb_config_map *m, const char *word)
+{
+    for (size_t f = 0; f < m->n_fields; f++) {
+        if (strcmp(last_word(m->schema->keys[m->key + 1 + f].path), word) == 0)
+            return (long)f;
+    }
+    return -1;
+}
+
+/* "unknown key", with the closest field name when one is close. */
+static void unknown_field(vctx *c, const jb_config_map *m, const char *display, const char *word,
+                          int line)
+{
+    size_t cap = strlen(word) / 4 < 1 ? 1 : 3, best = cap + 1;
+    const char *hint = NULL;
+    for (size_t f = 0; f < m->n_fields; f++) {
+        const char *w = last_word(m->schema->keys[m->key + 1 + f].path);
+        size_t d = jb__edit_distance(word, w, cap);
+        if (d < best) {
+            best = d;
+            hint = w;
+        }
+    }
+    if (hint != NULL)
+        verr(c, line, display, "unknown key (did you mean %.*s%s?)",
+             (int)(strrchr(display, '.') + 1 - display), display, hint);
+    else
+        verr(c, line, display, "unknown key");
+}
+
+/* Missing fields: an error when required, else the default (or nothing for "~"). */
+static int fill_fields(vctx *c, jb_config_map *m, jb__map_item *it, const char *display, int line)
+{
+    int rc = 0;
+    for (size_t f = 0; f < m->n_fields; f++) {
+        const jb_config_key *spec = &m->schema->keys[m->key + 1 + f];
+        if (it->fields[f].set || def_is_none(spec))
+            continue;
+        if (spec->def == NULL) {
+            verr(c, line, display, "required key '%s' is missing", last_word(spec->path));
+            rc = -1;
+        } else if (default_value(m->schema, m->key + 1 + f, &it->fields[f]) != JB_OK) {
+            c->oom = 1;
+            rc = -1;
+        }
+    }
+    return rc;
+}
+
+/* Converts one entry NAME: {FIELD: VALUE...} of a map into the next item of @m. */
+static int convert_entry(vctx *c, jb_config_map *m, const char *key, const char *name, int line,
+                         const jb__ynode *node)
+{
+    const jb_config_key *mk = &m->schema->keys[m->key];
+    char display[600], fkey[720];
+    snprintf(display, sizeof(display), "%s.%.200s", key, name);
+    const char *bad = mk->check != NULL ? mk->check(name) : NULL;
+    if (bad != NULL) {
+        verr(c, line, display, "%s", bad);
+        return -1;
+    }
+    if (node->kind != JB__YNODE_MAP) {
+        verr(c, line, display, "expected a map of fields, got a %s",
+             node->kind == JB__YNODE_SEQ ? "list" : "single value");
+        return -1;
+    }
+    jb__map_item *it = &m->items[m->count];
+    it->name = strdup(name);
+    it->fields = calloc(m->n_fields ? m->n_fields : 1, sizeof(jb__value));
+    if (it->name == NULL || it->fields == NULL) {
+        free(it->name);
+        free(it->fields);
+        c->oom = 1;
+        verr(c, line, display, "out of memory");
+        return -1;
+    }
+    m->count++;
+    int rc = 0;
+    for (size_t j = 0; j < node->count; j++) {
+        snprintf(fkey, sizeof(fkey), "%s.%.100s", display, node->keys[j]);
+        long f = field_of(m, node->keys[j]);
+        if (f < 0) {
+            unknown_field(c, m, fkey, node->keys[j], node->key_lines[j]);
+            rc = -1;
+        } else if (!jb__ynode_is_null(node->items[j]) &&
+                   convert(c, &m->schema->keys[m->key + 1 + (size_t)f], fkey, node->items[j],
+                           &it->fields[f]) != 0) {
+            rc = -1;
+        }
+    }
+    if (rc == 0)
+        rc = fill_fields(c, m, it, display, line);
+    const char *field = NULL,
+               *why = rc == 0 ? jb__schema_check_entry(m, m->count - 1, &field) : NULL;
+    if (why != NULL) {
+        snprintf(fkey, sizeof(fkey), "%s%s%s", display, field ? "." : "", field ? field : "");
+        verr(c, line, fkey, "%s", why);
+        rc = -1;
+    }
+    return rc;
+}
+
+static int convert_map(vctx *c, const jb_config_key *k, const char *key, const jb__ynode *node,
+                       jb__value *out)
+{
+    if (node->kind != JB__YNODE_MAP) {
+        verr(c, node->line, key, "expected a map of NAME: {FIELD: VALUE}, got a %s",
+             node->kind == JB__YNODE_SEQ ? "list" : "single value");
+        return -1;
+    }
+    jb_config_map *m = jb__map_new(c->schema, (size_t)(k - c->schema->keys), node->count);
+    if (m == NULL) {
+        c->oom = 1;
+        verr(c, node->line, key, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < node->count; i++) {
+        if (convert_entry(c, m, key, node->keys[i], node->key_lines[i], node->items[i]) != 0)
+            rc = -1;
+    }
+    jb__map_sort(m);
+    out->u.map = m;
+    out->set = 1; /* so that release frees the map */
+    if (rc != 0)
+        jb__value_release(JB_CONFIG_MAP, out);
+    return rc;
 }
 
 /* ---- Walking a layer ------------------------------------------------------ */
@@ -346,6 +498,8 @@ static int suggest(const jb_config_schema *s, const char *prefix, const char *wo
     /* The right word at the wrong level: "gpu" or "batch_window_ms" at the top. */
     for (size_t i = 0; i < s->count; i++) {
         const char *p = s->keys[i].path;
+        if (jb__schema_is_field(&s->keys[i]))
+            continue;
         for (const char *q = p; q != NULL; q = strchr(q, '.')) {
             if (*q == '.')
                 q++;
@@ -515,6 +669,10 @@ static jb_status fill_from(const jb_config_schema *schema, jb__scope *dst, const
         if (!dst->values[k].set && src->values[k].set) {
             if (jb__value_copy(schema->keys[k].type, &dst->values[k], &src->values[k]) != JB_OK)
                 return JB_ENOMEM;
+        } else if (schema->keys[k].type == JB_CONFIG_MAP && src->values[k].set) {
+            /* Maps merge by entry name: the higher layer's entries are already there. */
+            if (jb__map_merge(dst->values[k].u.map, src->values[k].u.map) != JB_OK)
+                return JB_ENOMEM;
         }
     }
     return JB_OK;
@@ -569,7 +727,7 @@ jb_status jb__config_build(const jb_config_schema *schema, const jb__layer *laye
     }
     for (size_t k = 0; k < schema->count && !oom; k++) {
         jb__value *v = &cfg->scopes[0]->values[k];
-        if (v->set)
+        if (v->set || jb__schema_is_field(&schema->keys[k]))
             continue;
         if (schema->keys[k].def == NULL) {
             failed = 1;

@@ -11,6 +11,9 @@
  * to prove it); a key without JB_CONFIG_RELOADABLE is read once at start and
  * a change is reported as pending until a restart; secrets get
  * JB_CONFIG_SECRET and an empty default (they come from ${VAR} or ${file:}).
+ * A map (JB_CONFIG_MAP, names chosen by the user) is followed by its field
+ * rows "MAP.*.FIELD"; a field's default NULL makes it required, "~" leaves it
+ * unset; checks of an entry's fields together are in jb__schema_check_entry().
  */
 #include "config/internal.h"
 
@@ -42,6 +45,50 @@ static const char *check_topic(const char *v)
         }
     }
     return token_len == 0 ? "a topic name cannot end with '.'" : NULL;
+}
+
+/* A topic pattern: words, '*' for one word, '>' (last) for the rest. */
+static const char *check_pattern(const char *v)
+{
+    size_t tokens = 0;
+    for (const char *p = v;; p++) {
+        size_t len = strcspn(p, ".");
+        if (len == 0)
+            return "a pattern is dot-separated words, '*' or a final '>' (no empty word)";
+        if (len > 64)
+            return "a word of a pattern has at most 64 bytes";
+        if (++tokens > 16)
+            return "a pattern has at most 16 words";
+        int wild = len == 1 && (*p == '*' || *p == '>');
+        for (size_t i = 0; i < len && !wild; i++) {
+            if (!is_word_char(p[i]))
+                return "a pattern is dot-separated words of letters, digits, '_' and '-', '*' or "
+                       "a final '>'";
+        }
+        if (*p == '>' && p[1] != '\0')
+            return "'>' can only be the last word of a pattern";
+        p += len;
+        if (*p == '\0')
+            return p - v > 255 ? "a pattern has at most 255 bytes" : NULL;
+    }
+}
+
+/* An event type: 1 to 256 bytes of printable ASCII without spaces ("jimbot.GameStateUpdate"). */
+static const char *check_event_type(const char *v)
+{
+    size_t n = strlen(v);
+    if (n == 0 || n > 256)
+        return "an event type has 1 to 256 bytes";
+    for (const char *p = v; *p; p++) {
+        if (*p <= ' ' || *p > '~')
+            return "an event type is printable ASCII without spaces";
+    }
+    return NULL;
+}
+
+static const char *check_header_key(const char *v)
+{
+    return v[0] == '\0' ? "a header key cannot be empty" : NULL;
 }
 
 static const char *check_name(const char *v)
@@ -95,6 +142,7 @@ static const char *check_listen(const char *v)
 
 static const char *const fsync_values[] = {"always", "batch", "none", NULL};
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const aggregate_kinds[] = {"keep", "last", "count", NULL};
 
 #define R JB_CONFIG_RELOADABLE
 #define S JB_CONFIG_SECRET
@@ -110,7 +158,26 @@ static const jb_config_key builtin_keys[] = {
     {"event_bus.listen", JB_CONFIG_STRING, 0, "''", 0, 0, NULL, check_listen,
      "gRPC address, HOST:PORT or unix:PATH; empty means 127.0.0.1:<grpc_port>. --listen wins."},
     {"event_bus.topics", JB_CONFIG_STRLIST, R, "[game_events, training_updates, strategy_requests]",
-     0, 0, NULL, check_topic, "Topics that exist from the start (dot-separated words)."},
+     0, 0, NULL, check_topic,
+     "The topics that may be used: each entry allows itself and every topic below it "
+     "(dlq.> always); any other topic is refused as unknown. Empty: every topic."},
+    {"event_bus.aggregation", JB_CONFIG_MAP, R, "{}", 0, 0, NULL, check_event_type,
+     "Aggregation rule per event type, applied to each batch: TYPE: {rule: keep|last|count, "
+     "key: HEADER}."},
+    {"event_bus.aggregation.*.rule", JB_CONFIG_ENUM, R, NULL, 0, 0, aggregate_kinds, NULL,
+     "keep: every event; last: only the newest event per value of the header `key`; count: one "
+     "summary event (the newest, with jimbot-count: N)."},
+    {"event_bus.aggregation.*.key", JB_CONFIG_STRING, R, "~", 0, 0, NULL, check_header_key,
+     "For rule last: the header whose value is the key (unset: `key`); events without it are "
+     "all kept."},
+    {"event_bus.windows", JB_CONFIG_MAP, R, "{}", 0, 0, NULL, check_pattern,
+     "Batch window and size per topic pattern: PATTERN: {batch_window_ms: N, max_batch_size: N}. "
+     "An event takes the most specific matching pattern's values."},
+    {"event_bus.windows.*.batch_window_ms", JB_CONFIG_INT, R, "~", 0, 60000, NULL, NULL,
+     "The window of the events of these topics (0: none); unset: event_bus.batch_window_ms."},
+    {"event_bus.windows.*.max_batch_size", JB_CONFIG_INT, R, "~", 1, 100000, NULL, NULL,
+     "A batch holding an event of these topics closes at this size; unset: "
+     "event_bus.max_batch_size."},
     {"event_bus.fsync", JB_CONFIG_ENUM, 0, "batch", 0, 0, fsync_values, NULL,
      "When the durable log is fsync'd: after every event, once per batch window, or never."},
     {"event_bus.ack_wait_ms", JB_CONFIG_INT, 0, "30000", 1, 3600000, NULL, NULL,
@@ -194,6 +261,41 @@ long jb__schema_index(const jb_config_schema *schema, const char *path)
     return -1;
 }
 
+int jb__schema_is_field(const jb_config_key *k)
+{
+    return strstr(k->path, ".*.") != NULL;
+}
+
+size_t jb__schema_fields(const jb_config_schema *schema, size_t key)
+{
+    size_t len = strlen(schema->keys[key].path), n = 0;
+    while (key + 1 + n < schema->count) {
+        const char *p = schema->keys[key + 1 + n].path;
+        if (strncmp(p, schema->keys[key].path, len) != 0 || strncmp(p + len, ".*.", 3) != 0)
+            break;
+        n++;
+    }
+    return n;
+}
+
+const char *jb__schema_check_entry(const jb_config_map *m, size_t i, const char **field)
+{
+    if (m->schema != &builtin)
+        return NULL;
+    const char *map = m->schema->keys[m->key].path;
+    if (strcmp(map, "event_bus.aggregation") == 0 && jb_config_map_has(m, i, "key") &&
+        strcmp(jb_config_map_get_string(m, i, "rule"), "last") != 0) {
+        *field = "key";
+        return "only rule 'last' takes a key";
+    }
+    if (strcmp(map, "event_bus.windows") == 0 && !jb_config_map_has(m, i, "batch_window_ms") &&
+        !jb_config_map_has(m, i, "max_batch_size")) {
+        *field = NULL;
+        return "sets neither batch_window_ms nor max_batch_size";
+    }
+    return NULL;
+}
+
 const jb_config_key *jb_config_schema_find(const jb_config_schema *schema, const char *path)
 {
     long i = jb__schema_index(schema, path);
@@ -215,6 +317,8 @@ const char *jb_config_type_name(jb_config_type type)
         return "enum";
     case JB_CONFIG_STRLIST:
         return "list";
+    case JB_CONFIG_MAP:
+        return "map";
     }
     return "unknown";
 }

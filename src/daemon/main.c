@@ -9,7 +9,8 @@
  * Configuration: loaded and validated whole before anything starts (every
  * error printed, exit 1); --check-config prints the resolved values with
  * secrets masked and exits. While running, a jb_config_watcher reloads on
- * file changes and on SIGHUP; the daemon subscribes to apply log.level.
+ * file changes and on SIGHUP; the daemon subscribes to apply log.level and
+ * the bus's live settings (windows, aggregation, allowed topics).
  *
  * The engine: the durable log in <data-dir>/log, the bus over it (group
  * positions in <data-dir>/groups.state) and the gRPC server in front, all
@@ -262,9 +263,11 @@ static void on_config_change(const jb_config_change *change, void *userdata)
 {
     jbd_daemon *d = userdata;
     apply_log_level(d, change->config);
-    if (d->bus != NULL && !d->stopping)
-        jb_bus_set_window(d->bus, cfg_window(change->config),
-                          cfg_u32(change->config, "event_bus.max_batch_size"));
+    jb_error err;
+    if (d->bus != NULL && !d->stopping &&
+        jb_bus_apply_config(d->bus, change->config, &err) != JB_OK)
+        jb_log(JB_LOG_ERROR, "daemon", "the event bus kept its previous settings", "error=%s",
+               err.message);
 }
 
 /* Loads the configuration; on failure prints every error and returns NULL. */
@@ -355,7 +358,8 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .max_in_flight = cfg_u32(cfg, "event_bus.max_in_flight"),
         .max_group_pending = cfg_u32(cfg, "event_bus.max_group_pending"),
     };
-    if (jb_bus_new(&d->loop, &bo, &d->bus, &err) != JB_OK) {
+    if (jb_bus_new(&d->loop, &bo, &d->bus, &err) != JB_OK ||
+        jb_bus_apply_config(d->bus, cfg, &err) != JB_OK) {
         fprintf(stderr, "jimbotd: cannot start the event bus: %s\n", err.message);
         return -1;
     }

@@ -58,7 +58,9 @@ static void section_table(FILE *out, const jb_config_schema *s, const char *sect
             continue;
         fprintf(out, "| `%s` | %s%s | ", k->path, jb_config_type_name(k->type),
                 (k->flags & JB_CONFIG_SECRET) ? ", secret" : "");
-        if (k->def != NULL) {
+        if (k->def != NULL && strcmp(k->def, "~") == 0) {
+            fputs("unset", out);
+        } else if (k->def != NULL) {
             fputc('`', out);
             cell(out, k->def);
             fputc('`', out);
@@ -88,13 +90,18 @@ static int common_words(const char *a, const char *b)
     }
 }
 
-/* The YAML file of every default; keys of a section are contiguous in the table. */
+/*
+ * The YAML file of every default; keys of a section are contiguous in the
+ * table. The fields of a map ("a.b.*.FIELD") have no place of their own there.
+ */
 static void defaults_yaml(FILE *out, const jb_config_schema *s)
 {
     fputs("```yaml\n", out);
     const char *prev = "";
     for (size_t i = 0; i < s->count; i++) {
         const jb_config_key *k = &s->keys[i];
+        if (strstr(k->path, ".*.") != NULL)
+            continue;
         int shared = common_words(prev, k->path);
         int depth = 0;
         const char *word = k->path;

@@ -62,6 +62,12 @@ static void exercise(jb_config *cfg)
         case JB_CONFIG_STRLIST:
             (void)jb_config_get_strlist(cfg, k, "training", "fuzz", NULL);
             break;
+        case JB_CONFIG_MAP: {
+            const jb_config_map *m = jb_config_get_map(cfg, k, "training", "fuzz");
+            for (size_t e = 0; e < jb_config_map_count(m); e++)
+                (void)jb_config_map_name(m, e);
+            break;
+        }
         }
     }
 

@@ -3,7 +3,10 @@
 A `Daemon` runs build/bin/jimbotd (found through JB_BIN_DIR) on a free
 loopback port with a temporary data dir and a configuration written from
 the test's YAML; it can be stopped with a signal, killed and restarted on
-the same port and data dir. `Collector` reads one Subscribe stream on a
+the same port and data dir. Unless told `any_topic=False`, it also writes the
+environment layer it.yaml with `event_bus.topics: []`, so that tests may use
+any topic (the shipped default allows only game_events, training_updates and
+strategy_requests). `Collector` reads one Subscribe stream on a
 thread. Timeouts only keep a broken daemon from hanging the suite; nothing
 asserts how fast things happen.
 """
@@ -46,12 +49,15 @@ def free_port():
 class Daemon:
     """jimbotd on a free port in a temporary folder; its stderr is kept."""
 
-    def __init__(self, config="", port=None, unix=False):
+    def __init__(self, config="", port=None, unix=False, any_topic=True):
         self.tmp = tempfile.mkdtemp(prefix="jbtest-")
         self.data_dir = os.path.join(self.tmp, "var")
         self.config_path = os.path.join(self.tmp, "infrastructure.yaml")
         with open(self.config_path, "w") as f:
             f.write(config)
+        if any_topic:
+            with open(os.path.join(self.tmp, "it.yaml"), "w") as f:
+                f.write("event_bus:\n  topics: []\n")
         self.port = port or free_port()
         self.address = (f"unix:{os.path.join(self.tmp, 'jimbotd.sock')}" if unix
                         else f"127.0.0.1:{self.port}")

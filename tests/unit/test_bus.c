@@ -1,8 +1,9 @@
 /*
  * Unit tests for the bus engine (src/bus/): routing to groups, sharing
  * within a group, batch windows, aggregation rules, acks, redelivery, dead
- * letters, deduplication, live window changes, backpressure, saved
- * positions across restarts, and bounded memory under a slow consumer.
+ * letters, deduplication, live window changes, windows per topic pattern,
+ * the topic allow-list, rules from a configuration snapshot, backpressure,
+ * saved positions across restarts, and bounded memory under a slow consumer.
  *
  * Each test runs a real libuv loop; tests never assert durations, they wait
  * for conditions with a generous deadline so that a bug fails instead of
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 
 #include "jimbot/bus.h"
+#include "jimbot/config.h"
 #include "jimbot/log.h"
 #include "jimbot/store.h"
 
@@ -392,6 +394,228 @@ static void test_set_window_applies_live(void **state)
     run_until(&lb.loop, &r.events, 32);
     assert_int_equal(r.batches, 7);
     assert_int_equal(r.sizes[6], 10);
+    log_bus_close(&lb);
+}
+
+/* Publishes @n events of @topic (type "t") and returns once they are durable. */
+static void publish_durable(log_bus *lb, const char *topic, size_t n)
+{
+    jb_event evs[8];
+    for (size_t i = 0; i < n; i++)
+        evs[i] = (jb_event){.topic = topic, .type = "t"};
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(lb->bus, evs, n, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&lb->loop, &res.done, 1);
+    assert_int_equal(res.status, JB_OK);
+}
+
+/*
+ * Windows per pattern. The bus's own window is a minute, longer than
+ * run_until's deadline, so a batch that arrives at all arrived because it was
+ * full or because the window of one of its events closed.
+ */
+static void test_windows_per_pattern(void **state)
+{
+    (void)state;
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 0,
+                 (jb_bus_options){.batch_window_ms = 60000, .max_batch_size = 1000});
+    jb_bus_window w[] = {
+        {.pattern = "fast.>", .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE, .max_batch_size = 3},
+        {.pattern = "fast.special", .batch_window_ms = 60000}, /* more specific than fast.> */
+        {.pattern = "timed.*", .batch_window_ms = 20},
+        {.pattern = "slow.>", .max_batch_size = 2}, /* the bus's window */
+    };
+    jb_error err;
+    assert_int_equal(jb_bus_set_windows(lb.bus, w, 4, &err), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(lb.bus, ">", "g", &r, 100);
+
+    /* No window: at once, in batches of at most 3. */
+    publish_durable(&lb, "fast.x", 5);
+    run_until(&lb.loop, &r.events, 5);
+    assert_int_equal(r.batches, 2);
+    assert_int_equal(r.sizes[0], 3);
+    assert_int_equal(r.sizes[1], 2);
+
+    /* An event of the bus's window waits... */
+    publish_durable(&lb, "other", 1);
+    run_for(&lb.loop, 100);
+    assert_int_equal(r.events, 5);
+    /* ...until a batch it is in closes by another event's window. */
+    publish_durable(&lb, "fast.y", 1);
+    run_until(&lb.loop, &r.events, 7);
+    assert_int_equal(r.batches, 3);
+    assert_int_equal(r.sizes[2], 2);
+    assert_string_equal(r.topics[5], "other");
+    assert_string_equal(r.topics[6], "fast.y");
+
+    /* The most specific pattern wins: fast.special keeps a minute-long window... */
+    publish_durable(&lb, "fast.special", 1);
+    run_for(&lb.loop, 100);
+    assert_int_equal(r.events, 7);
+    /* ...and goes with an event whose own 20 ms window closes. */
+    publish_durable(&lb, "timed.a", 1);
+    run_until(&lb.loop, &r.events, 9);
+    assert_int_equal(r.batches, 4);
+    assert_int_equal(r.sizes[3], 2);
+    assert_string_equal(r.topics[8], "timed.a");
+
+    /* A size of its own closes batches early under the bus's window. */
+    publish_durable(&lb, "slow.x", 4);
+    run_until(&lb.loop, &r.events, 13);
+    assert_int_equal(r.batches, 6);
+    assert_int_equal(r.sizes[4], 2);
+    assert_int_equal(r.sizes[5], 2);
+
+    /* A bad pattern changes nothing. */
+    jb_bus_window bad = {.pattern = "a..b"};
+    assert_int_equal(jb_bus_set_windows(lb.bus, &bad, 1, &err), JB_EINVAL);
+    publish_durable(&lb, "fast.z", 1);
+    run_until(&lb.loop, &r.events, 14);
+    log_bus_close(&lb);
+}
+
+static jb_status subscribe_status(jb_bus *bus, const char *pattern, jb_error *err)
+{
+    static received r;
+    jb_bus_sub_options so = {.pattern = pattern};
+    jb_bus_sub *sub;
+    jb_status st = jb_bus_subscribe(bus, &so, on_deliver, &r, &sub, err);
+    if (st == JB_OK)
+        jb_bus_unsubscribe(sub);
+    return st;
+}
+
+static void test_topic_allow_list(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus *bus = test_bus(&loop);
+    const char *topics[] = {"game_events", "training_updates.v1"};
+    jb_error err;
+    assert_int_equal(jb_bus_set_topics(bus, topics, 2, &err), JB_OK);
+    publish_result res = {0};
+    const char *ok[] = {"game_events", "game_events.hand_played", "training_updates.v1.a",
+                        "dlq.game_events"};
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(publish_one(bus, ok[i], "t", NULL, &res), JB_OK);
+    const char *refused[] = {"strategy_requests", "game_eventsx", "training_updates", "dlqx"};
+    for (int i = 0; i < 4; i++) {
+        jb_event ev = {.topic = refused[i], .type = "t"};
+        assert_int_equal(jb_bus_publish(bus, &ev, 1, on_published, &res, NULL, &err), JB_EINVAL);
+        char want[64];
+        snprintf(want, sizeof(want), "unknown topic '%s'", refused[i]);
+        assert_non_null(strstr(err.message, want));
+    }
+    /* All or none: one unknown topic refuses the whole request. */
+    jb_event two[] = {{.topic = "game_events", .type = "t"}, {.topic = "nope", .type = "t"}};
+    assert_int_equal(jb_bus_publish(bus, two, 2, on_published, &res, NULL, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "event 1: unknown topic 'nope'"));
+    assert_int_equal(jb_bus_published_count(bus), 4);
+
+    const char *can[] = {"game_events.>",        "*.hand_played",      ">",
+                         "training_updates.*.x", "training_updates.>", "dlq.>"};
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(subscribe_status(bus, can[i], &err), JB_OK);
+    const char *cannot[] = {"strategy_requests.>", "training_updates", "game_eventsx.*"};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(subscribe_status(bus, cannot[i], &err), JB_EINVAL);
+        assert_non_null(strstr(err.message, "unknown topic"));
+    }
+
+    /* An empty list allows everything again. */
+    assert_int_equal(jb_bus_set_topics(bus, NULL, 0, &err), JB_OK);
+    assert_int_equal(publish_one(bus, "strategy_requests", "t", NULL, &res), JB_OK);
+    assert_int_equal(subscribe_status(bus, "strategy_requests.>", &err), JB_OK);
+    run_until(&loop, &res.done, 5);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Loads @yaml from a file in @dir as a configuration snapshot. */
+static jb_config *load_config_text(const char *dir, const char *yaml)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/infrastructure.yaml", dir);
+    FILE *fp = fopen(path, "w");
+    assert_non_null(fp);
+    fputs(yaml, fp);
+    assert_int_equal(fclose(fp), 0);
+    jb_config_options o = {.path = path};
+    jb_config *cfg = NULL;
+    jb_error err;
+    if (jb_config_load(&o, &cfg, NULL, &err) != JB_OK)
+        fail_msg("config: %s", err.message);
+    return cfg;
+}
+
+static void apply_yaml(log_bus *lb, const char *yaml)
+{
+    jb_config *cfg = load_config_text(lb->dir, yaml);
+    jb_error err;
+    if (jb_bus_apply_config(lb->bus, cfg, &err) != JB_OK)
+        fail_msg("apply: %s", err.message);
+    jb_config_unref(cfg);
+}
+
+static void publish_states(log_bus *lb, const char *topic)
+{
+    jb_header g1[] = {{"game_id", "g1"}}, g2[] = {{"game_id", "g2"}};
+    const char *type = "jimbot.GameStateUpdate";
+    jb_event evs[] = {
+        {.topic = topic, .type = type, .headers = g1, .n_headers = 1},
+        {.topic = topic, .type = type, .headers = g2, .n_headers = 1},
+        {.topic = topic, .type = type, .headers = g1, .n_headers = 1},
+        {.topic = topic, .type = "jimbot.Other"},
+    };
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(lb->bus, evs, 4, on_published, &res, NULL, NULL), JB_OK);
+}
+
+/* What jimbotd does at start and on a reload: the bus follows a snapshot. */
+static void test_rules_from_config_snapshot(void **state)
+{
+    (void)state;
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 1, (jb_bus_options){.batch_window_ms = 100});
+    apply_yaml(&lb, "event_bus:\n"
+                    "  batch_window_ms: 60000\n"
+                    "  topics: [game_events]\n"
+                    "  aggregation:\n"
+                    "    jimbot.GameStateUpdate: {rule: last, key: game_id}\n"
+                    "  windows:\n"
+                    "    'game_events.>': {batch_window_ms: 0}\n");
+    received r = {.auto_ack = 1};
+    subscribe(lb.bus, ">", "g", &r, 100);
+    publish_states(&lb, "game_events.state");
+    run_until(&lb.loop, &r.events, 3);
+    /* One batch at once (no window for game_events.>): the newest per game, and the other. */
+    assert_int_equal(r.batches, 1);
+    assert_int_equal(r.events, 3);
+    assert_int_equal(r.seqs[0], 2);
+    assert_int_equal(r.seqs[1], 3);
+    assert_int_equal(r.seqs[2], 4);
+    jb_event other = {.topic = "elsewhere", .type = "t"};
+    jb_error err;
+    assert_int_equal(jb_bus_publish(lb.bus, &other, 1, on_published, NULL, NULL, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "unknown topic 'elsewhere'"));
+
+    /* The reload: count instead of last, every topic, no window at all. */
+    apply_yaml(&lb, "event_bus:\n"
+                    "  batch_window_ms: 0\n"
+                    "  topics: []\n"
+                    "  aggregation:\n"
+                    "    jimbot.GameStateUpdate: {rule: count}\n");
+    publish_states(&lb, "elsewhere");
+    run_until(&lb.loop, &r.events, 5);
+    assert_int_equal(r.batches, 2);
+    assert_int_equal(r.seqs[3], 7); /* the summary is the newest of the three */
+    assert_int_equal(r.seqs[4], 8);
+    jb_bus_stats st;
+    jb_bus_get_stats(lb.bus, &st);
+    assert_int_equal(st.aggregated_out, 3);
     log_bus_close(&lb);
 }
 
@@ -924,6 +1148,9 @@ int main(void)
         cmocka_unit_test(test_fan_out_and_sharing),
         cmocka_unit_test(test_window_batches_and_max_batch_size),
         cmocka_unit_test(test_set_window_applies_live),
+        cmocka_unit_test(test_windows_per_pattern),
+        cmocka_unit_test(test_topic_allow_list),
+        cmocka_unit_test(test_rules_from_config_snapshot),
         cmocka_unit_test(test_aggregation_rules),
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),

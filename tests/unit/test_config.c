@@ -1,6 +1,7 @@
 /*
  * Unit tests of src/config/: layering, component and feature levels, every
- * validation rule, secrets and masking, and hot reload on a real libuv loop
+ * validation rule, maps with names the user chooses (event_bus.aggregation,
+ * event_bus.windows), secrets and masking, and hot reload on a real libuv loop
  * with real files in a temporary folder (edits, saves by rename, files that
  * appear later, invalid edits, restart-only keys, bursts of writes).
  *
@@ -708,6 +709,133 @@ static void test_getter_misuse_is_a_bug(void **state)
     expect_abort(get_wrong_type, f->cfg);
 }
 
+/* ---- Maps with names the user chooses ------------------------------------------ */
+
+static void test_map_aggregation_and_windows(void **state)
+{
+    fixture *f = *state;
+    write_file(f, "infrastructure.yaml",
+               "event_bus:\n"
+               "  aggregation:\n"
+               "    jimbot.Tick: {rule: count}\n"
+               "    jimbot.GameStateUpdate:\n"
+               "      rule: last\n"
+               "      key: game_id\n"
+               "    jimbot.Plain: {rule: keep}\n"
+               "  windows:\n"
+               "    'game_events.>': {batch_window_ms: 10, max_batch_size: 50}\n"
+               "    '*.fast': {batch_window_ms: 0}\n");
+    assert_int_equal(load(f), JB_OK);
+    const jb_config_map *m = jb_config_get_map(f->cfg, "event_bus.aggregation", NULL, NULL);
+    assert_int_equal(jb_config_map_count(m), 3);
+    /* Sorted by name. */
+    assert_string_equal(jb_config_map_name(m, 0), "jimbot.GameStateUpdate");
+    assert_string_equal(jb_config_map_get_string(m, 0, "rule"), "last");
+    assert_string_equal(jb_config_map_get_string(m, 0, "key"), "game_id");
+    assert_string_equal(jb_config_map_name(m, 1), "jimbot.Plain");
+    assert_string_equal(jb_config_map_name(m, 2), "jimbot.Tick");
+    assert_string_equal(jb_config_map_get_string(m, 2, "rule"), "count");
+    assert_false(jb_config_map_has(m, 2, "key"));
+    assert_null(jb_config_map_get_string(m, 2, "key"));
+
+    const jb_config_map *w = jb_config_get_map(f->cfg, "event_bus.windows", NULL, NULL);
+    assert_int_equal(jb_config_map_count(w), 2);
+    assert_string_equal(jb_config_map_name(w, 0), "*.fast");
+    assert_true(jb_config_map_has(w, 0, "batch_window_ms"));
+    assert_int_equal(jb_config_map_get_int(w, 0, "batch_window_ms"), 0);
+    assert_false(jb_config_map_has(w, 0, "max_batch_size"));
+    assert_string_equal(jb_config_map_name(w, 1), "game_events.>");
+    assert_int_equal(jb_config_map_get_int(w, 1, "max_batch_size"), 50);
+
+    char *text = dump(f->cfg);
+    assert_non_null(strstr(text, "event_bus.windows = {\"*.fast\": {batch_window_ms: 0}, "
+                                 "\"game_events.>\": {batch_window_ms: 10, max_batch_size: 50}}"));
+    assert_non_null(strstr(text, "\"jimbot.GameStateUpdate\": {rule: last, key: \"game_id\"}"));
+    free(text);
+
+    /* Empty by default. */
+    write_file(f, "infrastructure.yaml", "{}\n");
+    assert_int_equal(load(f), JB_OK);
+    assert_int_equal(
+        jb_config_map_count(jb_config_get_map(f->cfg, "event_bus.aggregation", NULL, NULL)), 0);
+    assert_int_equal(
+        jb_config_map_count(jb_config_get_map(f->cfg, "event_bus.windows", NULL, NULL)), 0);
+}
+
+static void test_map_errors(void **state)
+{
+    fixture *f = *state;
+    write_file(f, "infrastructure.yaml",
+               "event_bus:\n"
+               "  aggregation:\n"
+               "    jimbot.A: {rule: lats}\n"          /* 3 */
+               "    jimbot.B: {rule: count, key: x}\n" /* 4 */
+               "    jimbot.C: {rul: last}\n"           /* 5 */
+               "    'bad type': {rule: keep}\n"        /* 6 */
+               "    jimbot.D: [last]\n"                /* 7 */
+               "    jimbot.E: {key: game_id}\n"        /* 8 */
+               "  windows:\n"
+               "    'a.>.b': {batch_window_ms: 1}\n"                    /* 10 */
+               "    'a.*': {}\n"                                        /* 11 */
+               "    'b': {batch_window_ms: 60001, max_batch_sise: 3}\n" /* 12 */
+               "  aggregaton: {}\n"                                     /* 13 */
+               "  windows_x: 1\n");                                     /* 14 */
+    assert_int_equal(load(f), JB_ECONFIG);
+    char want[256];
+    snprintf(want, sizeof(want),
+             "%s:3: event_bus.aggregation.jimbot.A.rule: expected one of keep, last, count, got "
+             "'lats'",
+             f->base);
+    assert_string_equal(find_error(f, ":3:"), want);
+    assert_non_null(
+        strstr(find_error(f, ":4: event_bus.aggregation.jimbot.B.key"), "only rule 'last'"));
+    assert_non_null(strstr(find_error(f, ":5: event_bus.aggregation.jimbot.C.rul"),
+                           "unknown key (did you mean event_bus.aggregation.jimbot.C.rule?)"));
+    assert_non_null(strstr(find_error(f, ":6: event_bus.aggregation.bad type"), "printable"));
+    assert_non_null(strstr(find_error(f, ":7: event_bus.aggregation.jimbot.D"), "a map of fields"));
+    assert_non_null(strstr(find_error(f, ":8: event_bus.aggregation.jimbot.E"),
+                           "required key 'rule' is missing"));
+    assert_non_null(strstr(find_error(f, ":10: event_bus.windows.a.>.b"), "'>'"));
+    assert_non_null(strstr(find_error(f, ":11: event_bus.windows.a.*"), "sets neither"));
+    assert_non_null(strstr(find_error(f, ":12: event_bus.windows.b.batch_window_ms"),
+                           "60001 is out of range 0..60000"));
+    assert_non_null(strstr(find_error(f, ":12: event_bus.windows.b.max_batch_sise"),
+                           "did you mean event_bus.windows.b.max_batch_size?"));
+    assert_non_null(
+        strstr(find_error(f, ":13: event_bus.aggregaton"), "did you mean event_bus.aggregation?"));
+    assert_non_null(strstr(find_error(f, ":14: event_bus.windows_x"), "unknown key"));
+    assert_int_equal(jb_config_errors_count(f->errs), 12);
+
+    /* Not a map at all. */
+    write_file(f, "infrastructure.yaml", "event_bus:\n  windows: [a, b]\n");
+    assert_int_equal(load(f), JB_ECONFIG);
+    assert_non_null(strstr(find_error(f, ":2: event_bus.windows"), "expected a map"));
+}
+
+/* Entries merge by name across layers; an entry of the higher layer replaces the lower one. */
+static void test_map_merges_by_name(void **state)
+{
+    fixture *f = *state;
+    write_file(f, "infrastructure.yaml",
+               "event_bus:\n"
+               "  aggregation:\n"
+               "    jimbot.A: {rule: last, key: game_id}\n"
+               "    jimbot.B: {rule: count}\n");
+    write_file(f, "production.yaml",
+               "event_bus:\n"
+               "  aggregation:\n"
+               "    jimbot.A: {rule: keep}\n"
+               "    jimbot.C: {rule: count}\n");
+    assert_int_equal(load_env(f, "production", NULL), JB_OK);
+    const jb_config_map *m = jb_config_get_map(f->cfg, "event_bus.aggregation", NULL, NULL);
+    assert_int_equal(jb_config_map_count(m), 3);
+    assert_string_equal(jb_config_map_name(m, 0), "jimbot.A");
+    assert_string_equal(jb_config_map_get_string(m, 0, "rule"), "keep");
+    assert_false(jb_config_map_has(m, 0, "key"));
+    assert_string_equal(jb_config_map_name(m, 1), "jimbot.B");
+    assert_string_equal(jb_config_map_name(m, 2), "jimbot.C");
+}
+
 /* ---- Hot reload ------------------------------------------------------------------- */
 
 typedef struct reload_env {
@@ -865,6 +993,33 @@ static void test_reload_valid_edit(void **state)
     jb_config_watcher_stats_get(r.w, &st);
     assert_int_equal(st.version, 3);
     assert_int_equal(st.reloads_failed, 0);
+    reload_finish(&r);
+}
+
+/* A change inside a map is a change of the map's key; the same map again is none. */
+static void test_reload_map_change(void **state)
+{
+    fixture *f = *state;
+    reload_env r;
+    const char *v1 = "event_bus:\n  aggregation: {jimbot.A: {rule: last, key: game_id}}\n";
+    reload_start(&r, f, NULL, v1);
+    write_file(f, "infrastructure.yaml",
+               "event_bus:\n  aggregation: {jimbot.A: {rule: last, key: round}}\n");
+    wait_for(&r, 1, 0);
+    assert_string_equal(r.changed, "event_bus.aggregation;");
+    const jb_config_map *m =
+        jb_config_get_map(jb_config_watcher_current(r.w), "event_bus.aggregation", NULL, NULL);
+    assert_string_equal(jb_config_map_get_string(m, 0, "key"), "round");
+    /* The same values written again (another order, another style): no change. */
+    write_file(f, "infrastructure.yaml",
+               "event_bus:\n  aggregation:\n    jimbot.A:\n      key: round\n      rule: last\n");
+    wait_reloads(&r, 2);
+    assert_int_equal(r.subscriber_calls, 1);
+    /* An invalid rule keeps the snapshot in force. */
+    write_file(f, "infrastructure.yaml", "event_bus:\n  aggregation: {jimbot.A: {rule: first}}\n");
+    wait_for(&r, 1, 1);
+    m = jb_config_get_map(jb_config_watcher_current(r.w), "event_bus.aggregation", NULL, NULL);
+    assert_string_equal(jb_config_map_get_string(m, 0, "rule"), "last");
     reload_finish(&r);
 }
 
@@ -1081,7 +1236,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_secrets_and_masking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_foreach_marks_secrets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_getter_misuse_is_a_bug, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_aggregation_and_windows, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_merges_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_valid_edit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reload_map_change, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_rename_save, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_env_file_appears_later, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_invalid_edit_keeps_old, setup, teardown),
