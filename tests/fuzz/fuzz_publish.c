@@ -89,7 +89,7 @@ static void check_publish(const uint8_t *p, size_t len)
     jb__publish_req got;
     jb_error err;
     jb_error_clear(&err);
-    jb_status st = jb__publish_decode(p, len, &got, &err);
+    jb_status st = jb__publish_decode(p, len, NULL, &got, &err);
     CHECK(st == JB_OK || st == JB_EPARSE || st == JB_EINVAL);
     if (ref == NULL) {
         CHECK(st == JB_EPARSE);

@@ -282,7 +282,7 @@ static jb_status check_same(const uint8_t *input, size_t len)
     jb__publish_req got;
     jb_error err;
     jb_error_clear(&err);
-    jb_status st = jb__publish_decode(p, len, &got, &err);
+    jb_status st = jb__publish_decode(p, len, NULL, &got, &err);
     if ((ref == NULL) != (st == JB_EPARSE) || (st != JB_OK && st != JB_EPARSE && st != JB_EINVAL))
         dump(ref == NULL ? "protobuf-c refused it" : "protobuf-c accepted it", p, len);
     if (ref == NULL) {
@@ -503,7 +503,7 @@ static jb_status decode(const char *bytes, size_t len, jb__publish_req *out, jb_
     uint8_t *p = malloc(len > 0 ? len : 1);
     assert_non_null(p);
     memcpy(p, bytes, len);
-    jb_status st = jb__publish_decode(p, len, out, err);
+    jb_status st = jb__publish_decode(p, len, NULL, out, err);
     /* Keep the payloads' buffer alive only as long as the test needs it. */
     if (st == JB_OK)
         for (size_t i = 0; i < out->n_events; i++)
@@ -554,7 +554,7 @@ static void test_nul_bytes_in_strings_are_refused(void **state)
     static const char with_nul_payload[] = "\x0a\x05\x32\x03\x00\x01\x00";
     uint8_t buf[sizeof(with_nul_payload) - 1];
     memcpy(buf, with_nul_payload, sizeof(buf));
-    assert_int_equal(jb__publish_decode(buf, sizeof(buf), &r, &err), JB_OK);
+    assert_int_equal(jb__publish_decode(buf, sizeof(buf), NULL, &r, &err), JB_OK);
     assert_int_equal(r.events[0].payload_len, 3);
     assert_ptr_equal(r.events[0].payload, buf + 4);
     jb__publish_req_release(&r);
