@@ -388,8 +388,7 @@ static int walk_any(const uint8_t *data, size_t len, int single, tally *t, sink 
 static jb_status decode(const uint8_t *data, size_t len, int single,
                         const jb__decode_limits *limits, jb__publish_req *out, jb_error *err)
 {
-    out->events = NULL;
-    out->n_events = 0;
+    *out = (jb__publish_req){NULL, 0, 0};
     tally t = {.copy_payloads = single, .limits = limits};
     if (walk_any(data, len, single, &t, NULL) != 0)
         return jb_error_set(err, JB_EPARSE, "malformed %s", single ? "Event" : "PublishRequest");
@@ -404,8 +403,7 @@ static jb_status decode(const uint8_t *data, size_t len, int single,
     if (walk_any(data, len, single, &t, &o) != 0 || o.ev != evs + t.n_events ||
         o.h != hs + t.n_headers || o.s != (char *)evs + size)
         JB_BUG("the second pass over a message disagrees with the first");
-    out->events = evs;
-    out->n_events = t.n_events;
+    *out = (jb__publish_req){evs, t.n_events, size};
     return JB_OK;
 }
 
@@ -431,9 +429,24 @@ jb_status jb__event_decode(const uint8_t *data, size_t len, jb__publish_req *out
     return decode(data, len, 1, NULL, out, err);
 }
 
+static size_t at_most(size_t n, size_t limit)
+{
+    return limit > 0 && limit < n ? limit : n;
+}
+
+size_t jb__publish_decode_bound(size_t len, const jb__decode_limits *limits)
+{
+    static const jb__decode_limits none = {0};
+    const jb__decode_limits *l = limits != NULL ? limits : &none;
+    size_t events = at_most(len / 2, l->max_events);
+    size_t headers = len / 2;
+    if (l->max_events > 0 && l->max_headers > 0 && l->max_headers <= SIZE_MAX / l->max_events)
+        headers = at_most(headers, l->max_events * l->max_headers);
+    return len + events * (sizeof(jb_event) + 2) + headers * sizeof(jb_header);
+}
+
 void jb__publish_req_release(jb__publish_req *req)
 {
     free(req->events);
-    req->events = NULL;
-    req->n_events = 0;
+    *req = (jb__publish_req){NULL, 0, 0};
 }

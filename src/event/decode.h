@@ -26,6 +26,7 @@
 typedef struct jb__publish_req {
     jb_event *events;
     size_t n_events;
+    size_t size; /* bytes of the allocation (0 when empty) */
 } jb__publish_req;
 
 /*
@@ -70,6 +71,14 @@ jb_status jb__publish_decode(const uint8_t *data, size_t len, const jb__decode_l
  * copied: nothing borrows @data. JB_EPARSE says "malformed Event".
  */
 jb_status jb__event_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err);
+
+/*
+ * The most bytes jb__publish_decode() allocates for a request of @len bytes
+ * held to @limits (NULL or zero fields: none): @len + 106 E + 16 H on LP64,
+ * E and H the most events and headers the limits and @len allow (decode.c,
+ * "Memory").
+ */
+size_t jb__publish_decode_bound(size_t len, const jb__decode_limits *limits);
 
 /* Frees what jb__publish_decode() allocated; @req is left empty. */
 void jb__publish_req_release(jb__publish_req *req);

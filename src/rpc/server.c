@@ -35,8 +35,6 @@
  */
 #include "rpc/server_internal.h"
 
-#include "event/decode.h"
-
 #include "jimbot/log.h"
 
 #include <grpc/byte_buffer_reader.h>
@@ -128,9 +126,12 @@ size_t jb__server_max_stream_bytes(const jb_server *srv)
     return srv->opts.max_stream_bytes;
 }
 
-const jb_server_options *jb__server_options(const jb_server *srv)
+jb__decode_limits jb__server_publish_limits(const jb_server *srv)
 {
-    return &srv->opts;
+    jb__decode_limits l = jb__decode_limits_default();
+    l.max_events = srv->opts.max_events_per_request;
+    l.max_headers = srv->opts.max_headers_per_event;
+    return l;
 }
 
 grpc_status_code jb__grpc_code(jb_status st)
@@ -780,6 +781,21 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
         srv->opts.max_events_per_request = JB__DECODE_MAX_EVENTS;
     if (srv->opts.max_headers_per_event == 0)
         srv->opts.max_headers_per_event = JB_EVENT_MAX_HEADERS;
+    /* The loop decodes one request at a time: its bytes in one slice, then
+     * the decoded block. The rest of the budget is gRPC's quota, which must
+     * hold at least two requests of the largest size. */
+    jb__decode_limits limits = jb__server_publish_limits(srv);
+    size_t max_in = srv->opts.max_receive_bytes;
+    size_t loop_bytes = max_in + jb__publish_decode_bound(max_in, &limits);
+    size_t need = loop_bytes + 2 * max_in;
+    if (srv->opts.max_request_memory_bytes < need) {
+        free(srv);
+        return jb_error_set(err, JB_EINVAL,
+                            "max_request_memory_bytes (event_bus.max_request_memory_bytes) is "
+                            "%zu; requests of up to %zu bytes, with the event and header limits, "
+                            "need at least %zu",
+                            srv->opts.max_request_memory_bytes, max_in, need);
+    }
     srv->listen = strdup(opts->listen);
     srv->opts.listen = srv->listen;
     srv->handles = calloc(jb__n_methods, sizeof(void *));
@@ -797,7 +813,7 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
      * a quota over all connections, the streams per connection, the size of
      * one message. The server keeps its own reference to the quota. */
     grpc_resource_quota *quota = grpc_resource_quota_create("jimbotd requests");
-    grpc_resource_quota_resize(quota, srv->opts.max_request_memory_bytes);
+    grpc_resource_quota_resize(quota, srv->opts.max_request_memory_bytes - loop_bytes);
     grpc_arg args[4];
     memset(args, 0, sizeof(args));
     /* gRPC sets SO_REUSEPORT by default: a second daemon would share the port. */

@@ -117,15 +117,6 @@ static int take_payload(jb__call *c, grpc_slice *out)
     return 0;
 }
 
-static jb__decode_limits publish_limits(const jb_server *srv)
-{
-    const jb_server_options *o = jb__server_options(srv);
-    jb__decode_limits l = jb__decode_limits_default();
-    l.max_events = o->max_events_per_request;
-    l.max_headers = o->max_headers_per_event;
-    return l;
-}
-
 static void publish_start(jb__call *c)
 {
     if (refuse_if_draining(c))
@@ -139,7 +130,7 @@ static void publish_start(jb__call *c)
     jb__publish_req req;
     jb_error err;
     jb_error_clear(&err);
-    jb__decode_limits limits = publish_limits(c->srv);
+    jb__decode_limits limits = jb__server_publish_limits(c->srv);
     jb_status st =
         jb__publish_decode(GRPC_SLICE_START_PTR(buf), GRPC_SLICE_LENGTH(buf), &limits, &req, &err);
     if (st != JB_OK) {

@@ -332,6 +332,8 @@ static jb_status check_same(const uint8_t *input, size_t len)
         assert_int_equal(e->delivery_attempt, r->delivery_attempt);
         assert_null(e->encoded);
     }
+    /* The documented bound on the block (decode.c, "Memory"). */
+    assert_true(got.size <= jb__publish_decode_bound(len, NULL));
     protobuf_c_message_free_unpacked(&ref->base, NULL);
     jb__publish_req_release(&got);
     assert_null(got.events);
@@ -400,6 +402,7 @@ static jb_status check_limited(const uint8_t *input, size_t len, const jb__decod
         assert_int_equal(got.n_events, 0);
     } else {
         assert_int_equal(got.n_events, ref->n_events);
+        assert_true(got.size <= jb__publish_decode_bound(len, l));
     }
     protobuf_c_message_free_unpacked(&ref->base, NULL);
     jb__publish_req_release(&got);
@@ -777,6 +780,24 @@ static void test_limits_exactly_at_and_one_over(void **state)
     w.n = 0;
     put_shaped(&w, 9999, 0, 0, 0);
     assert_int_equal(decode_wire(&w, &l, &err), JB_OK);
+    /* Empty events: 2 bytes each on the wire, the most the block takes per event. */
+    static const uint8_t empty[] = {0x0a, 0x00};
+    wire e = {malloc(WIRE_MAX), 0};
+    assert_non_null(e.b);
+    for (size_t i = 0; i < 10000; i++)
+        put_bytes(&e, empty, sizeof(empty));
+    jb__publish_req r;
+    assert_int_equal(jb__publish_decode(e.b, e.n, &l, &r, &err), JB_OK);
+    assert_int_equal(r.size, 10000 * (sizeof(jb_event) + 4));
+    assert_true(r.size <= jb__publish_decode_bound(e.n, &l));
+    jb__publish_req_release(&r);
+    put_bytes(&e, empty, sizeof(empty));
+    assert_int_equal(jb__publish_decode(e.b, e.n, &l, &r, &err), JB_ETOOBIG);
+    free(e.b);
+    /* The bound for the largest request jimbotd takes by default: L + 11.3 MB. */
+    size_t max = 16u << 20;
+    assert_int_equal(jb__publish_decode_bound(max, &l),
+                     max + 10000 * (sizeof(jb_event) + 2) + 640000 * sizeof(jb_header));
     put_shaped(&w, 0, 0, 0, 0);
     assert_int_equal(decode_wire(&w, &l, &err), JB_ETOOBIG);
     assert_string_equal(err.message, "event 10000: more than 10000 events in one request");
