@@ -789,12 +789,13 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     size_t loop_bytes = max_in + jb__publish_decode_bound(max_in, &limits);
     size_t need = loop_bytes + 2 * max_in;
     if (srv->opts.max_request_memory_bytes < need) {
+        jb_error_set(err, JB_EINVAL,
+                     "max_request_memory_bytes (event_bus.max_request_memory_bytes) is %zu; "
+                     "requests of up to %zu bytes, with the event and header limits, need at "
+                     "least %zu",
+                     srv->opts.max_request_memory_bytes, max_in, need);
         free(srv);
-        return jb_error_set(err, JB_EINVAL,
-                            "max_request_memory_bytes (event_bus.max_request_memory_bytes) is "
-                            "%zu; requests of up to %zu bytes, with the event and header limits, "
-                            "need at least %zu",
-                            srv->opts.max_request_memory_bytes, max_in, need);
+        return JB_EINVAL;
     }
     srv->listen = strdup(opts->listen);
     srv->opts.listen = srv->listen;
