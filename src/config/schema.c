@@ -139,8 +139,9 @@ static const jb_config_key builtin_keys[] = {
      "Headers one event may carry; more are refused INVALID_ARGUMENT."},
     {"event_bus.max_request_memory_bytes", JB_CONFIG_INT, 0, "268435456", 16777216, 68719476736.0,
      NULL, NULL,
-     "Memory gRPC may hold for requests in flight, all connections together (its resource "
-     "quota); see docs/grpc.md \"Memory\" for what it covers and what it does not."},
+     "Memory that requests in flight may hold, all connections together: gRPC's resource quota "
+     "plus the one request being decoded (at least 78.4 MB with the default limits); "
+     "docs/grpc.md \"Memory\" says what it covers and what it does not."},
     {"event_bus.max_concurrent_streams", JB_CONFIG_INT, 0, "256", 1, 100000, NULL, NULL,
      "Calls one client connection may have open at once (HTTP/2 max concurrent streams)."},
     {"event_bus.retention.max_age_seconds", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
