@@ -824,7 +824,7 @@ static void on_bus_closed(void *userdata)
 }
 
 /* The bus refuses what the decoder refuses, with the same message. */
-static void test_limits_and_messages_are_the_bus_s(void **state)
+static void test_the_bus_refuses_the_same_with_the_same_messages(void **state)
 {
     (void)state;
     setup_rng(0xbb67ae8584caa73bull);
@@ -954,7 +954,7 @@ int main(void)
         cmocka_unit_test(test_nul_bytes_in_strings_are_refused),
         cmocka_unit_test(test_headers_accumulate_and_keep_duplicate_keys),
         cmocka_unit_test(test_limits_exactly_at_and_one_over),
-        cmocka_unit_test(test_limits_and_messages_are_the_bus_s),
+        cmocka_unit_test(test_the_bus_refuses_the_same_with_the_same_messages),
         cmocka_unit_test(test_envelopes_decode_as_protobuf_c_does),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
