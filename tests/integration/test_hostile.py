@@ -20,11 +20,17 @@ limits, one request of empty events alone took about 900 MB. Under
 AddressSanitizer (make SANITIZE=1) the bound is not checked: its quarantine
 and redzones make the RSS its own; the refusals are.
 
+Also: with event_bus.max_concurrent_streams 1 a second call on a connection
+waits for the first to end, and a max_request_memory_bytes too small for two
+requests of the largest size refuses to start, saying the least it needs.
+
 Timeouts only keep a broken daemon from hanging the suite; nothing here
 asserts how fast things happen.
 """
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
@@ -228,6 +234,23 @@ class HostileRequests(unittest.TestCase):
         c.cancel()
         self.assertEqual(list(waiting.result(timeout=60).sequences), [2])
         self.assertEqual(self.d.stop(), 0)
+
+
+class Budget(unittest.TestCase):
+    def test_a_budget_below_two_requests_refuses_to_start(self):
+        """16 MiB cannot hold the decoding of one 16 MiB request and two more in gRPC."""
+        with tempfile.TemporaryDirectory(prefix="jbtest-") as tmp:
+            config = os.path.join(tmp, "infrastructure.yaml")
+            with open(config, "w") as f:
+                f.write("event_bus:\n  max_request_memory_bytes: 16777216\n")
+            p = subprocess.run([jbtest.JIMBOTD, "-c", config, "--env", "it", "--data-dir",
+                                os.path.join(tmp, "var"), "--listen", "127.0.0.1:0"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               timeout=jbtest.TIMEOUT)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn("jimbotd: max_request_memory_bytes (event_bus.max_request_memory_bytes) "
+                      "is 16777216; requests of up to 16777216 bytes, with the event and header "
+                      "limits, need at least 78408864", p.stderr)
 
 
 if __name__ == "__main__":
