@@ -97,6 +97,7 @@ typedef struct jb_bus_options {
     uint32_t max_deliver;           /* 5 */
     uint32_t dedup_window_ms;       /* 120000 */
     uint32_t max_event_bytes;       /* 1 MiB: payload plus envelope */
+    uint32_t max_headers;           /* JB_EVENT_MAX_HEADERS: headers per event */
     uint32_t max_in_flight;         /* 1000: a subscriber's default credits */
     uint32_t max_group_pending;     /* 1000000: unhandled events per group */
     uint32_t nack_backoff_ms;       /* 100: first redelivery delay, doubling */

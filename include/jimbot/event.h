@@ -17,6 +17,18 @@
 extern "C" {
 #endif
 
+/*
+ * Limits every publish is held to (the bus refuses an event beyond them,
+ * and jimbotd's decoder refuses a request before decoding it): an id of at
+ * most JB_EVENT_MAX_ID_BYTES, a type and a source of at most
+ * JB_EVENT_MAX_NAME_BYTES each, and by default at most
+ * JB_EVENT_MAX_HEADERS headers (jb_bus_options.max_headers). A topic's
+ * limits are in jimbot/topic.h.
+ */
+#define JB_EVENT_MAX_ID_BYTES   256
+#define JB_EVENT_MAX_NAME_BYTES 256
+#define JB_EVENT_MAX_HEADERS    64
+
 typedef struct jb_header {
     const char *key;
     const char *value;

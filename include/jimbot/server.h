@@ -54,8 +54,22 @@ typedef struct jb_server_options {
     /* Read at each GetResourceStatus for the configured limits. Borrowed;
      * may be NULL (the schema defaults are reported then). */
     jb_config_watcher *config;
-    /* Largest request accepted, in bytes (16 MiB). */
+    /* Largest request accepted, in bytes (16 MiB); gRPC answers a larger one
+     * RESOURCE_EXHAUSTED before it reaches the engine. */
     size_t max_receive_bytes;
+    /* Memory gRPC may hold for the requests of all connections together (its
+     * resource quota, docs/grpc.md "Memory"), in bytes (256 MiB; jimbotd:
+     * event_bus.max_request_memory_bytes). */
+    size_t max_request_memory_bytes;
+    /* Concurrent calls on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+     * (256; jimbotd: event_bus.max_concurrent_streams). */
+    uint32_t max_concurrent_streams;
+    /* A PublishRequest with more events is refused INVALID_ARGUMENT before it
+     * is decoded (10000; jimbotd: event_bus.max_events_per_request). */
+    uint32_t max_events_per_request;
+    /* The same for an event with more headers (JB_EVENT_MAX_HEADERS, 64;
+     * jimbotd: event_bus.max_headers_per_event); give the bus the same. */
+    uint32_t max_headers_per_event;
     /* Bytes queued for one stream above which the client counts as a slow
      * consumer (64 MiB; jimbotd: event_bus.slow_consumer_bytes). */
     size_t max_stream_bytes;

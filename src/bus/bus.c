@@ -29,9 +29,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_ID_BYTES    256
-#define MAX_NAME_BYTES  256 /* type and source */
-#define MAX_HEADERS     64
 #define DEDUP_MAX_IDS   1000000
 #define HOUSEKEEPING_MS 100
 #define RETRY_HINT_MS   50
@@ -401,18 +398,18 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
     if (!same_topic_as_previous && (jb_topic_validate(ev->topic, &terr) != JB_OK ||
                                     jb__bus_topic_allowed(bus, ev->topic, &terr) != JB_OK))
         return jb_error_set(err, JB_EINVAL, "event %zu: %s", index, terr.message);
-    if (ev->id != NULL && strlen(ev->id) > MAX_ID_BYTES)
+    if (ev->id != NULL && strlen(ev->id) > JB_EVENT_MAX_ID_BYTES)
         return jb_error_set(err, JB_EINVAL, "event %zu: id longer than %d bytes", index,
-                            MAX_ID_BYTES);
-    if ((ev->type != NULL && strlen(ev->type) > MAX_NAME_BYTES) ||
-        (ev->source != NULL && strlen(ev->source) > MAX_NAME_BYTES))
+                            JB_EVENT_MAX_ID_BYTES);
+    if ((ev->type != NULL && strlen(ev->type) > JB_EVENT_MAX_NAME_BYTES) ||
+        (ev->source != NULL && strlen(ev->source) > JB_EVENT_MAX_NAME_BYTES))
         return jb_error_set(err, JB_EINVAL, "event %zu: type or source longer than %d bytes", index,
-                            MAX_NAME_BYTES);
+                            JB_EVENT_MAX_NAME_BYTES);
     if (ev->payload_len > 0 && ev->payload == NULL)
         return jb_error_set(err, JB_EINVAL, "event %zu: payload_len without payload", index);
-    if (ev->n_headers > MAX_HEADERS)
-        return jb_error_set(err, JB_EINVAL, "event %zu: %zu headers (at most %d)", index,
-                            ev->n_headers, MAX_HEADERS);
+    if (ev->n_headers > bus->opts.max_headers)
+        return jb_error_set(err, JB_EINVAL, "event %zu: %zu headers (at most %u)", index,
+                            ev->n_headers, bus->opts.max_headers);
     for (size_t i = 0; i < ev->n_headers; i++) {
         if (ev->headers[i].key == NULL || ev->headers[i].key[0] == '\0')
             return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index, i);
@@ -795,6 +792,7 @@ static void apply_defaults(jb_bus_options *o)
     DEFAULT(max_deliver, 5);
     DEFAULT(dedup_window_ms, 120000);
     DEFAULT(max_event_bytes, 1024 * 1024);
+    DEFAULT(max_headers, JB_EVENT_MAX_HEADERS);
     DEFAULT(max_in_flight, 1000);
     DEFAULT(max_group_pending, 1000000);
     DEFAULT(nack_backoff_ms, 100);

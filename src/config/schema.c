@@ -199,6 +199,18 @@ static const jb_config_key builtin_keys[] = {
     {"event_bus.slow_consumer_ms", JB_CONFIG_INT, 0, "30000", 100, 3600000, NULL, NULL,
      "A Subscribe stream whose oldest message has waited this long for the client to take it is "
      "a slow consumer, cancelled with RESOURCE_EXHAUSTED (checked once a second)."},
+    {"event_bus.max_events_per_request", JB_CONFIG_INT, 0, "10000", 1, 1000000, NULL, NULL,
+     "Events one Publish may carry; a larger request is refused INVALID_ARGUMENT before it is "
+     "decoded (an empty event is 2 bytes on the wire and about 108 decoded)."},
+    {"event_bus.max_headers_per_event", JB_CONFIG_INT, 0, "64", 1, 4096, NULL, NULL,
+     "Headers one event may carry; more are refused INVALID_ARGUMENT."},
+    {"event_bus.max_request_memory_bytes", JB_CONFIG_INT, 0, "268435456", 16777216, 68719476736.0,
+     NULL, NULL,
+     "Memory that requests in flight may hold, all connections together: gRPC's resource quota "
+     "plus the one request being decoded (at least 78.4 MB with the default limits); "
+     "docs/grpc.md \"Memory\" says what it covers and what it does not."},
+    {"event_bus.max_concurrent_streams", JB_CONFIG_INT, 0, "256", 1, 100000, NULL, NULL,
+     "Calls one client connection may have open at once (HTTP/2 max concurrent streams)."},
     {"event_bus.retention.max_age_seconds", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
      "Log segments older than this are deleted (0: no age limit)."},
     {"event_bus.retention.max_bytes", JB_CONFIG_INT, 0, "1073741824", 0, 1125899906842624.0, NULL,

@@ -355,6 +355,7 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .max_deliver = cfg_u32(cfg, "event_bus.max_deliver"),
         .dedup_window_ms = dedup == 0 ? JB_BUS_DEDUP_OFF : dedup,
         .max_event_bytes = cfg_u32(cfg, "event_bus.max_event_bytes"),
+        .max_headers = cfg_u32(cfg, "event_bus.max_headers_per_event"),
         .max_in_flight = cfg_u32(cfg, "event_bus.max_in_flight"),
         .max_group_pending = cfg_u32(cfg, "event_bus.max_group_pending"),
     };
@@ -380,6 +381,11 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .max_stream_bytes =
             (size_t)jb_config_get_int(cfg, "event_bus.slow_consumer_bytes", NULL, NULL),
         .slow_consumer_ms = cfg_u32(cfg, "event_bus.slow_consumer_ms"),
+        .max_request_memory_bytes =
+            (size_t)jb_config_get_int(cfg, "event_bus.max_request_memory_bytes", NULL, NULL),
+        .max_concurrent_streams = cfg_u32(cfg, "event_bus.max_concurrent_streams"),
+        .max_events_per_request = cfg_u32(cfg, "event_bus.max_events_per_request"),
+        .max_headers_per_event = bo.max_headers,
     };
     if (jb_server_new(&d->loop, &sv, &d->server, &err) != JB_OK) {
         fprintf(stderr, "jimbotd: %s\n", err.message);

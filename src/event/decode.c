@@ -6,7 +6,8 @@
  * about a sixth of jimbotd's CPU. This decoder walks the wire format twice
  * over the same bytes:
  *
- *   pass 1  checks every byte and counts events, headers and string bytes;
+ *   pass 1  checks every byte, counts events, headers and string bytes, and
+ *           checks each event against the limits (below), allocating nothing;
  *   (one malloc: [jb_event x n][jb_header x h][strings, each NUL-terminated])
  *   pass 2  fills that block; payloads are not copied but point into the input.
  *
@@ -15,7 +16,7 @@
  * copied into the block too, so that the event does not borrow the input.
  *
  * What it accepts is what protobuf-c 1.4 accepts, which the differential unit
- * test (tests/unit/test_publish_decode.c) checks against protobuf-c itself:
+ * test (tests/unit/test_event.c) checks against protobuf-c itself:
  *
  *   - a key is a varint of at most 5 bytes whose first byte is not 0x00-0x07
  *     (field number 0 without a continuation); the field number keeps 32
@@ -42,14 +43,39 @@
  * field given twice does not), and malformed bytes anywhere in the request
  * win over a NUL byte. Payloads are bytes and may hold anything.
  *
- * Sizes: every count is bounded by the input's length (each event, header
- * and string takes at least one byte of input), so the block's size cannot
+ * Limits (jb__decode_limits, from jimbotd's configuration) apply on top of
+ * that, to bytes protobuf-c accepts: the first event that breaks one is
+ * refused with the bus's own message ("event N: ..."), checked in the bus's
+ * order: one event more than max_events (JB_ETOOBIG), then the topic's, the
+ * id's, the type's and source's lengths and the number of headers
+ * (JB_EINVAL), then a NUL byte. Malformed bytes anywhere win over all of
+ * them, so a refusal never depends on how far the walk got.
+ *
+ * Memory: a request of L bytes with E events and H headers takes one block
+ * of exactly E*sizeof(jb_event) + H*sizeof(jb_header) + S + 4E + 2H bytes,
+ * where S, the strings' bytes, is at most L - 2E - 2H (an event and a header
+ * entry each take at least 2 bytes of framing). So
+ *
+ *     block <= L + E*(sizeof(jb_event) + 2) + H*sizeof(jb_header)
+ *           =  L + 106 E + 16 H                      (LP64)
+ *
+ * An empty event is 2 bytes on the wire and 108 decoded (54 times), an empty
+ * header 2 and 18 (9 times): the ratio to L alone is unbounded by anything
+ * but the limits. With max_events E_max and max_headers H_max, the block is
+ * at most L + E_max * (106 + 16 H_max): with jimbotd's defaults (10000 and
+ * 64) L + 11.3 MB, so 1.7 L for a 16 MiB request; without the limits a
+ * 16 MiB request of empty events took 900 MB. jb__event_decode copies the
+ * payload too: its block is at most 2L + 106 + 16H.
+ *
+ * Every count is bounded by the input's length, so the block's size cannot
  * overflow for any input a gRPC server accepts.
  *
- * No dependency beyond the C library and jimbot/status.h: no protobuf-c, no
- * gRPC. Any thread; no state.
+ * No dependency beyond the C library and jimbot's headers for status,
+ * event and topic limits: no protobuf-c, no gRPC. Any thread; no state.
  */
 #include "event/decode.h"
+
+#include "jimbot/topic.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -177,11 +203,49 @@ typedef struct sink {
 
 /* What pass 1 learns. */
 typedef struct tally {
-    int copy_payloads; /* set by the caller: count the payloads' bytes too */
+    int copy_payloads;               /* set by the caller: count the payloads' bytes too */
+    const jb__decode_limits *limits; /* set by the caller; may be NULL */
     size_t n_events, n_headers, bytes;
-    const char *nul_field; /* the first string with a NUL byte, if any */
-    size_t nul_event;
+    jb_status bad; /* the first event that breaks a rule: why */
+    jb_error why;
 } tally;
+
+static int over(size_t n, size_t limit)
+{
+    return limit > 0 && n > limit;
+}
+
+/*
+ * Notes why event t->n_events breaks a rule, if it does and none before it
+ * did (pass 1). @nul names its first string holding a NUL byte, or is NULL.
+ * The order and the messages are the bus's (validate_event in bus.c).
+ */
+static void check_event(tally *t, const span *str, size_t n_headers, const char *nul)
+{
+    static const jb__decode_limits none = {0};
+    const jb__decode_limits *l = t->limits != NULL ? t->limits : &none;
+    size_t i = t->n_events;
+    if (t->bad != JB_OK)
+        return;
+    if (l->max_events > 0 && i == l->max_events)
+        t->bad = jb_error_set(&t->why, JB_ETOOBIG, "event %zu: more than %zu events in one request",
+                              i, l->max_events);
+    else if (over(str[S_TOPIC].len, l->max_topic_bytes))
+        t->bad =
+            jb_error_set(&t->why, JB_EINVAL, "event %zu: topic is %zu bytes long (at most %zu)", i,
+                         str[S_TOPIC].len, l->max_topic_bytes);
+    else if (over(str[S_ID].len, l->max_id_bytes))
+        t->bad = jb_error_set(&t->why, JB_EINVAL, "event %zu: id longer than %zu bytes", i,
+                              l->max_id_bytes);
+    else if (over(str[S_TYPE].len, l->max_name_bytes) || over(str[S_SOURCE].len, l->max_name_bytes))
+        t->bad = jb_error_set(&t->why, JB_EINVAL, "event %zu: type or source longer than %zu bytes",
+                              i, l->max_name_bytes);
+    else if (over(n_headers, l->max_headers))
+        t->bad = jb_error_set(&t->why, JB_EINVAL, "event %zu: %zu headers (at most %zu)", i,
+                              n_headers, l->max_headers);
+    else if (nul != NULL)
+        t->bad = jb_error_set(&t->why, JB_EINVAL, "event %zu: %s contains a NUL byte", i, nul);
+}
 
 static const char *put_str(sink *o, span s)
 {
@@ -266,10 +330,7 @@ static int parse_event(span in, tally *t, sink *o)
             if (nul == NULL && has_nul(str[i]))
                 nul = str_names[i];
         }
-        if (nul != NULL && t->nul_field == NULL) {
-            t->nul_field = nul;
-            t->nul_event = t->n_events;
-        }
+        check_event(t, str, n_headers, nul);
         if (t->copy_payloads)
             t->bytes += payload.len;
         t->n_headers += n_headers;
@@ -324,17 +385,15 @@ static int walk_any(const uint8_t *data, size_t len, int single, tally *t, sink 
     return single ? parse_event((span){data, len}, t, o) : walk(data, len, t, o);
 }
 
-static jb_status decode(const uint8_t *data, size_t len, int single, jb__publish_req *out,
-                        jb_error *err)
+static jb_status decode(const uint8_t *data, size_t len, int single,
+                        const jb__decode_limits *limits, jb__publish_req *out, jb_error *err)
 {
-    out->events = NULL;
-    out->n_events = 0;
-    tally t = {.copy_payloads = single};
+    *out = (jb__publish_req){NULL, 0, 0};
+    tally t = {.copy_payloads = single, .limits = limits};
     if (walk_any(data, len, single, &t, NULL) != 0)
         return jb_error_set(err, JB_EPARSE, "malformed %s", single ? "Event" : "PublishRequest");
-    if (t.nul_field != NULL)
-        return jb_error_set(err, JB_EINVAL, "event %zu: %s contains a NUL byte", t.nul_event,
-                            t.nul_field);
+    if (t.bad != JB_OK)
+        return jb_error_set(err, t.bad, "%s", t.why.message);
     size_t size = t.n_events * sizeof(jb_event) + t.n_headers * sizeof(jb_header) + t.bytes;
     jb_event *evs = malloc(size > 0 ? size : 1);
     if (evs == NULL)
@@ -344,24 +403,50 @@ static jb_status decode(const uint8_t *data, size_t len, int single, jb__publish
     if (walk_any(data, len, single, &t, &o) != 0 || o.ev != evs + t.n_events ||
         o.h != hs + t.n_headers || o.s != (char *)evs + size)
         JB_BUG("the second pass over a message disagrees with the first");
-    out->events = evs;
-    out->n_events = t.n_events;
+    *out = (jb__publish_req){evs, t.n_events, size};
     return JB_OK;
 }
 
-jb_status jb__publish_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err)
+jb__decode_limits jb__decode_limits_default(void)
 {
-    return decode(data, len, 0, out, err);
+    return (jb__decode_limits){
+        .max_events = JB__DECODE_MAX_EVENTS,
+        .max_headers = JB_EVENT_MAX_HEADERS,
+        .max_id_bytes = JB_EVENT_MAX_ID_BYTES,
+        .max_topic_bytes = JB_TOPIC_MAX_BYTES,
+        .max_name_bytes = JB_EVENT_MAX_NAME_BYTES,
+    };
+}
+
+jb_status jb__publish_decode(const uint8_t *data, size_t len, const jb__decode_limits *limits,
+                             jb__publish_req *out, jb_error *err)
+{
+    return decode(data, len, 0, limits, out, err);
 }
 
 jb_status jb__event_decode(const uint8_t *data, size_t len, jb__publish_req *out, jb_error *err)
 {
-    return decode(data, len, 1, out, err);
+    return decode(data, len, 1, NULL, out, err);
+}
+
+static size_t at_most(size_t n, size_t limit)
+{
+    return limit > 0 && limit < n ? limit : n;
+}
+
+size_t jb__publish_decode_bound(size_t len, const jb__decode_limits *limits)
+{
+    static const jb__decode_limits none = {0};
+    const jb__decode_limits *l = limits != NULL ? limits : &none;
+    size_t events = at_most(len / 2, l->max_events);
+    size_t headers = len / 2;
+    if (l->max_events > 0 && l->max_headers > 0 && l->max_headers <= SIZE_MAX / l->max_events)
+        headers = at_most(headers, l->max_events * l->max_headers);
+    return len + events * (sizeof(jb_event) + 2) + headers * sizeof(jb_header);
 }
 
 void jb__publish_req_release(jb__publish_req *req)
 {
     free(req->events);
-    req->events = NULL;
-    req->n_events = 0;
+    *req = (jb__publish_req){NULL, 0, 0};
 }

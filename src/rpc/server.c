@@ -45,6 +45,8 @@
 #include <string.h>
 
 #define DEFAULT_MAX_RECEIVE (16u * 1024 * 1024)
+#define DEFAULT_MAX_MEMORY  (256u * 1024 * 1024)
+#define DEFAULT_MAX_STREAMS 256
 #define DEFAULT_MAX_STREAM  (64u * 1024 * 1024)
 #define DEFAULT_SLOW_MS     30000
 #define DEFAULT_CALLS_PER   16
@@ -122,6 +124,14 @@ jb_config_watcher *jb__server_config(const jb_server *srv)
 size_t jb__server_max_stream_bytes(const jb_server *srv)
 {
     return srv->opts.max_stream_bytes;
+}
+
+jb__decode_limits jb__server_publish_limits(const jb_server *srv)
+{
+    jb__decode_limits l = jb__decode_limits_default();
+    l.max_events = srv->opts.max_events_per_request;
+    l.max_headers = srv->opts.max_headers_per_event;
+    return l;
 }
 
 grpc_status_code jb__grpc_code(jb_status st)
@@ -740,6 +750,11 @@ static char *bound_address(const char *listen, int port)
     return out;
 }
 
+static int clamp_int(size_t v)
+{
+    return v > INT32_MAX ? INT32_MAX : (int)v;
+}
+
 jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_server **out,
                         jb_error *err)
 {
@@ -758,6 +773,30 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
         srv->opts.slow_consumer_ms = DEFAULT_SLOW_MS;
     if (srv->opts.calls_per_method == 0)
         srv->opts.calls_per_method = DEFAULT_CALLS_PER;
+    if (srv->opts.max_request_memory_bytes == 0)
+        srv->opts.max_request_memory_bytes = DEFAULT_MAX_MEMORY;
+    if (srv->opts.max_concurrent_streams == 0)
+        srv->opts.max_concurrent_streams = DEFAULT_MAX_STREAMS;
+    if (srv->opts.max_events_per_request == 0)
+        srv->opts.max_events_per_request = JB__DECODE_MAX_EVENTS;
+    if (srv->opts.max_headers_per_event == 0)
+        srv->opts.max_headers_per_event = JB_EVENT_MAX_HEADERS;
+    /* The loop decodes one request at a time: its bytes in one slice, then
+     * the decoded block. The rest of the budget is gRPC's quota, which must
+     * hold at least two requests of the largest size. */
+    jb__decode_limits limits = jb__server_publish_limits(srv);
+    size_t max_in = srv->opts.max_receive_bytes;
+    size_t loop_bytes = max_in + jb__publish_decode_bound(max_in, &limits);
+    size_t need = loop_bytes + 2 * max_in;
+    if (srv->opts.max_request_memory_bytes < need) {
+        jb_error_set(err, JB_EINVAL,
+                     "max_request_memory_bytes (event_bus.max_request_memory_bytes) is %zu; "
+                     "requests of up to %zu bytes, with the event and header limits, need at "
+                     "least %zu",
+                     srv->opts.max_request_memory_bytes, max_in, need);
+        free(srv);
+        return JB_EINVAL;
+    }
     srv->listen = strdup(opts->listen);
     srv->opts.listen = srv->listen;
     srv->handles = calloc(jb__n_methods, sizeof(void *));
@@ -771,7 +810,12 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     gpr_set_log_function(grpc_log_sink);
     gpr_set_log_verbosity(GPR_LOG_SEVERITY_ERROR);
     grpc_init();
-    grpc_arg args[2];
+    /* The one bound on what gRPC holds for requests (docs/grpc.md "Memory"):
+     * a quota over all connections, the streams per connection, the size of
+     * one message. The server keeps its own reference to the quota. */
+    grpc_resource_quota *quota = grpc_resource_quota_create("jimbotd requests");
+    grpc_resource_quota_resize(quota, srv->opts.max_request_memory_bytes - loop_bytes);
+    grpc_arg args[4];
     memset(args, 0, sizeof(args));
     /* gRPC sets SO_REUSEPORT by default: a second daemon would share the port. */
     args[0].type = GRPC_ARG_INTEGER;
@@ -779,10 +823,17 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     args[0].value.integer = 0;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[1].value.integer =
-        srv->opts.max_receive_bytes > INT32_MAX ? INT32_MAX : (int)srv->opts.max_receive_bytes;
-    grpc_channel_args cargs = {2, args};
+    args[1].value.integer = clamp_int(srv->opts.max_receive_bytes);
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
+    args[2].value.integer = clamp_int(srv->opts.max_concurrent_streams);
+    args[3].type = GRPC_ARG_POINTER;
+    args[3].key = (char *)GRPC_ARG_RESOURCE_QUOTA;
+    args[3].value.pointer.p = quota;
+    args[3].value.pointer.vtable = grpc_resource_quota_arg_vtable();
+    grpc_channel_args cargs = {4, args};
     srv->server = grpc_server_create(&cargs, NULL);
+    grpc_resource_quota_unref(quota);
     srv->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
     for (size_t i = 0; i < jb__n_methods; i++)

@@ -12,6 +12,7 @@
 #ifndef JB_RPC_SERVER_INTERNAL_H
 #define JB_RPC_SERVER_INTERNAL_H
 
+#include "event/decode.h"
 #include "jimbot/bus.h"
 #include "jimbot/server.h"
 
@@ -91,6 +92,8 @@ jb_bus *jb__server_bus(const jb_server *srv);
 int jb__server_draining(const jb_server *srv);
 jb_config_watcher *jb__server_config(const jb_server *srv);
 size_t jb__server_max_stream_bytes(const jb_server *srv);
+/* The limits a PublishRequest is decoded with (from the server's options). */
+jb__decode_limits jb__server_publish_limits(const jb_server *srv);
 uint64_t jb__now_ms(void);
 
 /* Keeps @c alive while the engine holds it (a publish in progress). */

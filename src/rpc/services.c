@@ -6,7 +6,8 @@
  *
  * Invariants:
  *   - Every request is decoded first, by protobuf-c or, for Publish, by
- *     publish_decode.c (which accepts the same bytes); a missing payload or
+ *     src/event/decode.c (which accepts the same bytes, then holds them to
+ *     the configured limits before it allocates); a missing payload or
  *     bytes that do not decode are INVALID_ARGUMENT and reach no engine
  *     function, so malformed input changes nothing.
  *   - While the server drains, nothing new reaches the bus: every handler
@@ -30,6 +31,7 @@
 #include "jimbot/infra/v1/infrastructure.pb-c.h"
 #include "jimbot/log.h"
 
+#include <grpc/byte_buffer_reader.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -99,13 +101,28 @@ static void on_published(jb_status st, const uint64_t *seqs, const uint8_t *dups
     jb__call_unhold(c);
 }
 
+/*
+ * The request's bytes in one slice, the call's byte buffer freed at once: a
+ * publish holds one copy of its request only while publish_start() runs.
+ */
+static int take_payload(jb__call *c, grpc_slice *out)
+{
+    grpc_byte_buffer_reader r;
+    if (c->payload == NULL || !grpc_byte_buffer_reader_init(&r, c->payload))
+        return -1;
+    *out = grpc_byte_buffer_reader_readall(&r);
+    grpc_byte_buffer_reader_destroy(&r);
+    grpc_byte_buffer_destroy(c->payload);
+    c->payload = NULL;
+    return 0;
+}
+
 static void publish_start(jb__call *c)
 {
     if (refuse_if_draining(c))
         return;
-    size_t len = 0;
-    uint8_t *buf = jb__call_read_payload(c, &len);
-    if (buf == NULL) {
+    grpc_slice buf;
+    if (take_payload(c, &buf) != 0) {
         malformed(c, "PublishRequest");
         return;
     }
@@ -113,9 +130,11 @@ static void publish_start(jb__call *c)
     jb__publish_req req;
     jb_error err;
     jb_error_clear(&err);
-    jb_status st = jb__publish_decode(buf, len, &req, &err);
+    jb__decode_limits limits = jb__server_publish_limits(c->srv);
+    jb_status st =
+        jb__publish_decode(GRPC_SLICE_START_PTR(buf), GRPC_SLICE_LENGTH(buf), &limits, &req, &err);
     if (st != JB_OK) {
-        free(buf);
+        grpc_slice_unref(buf);
         jb__call_fail(c, st, err.message, 0);
         return;
     }
@@ -124,7 +143,7 @@ static void publish_start(jb__call *c)
     st = jb_bus_publish(jb__server_bus(c->srv), req.events, req.n_events, on_published, c, &retry,
                         &err);
     jb__publish_req_release(&req);
-    free(buf);
+    grpc_slice_unref(buf);
     if (st != JB_OK) {
         if (st == JB_EBACKPRESSURE && retry == 0)
             retry = 1;

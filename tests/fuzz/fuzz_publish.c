@@ -1,5 +1,5 @@
 /*
- * Differential libFuzzer harness for the hand decoders of src/rpc/: the
+ * Differential libFuzzer harness for the hand decoders of src/event/: the
  * PublishRequest decoder (jb__publish_decode) and the Event envelope decoder
  * (jb__envelope_decode), each against protobuf-c's unpack as the reference.
  *
@@ -13,9 +13,15 @@
  * also encoded again by jb__envelope_encode() and read back by protobuf-c,
  * which must give the same event.
  *
+ * Each input is also decoded as a PublishRequest held to small limits
+ * (LIMITS below): accepted, it must be what the decoder without limits
+ * gave; refused for a limit, the decoder without limits must have accepted
+ * it (or refused a NUL byte), and the message must name an event of the
+ * request; malformed stays malformed.
+ *
  * What it cannot see: a NUL byte that our decoders fail to refuse, since a C
  * string compares equal up to its first NUL on both sides; the unit test
- * (tests/unit/test_publish_decode.c) covers that rule with hand-made inputs.
+ * (tests/unit/test_event.c) covers that rule with hand-made inputs.
  *
  * A disagreement prints what differs and traps (__builtin_trap), which both
  * libFuzzer and the ctest replay report as a crash.
@@ -82,6 +88,75 @@ static void check_nul_error(const char *message, size_t n_events)
     CHECK(strstr(message, " contains a NUL byte") != NULL);
 }
 
+/* Small enough that short inputs reach every one of them. */
+static const jb__decode_limits LIMITS = {.max_events = 3,
+                                         .max_headers = 2,
+                                         .max_id_bytes = 4,
+                                         .max_topic_bytes = 5,
+                                         .max_name_bytes = 6};
+
+/*
+ * The refusal LIMITS call for in @r, decoded without limits: the first
+ * event that breaks one, in the bus's order; "" when none does.
+ */
+static void expected_refusal(const jb__publish_req *r, char *why, size_t size)
+{
+    const jb__decode_limits *l = &LIMITS;
+    why[0] = '\0';
+    for (size_t i = 0; i < r->n_events && why[0] == '\0'; i++) {
+        const jb_event *e = &r->events[i];
+        if (i == l->max_events)
+            snprintf(why, size, "event %zu: more than %zu events in one request", i, l->max_events);
+        else if (strlen(e->topic) > l->max_topic_bytes)
+            snprintf(why, size, "event %zu: topic is %zu bytes long (at most %zu)", i,
+                     strlen(e->topic), l->max_topic_bytes);
+        else if (strlen(e->id) > l->max_id_bytes)
+            snprintf(why, size, "event %zu: id longer than %zu bytes", i, l->max_id_bytes);
+        else if (strlen(e->type) > l->max_name_bytes || strlen(e->source) > l->max_name_bytes)
+            snprintf(why, size, "event %zu: type or source longer than %zu bytes", i,
+                     l->max_name_bytes);
+        else if (e->n_headers > l->max_headers)
+            snprintf(why, size, "event %zu: %zu headers (at most %zu)", i, e->n_headers,
+                     l->max_headers);
+    }
+}
+
+/*
+ * @p decoded with LIMITS. @plain is the status without limits, @r what it
+ * decoded (NULL unless JB_OK) and @n_events the number of events protobuf-c
+ * saw (0 when it refused the input). Without a NUL byte, accepted and
+ * refused are exactly what @r calls for; with one, a refusal names an event.
+ */
+static void check_limited(const uint8_t *p, size_t len, jb_status plain, const jb__publish_req *r,
+                          size_t n_events)
+{
+    jb__publish_req got;
+    jb_error err;
+    jb_error_clear(&err);
+    jb_status st = jb__publish_decode(p, len, &LIMITS, &got, &err);
+    if (plain == JB_EPARSE) {
+        CHECK(st == JB_EPARSE);
+        return;
+    }
+    char want[512] = "";
+    if (r != NULL)
+        expected_refusal(r, want, sizeof(want));
+    if (st == JB_OK) {
+        CHECK(plain == JB_OK && want[0] == '\0' && got.n_events == n_events);
+        jb__publish_req_release(&got);
+        return;
+    }
+    CHECK(st == JB_EINVAL || st == JB_ETOOBIG);
+    CHECK(got.events == NULL && got.n_events == 0);
+    if (r != NULL) {
+        CHECK(strcmp(err.message, want) == 0);
+        CHECK((st == JB_ETOOBIG) == (strstr(want, "events in one request") != NULL));
+        return;
+    }
+    size_t index = 0;
+    CHECK(sscanf(err.message, "event %zu:", &index) == 1 && index < n_events);
+}
+
 static void check_publish(const uint8_t *p, size_t len)
 {
     Jimbot__Infra__V1__PublishRequest *ref =
@@ -89,12 +164,13 @@ static void check_publish(const uint8_t *p, size_t len)
     jb__publish_req got;
     jb_error err;
     jb_error_clear(&err);
-    jb_status st = jb__publish_decode(p, len, &got, &err);
+    jb_status st = jb__publish_decode(p, len, NULL, &got, &err);
     CHECK(st == JB_OK || st == JB_EPARSE || st == JB_EINVAL);
     if (ref == NULL) {
         CHECK(st == JB_EPARSE);
         CHECK(strcmp(err.message, "malformed PublishRequest") == 0);
         CHECK(got.events == NULL && got.n_events == 0);
+        check_limited(p, len, st, NULL, 0);
         return;
     }
     if (st == JB_EINVAL) {
@@ -102,6 +178,7 @@ static void check_publish(const uint8_t *p, size_t len)
         CHECK(memchr(p, 0, len) != NULL);
         check_nul_error(err.message, ref->n_events);
         CHECK(got.events == NULL && got.n_events == 0);
+        check_limited(p, len, st, NULL, ref->n_events);
         jimbot__infra__v1__publish_request__free_unpacked(ref, NULL);
         return;
     }
@@ -116,6 +193,7 @@ static void check_publish(const uint8_t *p, size_t len)
                   (const uint8_t *)e->payload + e->payload_len <= p + len);
         CHECK(e->encoded == NULL);
     }
+    check_limited(p, len, st, &got, ref->n_events);
     jimbot__infra__v1__publish_request__free_unpacked(ref, NULL);
     jb__publish_req_release(&got);
 }

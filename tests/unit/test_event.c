@@ -12,7 +12,11 @@
  * (make SANITIZE=1) catches any read past its end.
  *
  * Then the one deliberate difference, strings with a NUL byte, and the
- * error messages. A failure prints the seed and the input in hex.
+ * error messages. Then the limits (jb__decode_limits) on top of that: random
+ * requests held to small limits are refused exactly where a walk over
+ * protobuf-c's result says, each default limit is tried exactly at and one
+ * over it, and the bus refuses the same events with the same messages. A
+ * failure prints the seed and the input in hex.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,6 +27,7 @@
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 #include "event/envelope.h"
 #include "event/decode.h"
+#include "jimbot/bus.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,7 +287,7 @@ static jb_status check_same(const uint8_t *input, size_t len)
     jb__publish_req got;
     jb_error err;
     jb_error_clear(&err);
-    jb_status st = jb__publish_decode(p, len, &got, &err);
+    jb_status st = jb__publish_decode(p, len, NULL, &got, &err);
     if ((ref == NULL) != (st == JB_EPARSE) || (st != JB_OK && st != JB_EPARSE && st != JB_EINVAL))
         dump(ref == NULL ? "protobuf-c refused it" : "protobuf-c accepted it", p, len);
     if (ref == NULL) {
@@ -327,9 +332,80 @@ static jb_status check_same(const uint8_t *input, size_t len)
         assert_int_equal(e->delivery_attempt, r->delivery_attempt);
         assert_null(e->encoded);
     }
+    /* The documented bound on the block (decode.c, "Memory"). */
+    assert_true(got.size <= jb__publish_decode_bound(len, NULL));
     protobuf_c_message_free_unpacked(&ref->base, NULL);
     jb__publish_req_release(&got);
     assert_null(got.events);
+    free(p);
+    return st;
+}
+
+/*
+ * What the decoder must say of a request protobuf-c decoded as @ref, held to
+ * @l: the first event that breaks a rule, in the bus's order. Writes the
+ * message to @why (empty when accepted); the status.
+ */
+static jb_status expected_refusal(const Jimbot__Infra__V1__PublishRequest *ref,
+                                  const jb__decode_limits *l, char *why, size_t size)
+{
+    why[0] = '\0';
+    for (size_t i = 0; i < ref->n_events; i++) {
+        const Jimbot__Infra__V1__Event *e = ref->events[i];
+        if (i == l->max_events) {
+            snprintf(why, size, "event %zu: more than %zu events in one request", i, l->max_events);
+            return JB_ETOOBIG;
+        }
+        if (strlen(e->topic) > l->max_topic_bytes)
+            snprintf(why, size, "event %zu: topic is %zu bytes long (at most %zu)", i,
+                     strlen(e->topic), l->max_topic_bytes);
+        else if (strlen(e->id) > l->max_id_bytes)
+            snprintf(why, size, "event %zu: id longer than %zu bytes", i, l->max_id_bytes);
+        else if (strlen(e->type) > l->max_name_bytes || strlen(e->source) > l->max_name_bytes)
+            snprintf(why, size, "event %zu: type or source longer than %zu bytes", i,
+                     l->max_name_bytes);
+        else if (e->n_headers > l->max_headers)
+            snprintf(why, size, "event %zu: %zu headers (at most %zu)", i, e->n_headers,
+                     l->max_headers);
+        if (why[0] != '\0')
+            return JB_EINVAL;
+    }
+    return JB_OK;
+}
+
+/*
+ * Decodes a request that protobuf-c accepts (and that holds no NUL byte in a
+ * string) held to @l: refused exactly as expected_refusal() says, with
+ * nothing left allocated, or accepted whole. Returns the status.
+ */
+static jb_status check_limited(const uint8_t *input, size_t len, const jb__decode_limits *l)
+{
+    uint8_t *p = malloc(len > 0 ? len : 1);
+    assert_non_null(p);
+    if (len > 0)
+        memcpy(p, input, len);
+    Jimbot__Infra__V1__PublishRequest *ref =
+        jimbot__infra__v1__publish_request__unpack(NULL, len, p);
+    assert_non_null(ref);
+    char want[512];
+    jb_status want_st = expected_refusal(ref, l, want, sizeof(want));
+    jb__publish_req got;
+    jb_error err;
+    jb_error_clear(&err);
+    jb_status st = jb__publish_decode(p, len, l, &got, &err);
+    if (st != want_st || (st != JB_OK && strcmp(err.message, want) != 0))
+        dump(want, p, len);
+    assert_int_equal(st, want_st);
+    if (st != JB_OK) {
+        assert_string_equal(err.message, want);
+        assert_null(got.events);
+        assert_int_equal(got.n_events, 0);
+    } else {
+        assert_int_equal(got.n_events, ref->n_events);
+        assert_true(got.size <= jb__publish_decode_bound(len, l));
+    }
+    protobuf_c_message_free_unpacked(&ref->base, NULL);
+    jb__publish_req_release(&got);
     free(p);
     return st;
 }
@@ -358,6 +434,38 @@ static void test_random_requests_decode_as_protobuf_c_does(void **state)
             put_request(&w, 1 + (size_t)i % 40);
         assert_int_equal(check_same(w.b, w.n), JB_OK);
     }
+    free(w.b);
+}
+
+/*
+ * The same kind of random requests held to small limits: each is refused exactly
+ * when, where and as the bus would refuse it, or accepted whole; both sides
+ * of every limit are seen.
+ */
+static void test_random_requests_held_to_limits(void **state)
+{
+    (void)state;
+    setup_rng(0x94d049bb133111ebull);
+    const jb__decode_limits l = {.max_events = 8,
+                                 .max_headers = 3,
+                                 .max_id_bytes = 58,
+                                 .max_topic_bytes = 60,
+                                 .max_name_bytes = 61};
+    wire w = {malloc(WIRE_MAX), 0};
+    assert_non_null(w.b);
+    size_t accepted = 0, too_many = 0, invalid = 0;
+    for (int i = 0; i < 3000; i++) {
+        w.n = 0;
+        if (i % 3 == 0)
+            pack_request(&w, 1 + (size_t)i % 40);
+        else
+            put_request(&w, 1 + (size_t)i % 40);
+        jb_status st = check_limited(w.b, w.n, &l);
+        accepted += st == JB_OK;
+        too_many += st == JB_ETOOBIG;
+        invalid += st == JB_EINVAL;
+    }
+    assert_true(accepted > 100 && too_many > 100 && invalid > 100);
     free(w.b);
 }
 
@@ -503,7 +611,7 @@ static jb_status decode(const char *bytes, size_t len, jb__publish_req *out, jb_
     uint8_t *p = malloc(len > 0 ? len : 1);
     assert_non_null(p);
     memcpy(p, bytes, len);
-    jb_status st = jb__publish_decode(p, len, out, err);
+    jb_status st = jb__publish_decode(p, len, NULL, out, err);
     /* Keep the payloads' buffer alive only as long as the test needs it. */
     if (st == JB_OK)
         for (size_t i = 0; i < out->n_events; i++)
@@ -554,7 +662,7 @@ static void test_nul_bytes_in_strings_are_refused(void **state)
     static const char with_nul_payload[] = "\x0a\x05\x32\x03\x00\x01\x00";
     uint8_t buf[sizeof(with_nul_payload) - 1];
     memcpy(buf, with_nul_payload, sizeof(buf));
-    assert_int_equal(jb__publish_decode(buf, sizeof(buf), &r, &err), JB_OK);
+    assert_int_equal(jb__publish_decode(buf, sizeof(buf), NULL, &r, &err), JB_OK);
     assert_int_equal(r.events[0].payload_len, 3);
     assert_ptr_equal(r.events[0].payload, buf + 4);
     jb__publish_req_release(&r);
@@ -588,6 +696,171 @@ static void test_headers_accumulate_and_keep_duplicate_keys(void **state)
     jb__publish_req_release(&r);
     jb__publish_req_release(&r); /* Releasing twice is harmless. */
     assert_int_equal(check_same((const uint8_t *)req, sizeof(req) - 1), JB_OK);
+}
+
+/* ---- the limits, exactly at and one over ---------------------------------- */
+
+/*
+ * A request of @n_before events with topic "t", then one whose field @field
+ * (1 id, 2 topic, 3 type, 5 source; 0 none) holds @len bytes 'a' and which
+ * has @n_headers headers "k" = "v" (topic "t" unless @field is 2).
+ */
+static void put_shaped(wire *w, size_t n_before, uint32_t field, size_t len, size_t n_headers)
+{
+    static const uint8_t t_event[] = {0x0a, 0x03, 0x12, 0x01, 't'};
+    static const uint8_t header[] = {0x0a, 0x01, 'k', 0x12, 0x01, 'v'};
+    char a[512];
+    memset(a, 'a', sizeof(a));
+    for (size_t i = 0; i < n_before; i++)
+        put_bytes(w, t_event, sizeof(t_event));
+    wire e = {malloc(WIRE_MAX), 0};
+    assert_non_null(e.b);
+    if (field != 2)
+        put_len_field(&e, 2, "t", 1);
+    if (field != 0)
+        put_len_field(&e, field, a, len);
+    for (size_t i = 0; i < n_headers; i++)
+        put_len_field(&e, 7, header, sizeof(header));
+    put_len_field(w, 1, e.b, e.n);
+    free(e.b);
+}
+
+/* Decodes @w with @l (and checks that nothing is left on a refusal); the status. */
+static jb_status decode_wire(const wire *w, const jb__decode_limits *l, jb_error *err)
+{
+    jb__publish_req r;
+    jb_error_clear(err);
+    jb_status st = jb__publish_decode(w->b, w->n, l, &r, err);
+    if (st != JB_OK) {
+        assert_null(r.events);
+        assert_int_equal(r.n_events, 0);
+    }
+    jb__publish_req_release(&r);
+    return st;
+}
+
+typedef struct shape {
+    uint32_t field;
+    size_t at_limit;  /* field's length or, for field 0, the headers */
+    const char *over; /* the message one over */
+} shape;
+
+static void test_limits_exactly_at_and_one_over(void **state)
+{
+    (void)state;
+    setup_rng(0x6a09e667f3bcc908ull);
+    const jb__decode_limits l = jb__decode_limits_default();
+    assert_int_equal(l.max_events, 10000);
+    assert_int_equal(l.max_headers, 64);
+    static const shape shapes[] = {
+        {1, 256, "event 1: id longer than 256 bytes"},
+        {2, 255, "event 1: topic is 256 bytes long (at most 255)"},
+        {3, 256, "event 1: type or source longer than 256 bytes"},
+        {5, 256, "event 1: type or source longer than 256 bytes"},
+        {0, 64, "event 1: 65 headers (at most 64)"},
+    };
+    wire w = {malloc(WIRE_MAX), 0};
+    assert_non_null(w.b);
+    jb_error err;
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        const shape *sh = &shapes[i];
+        for (size_t over = 0; over < 2; over++) {
+            size_t n = sh->at_limit + over;
+            w.n = 0;
+            put_shaped(&w, 1, sh->field, sh->field != 0 ? n : 0, sh->field == 0 ? n : 0);
+            jb_status st = decode_wire(&w, &l, &err);
+            assert_int_equal(st, over ? JB_EINVAL : JB_OK);
+            if (over)
+                assert_string_equal(err.message, sh->over);
+            /* Every request here is also one protobuf-c accepts. */
+            assert_int_equal(check_limited(w.b, w.n, &l), st);
+        }
+    }
+    /* Events: 10000 are decoded, the 10001st is refused, naming it. */
+    w.n = 0;
+    put_shaped(&w, 9999, 0, 0, 0);
+    assert_int_equal(decode_wire(&w, &l, &err), JB_OK);
+    /* Empty events: 2 bytes each on the wire, the most the block takes per event. */
+    static const uint8_t empty[] = {0x0a, 0x00};
+    wire e = {malloc(WIRE_MAX), 0};
+    assert_non_null(e.b);
+    for (size_t i = 0; i < 10000; i++)
+        put_bytes(&e, empty, sizeof(empty));
+    jb__publish_req r;
+    assert_int_equal(jb__publish_decode(e.b, e.n, &l, &r, &err), JB_OK);
+    assert_int_equal(r.size, 10000 * (sizeof(jb_event) + 4));
+    assert_true(r.size <= jb__publish_decode_bound(e.n, &l));
+    jb__publish_req_release(&r);
+    put_bytes(&e, empty, sizeof(empty));
+    assert_int_equal(jb__publish_decode(e.b, e.n, &l, &r, &err), JB_ETOOBIG);
+    free(e.b);
+    /* The bound for the largest request jimbotd takes by default: L + 11.3 MB. */
+    size_t max = 16u << 20;
+    assert_int_equal(jb__publish_decode_bound(max, &l),
+                     max + 10000 * (sizeof(jb_event) + 2) + 640000 * sizeof(jb_header));
+    put_shaped(&w, 0, 0, 0, 0);
+    assert_int_equal(decode_wire(&w, &l, &err), JB_ETOOBIG);
+    assert_string_equal(err.message, "event 10000: more than 10000 events in one request");
+    /* Zero fields are no limit. */
+    const jb__decode_limits none = {0};
+    assert_int_equal(decode_wire(&w, &none, &err), JB_OK);
+    assert_int_equal(decode_wire(&w, NULL, &err), JB_OK);
+    /* Malformed bytes after the limit still make the request malformed. */
+    put_bytes(&w, "\x0a\x05", 2);
+    assert_int_equal(decode_wire(&w, &l, &err), JB_EPARSE);
+    assert_string_equal(err.message, "malformed PublishRequest");
+    /* The first event that breaks a rule is the one named, whatever the rule. */
+    w.n = 0;
+    put_bytes(&w, "\x0a\x05\x12\x03t\0t", 7);
+    put_shaped(&w, 0, 1, 300, 0);
+    assert_int_equal(decode_wire(&w, &l, &err), JB_EINVAL);
+    assert_string_equal(err.message, "event 0: topic contains a NUL byte");
+    free(w.b);
+}
+
+static void on_bus_closed(void *userdata)
+{
+    *(int *)userdata = 1;
+}
+
+/* The bus refuses what the decoder refuses, with the same message. */
+static void test_the_bus_refuses_the_same_with_the_same_messages(void **state)
+{
+    (void)state;
+    setup_rng(0xbb67ae8584caa73bull);
+    uv_loop_t loop;
+    assert_int_equal(uv_loop_init(&loop), 0);
+    jb_bus_options o = {.test_mode = 1};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    static const shape shapes[] = {
+        {1, 257, NULL}, {2, 256, NULL}, {3, 257, NULL}, {5, 257, NULL}, {0, 65, NULL}};
+    const jb__decode_limits l = jb__decode_limits_default();
+    wire w = {malloc(WIRE_MAX), 0};
+    assert_non_null(w.b);
+    for (size_t i = 0; i < sizeof(shapes) / sizeof(shapes[0]); i++) {
+        const shape *sh = &shapes[i];
+        w.n = 0;
+        put_shaped(&w, 1, sh->field, sh->field != 0 ? sh->at_limit : 0,
+                   sh->field == 0 ? sh->at_limit : 0);
+        jb_error derr, berr;
+        assert_int_equal(decode_wire(&w, &l, &derr), JB_EINVAL);
+        jb__publish_req r;
+        assert_int_equal(jb__publish_decode(w.b, w.n, NULL, &r, NULL), JB_OK);
+        uint32_t retry = 0;
+        jb_error_clear(&berr);
+        assert_int_equal(jb_bus_publish(bus, r.events, r.n_events, NULL, NULL, &retry, &berr),
+                         JB_EINVAL);
+        assert_string_equal(berr.message, derr.message);
+        jb__publish_req_release(&r);
+    }
+    free(w.b);
+    int closed = 0;
+    jb_bus_close(bus, on_bus_closed, &closed);
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
 }
 
 /* One Event both ways (jb__envelope_decode, protobuf-c); our status. */
@@ -675,10 +948,13 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_requests_decode_as_protobuf_c_does),
+        cmocka_unit_test(test_random_requests_held_to_limits),
         cmocka_unit_test(test_truncations_and_mutations_refused_as_protobuf_c_does),
         cmocka_unit_test(test_hand_made_inputs),
         cmocka_unit_test(test_nul_bytes_in_strings_are_refused),
         cmocka_unit_test(test_headers_accumulate_and_keep_duplicate_keys),
+        cmocka_unit_test(test_limits_exactly_at_and_one_over),
+        cmocka_unit_test(test_the_bus_refuses_the_same_with_the_same_messages),
         cmocka_unit_test(test_envelopes_decode_as_protobuf_c_does),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
