@@ -186,8 +186,11 @@ typedef int (*jb_store_visit_fn)(const jb_store_record *rec, void *userdata);
  * a caller that must only see durable ones stops at jb_store_durable_seq().
  * *@n_visited (may be NULL) gets the count. Starting past the last sequence
  * visits nothing; starting below jb_store_first_seq() fails with JB_ENOENT
- * (retention deleted it). A record whose CRC no longer matches on disk fails
- * with JB_ECORRUPT. Synchronous: reads of written records use pread().
+ * (retention deleted it). Where a repair dropped sequences the visit goes on
+ * at the next record, whose sequence is higher (read rec->seq); a start
+ * inside such a gap begins there. A record whose CRC no longer matches on
+ * disk fails with JB_ECORRUPT. Synchronous: reads of written records use
+ * pread().
  */
 jb_status jb_store_read(jb_store *s, uint64_t from_seq, size_t max_records, size_t max_bytes,
                         jb_store_visit_fn visit, void *userdata, size_t *n_visited, jb_error *err);

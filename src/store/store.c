@@ -19,20 +19,31 @@
  *   0  u32 CRC32C of bytes 4..(24+length)   4  u32 payload length
  *   8  u64 sequence                          16 i64 timestamp (ms)     24 payload
  *
- * Sequences are gap-free: a segment's records are first, first+1, ..., and
- * the next segment starts where the previous one ends. Only the newest
- * segment is ever written; the others are sealed (fsync'd before the next one
- * is created, under the batch and always policies). The directory is
- * fsync'd when a segment is created or deleted.
+ * A segment's records are first, first+1, ..., and the next segment starts
+ * where the previous one ends, or above the high-water mark: the file
+ * "high-water" (magic "JBLOGHWM", u64 sequence, CRC32C of bytes 0..15), the
+ * highest sequence ever dropped by a repair or a truncation that may have
+ * held a durable record. No sequence at or below it is handed out again.
+ * Only the newest segment is ever written; the others are sealed (fsync'd
+ * before the next one is created, under the batch and always policies). The
+ * directory is fsync'd when a segment is created and after each deletion, so
+ * a crash in retention only ever leaves the oldest segments gone.
  *
- * Recovery (at open) scans every segment in order and checks every CRC. The
- * first bad record of the newest segment (short header, impossible length,
- * record past the end of the file, CRC mismatch) and everything after it are
- * a torn write: the file is truncated there with a warning naming the file
- * and the offset. A crash can only tear the newest segment, so damage
- * anywhere else, a sequence gap between segments, or a record whose CRC is
- * right but whose sequence is wrong, is refused with JB_ECORRUPT before
- * anything is changed.
+ * Recovery (at open) scans every segment in order and checks every CRC. At a
+ * bad record (short header, impossible length, record past the end of the
+ * file, CRC mismatch) it looks further for any valid record (resync: a
+ * header whose sequence fits and whose CRC matches). In the newest segment
+ * with nothing valid after it, the bad bytes are a torn write: truncated,
+ * with a warning naming the file and the offset (the mark is raised first
+ * when a whole, correctly numbered record is among them). Anything else,
+ * damage followed by valid records, damage in an older segment, a gap not
+ * covered by the mark, a record whose CRC is right but whose sequence is
+ * wrong, is refused with JB_ECORRUPT, naming the file, the offset and the
+ * sequences around it, before anything is changed. jb_store_verify() walks
+ * the same way past every problem; jb_store_repair() cuts at the first one.
+ *
+ * Every change to a file goes through a jb__store_fileops table (the system
+ * calls, or a test's file system that forgets what was not synced).
  *
  * In memory
  * ---------

@@ -66,6 +66,7 @@ class LogRepair(unittest.TestCase):
             size = os.path.getsize(path)
 
             rc, _, err = self.run_jimbotd(d)
+            print("$ jimbotd\n" + err, flush=True)
             self.assertEqual(rc, 1, err)
             self.assertIn(SEGMENT, err)
             self.assertIn(f"offset {bad}", err)
