@@ -498,7 +498,7 @@ static bool run_job(jb_store *s)
 
     /*
      * Oldest first, each unlink made durable before the next: whatever a
-     * crash keeps, the segments left are contiguous (only the oldest gone).
+     * crash keeps, the segments left are contiguous, only the oldest gone.
      */
     for (size_t i = 0; i < s->job_n_unlinks; i++) {
         char name[JB__SEG_NAME_SIZE];
