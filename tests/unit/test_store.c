@@ -419,6 +419,14 @@ static void test_torn_tail(void **state)
         assert_int_equal(file_size(path), end);
 
         assert_int_equal(truncate(path, cuts[i].cut), 0);
+        /* What a crash leaves is no damage: verify lists it and says clean. */
+        jb_store_report r;
+        assert_int_equal(jb_store_verify(f->dir, &r, NULL), JB_OK);
+        assert_false(r.damaged);
+        assert_int_equal(r.n_problems, cuts[i].cut == last ? 0 : 1);
+        assert_true(r.n_problems == 0 || r.problems[0].torn_tail);
+        assert_int_equal(r.records, cuts[i].whole);
+        jb_store_report_release(&r);
         s = open_ok(f, &o);
         assert_int_equal(jb_store_last_seq(s), cuts[i].whole);
         assert_int_equal(check_all(s, 1, 100), cuts[i].whole);
@@ -480,6 +488,15 @@ static void test_flipped_byte_in_last_record(void **state)
     assert_int_equal(jb_store_read(s, 1, 0, 0, count_visit, &c, NULL, NULL), JB_OK);
     assert_int_equal(c.n, 30);
     close_wait(f, s);
+
+    /* A damaged mark cannot be trusted to protect anything: refused. */
+    char hwm[128];
+    snprintf(hwm, sizeof(hwm), "%s/%s", f->dir, JB__HWM_NAME);
+    assert_int_equal(file_size(hwm), JB__HWM_BYTES);
+    flip_byte(hwm, 9);
+    jb_error err = {0};
+    assert_int_equal(jb_store_open(&f->loop, &o, &s, &err), JB_ECORRUPT);
+    assert_non_null(strstr(err.message, JB__HWM_NAME));
 }
 
 typedef struct gap_state {
