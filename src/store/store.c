@@ -1210,7 +1210,7 @@ static jb_status recover_segment(jb_store *s, uint64_t first, uint64_t next_firs
 {
     bool newest = next_first == 0;
     seg *g = NULL;
-    damage d;
+    damage d = {0};
     jb_status st = open_segment(s, first, newest, &g, err);
     if (st == JB_OK && s->nsegs > 1)
         st = check_gap(s, s->segs[s->nsegs - 2], g, err);
@@ -1826,7 +1826,7 @@ static void count_run(jb_store_report *r, uint64_t from, uint64_t n)
 static jb_status audit_segment(jb_store *s, seg *g, size_t i, bool newest, jb_store_report *r,
                                cut *c, jb_error *err)
 {
-    damage d;
+    damage d = {0};
     uint64_t before = i > 0 || g->first_seq > 1 ? g->first_seq - 1 : 0;
     jb_status st = scan_segment(s, g, &d, err);
     count_run(r, g->first_seq, g->count);
