@@ -1827,7 +1827,7 @@ static jb_status audit_segment(jb_store *s, seg *g, size_t i, bool newest, jb_st
                                cut *c, jb_error *err)
 {
     damage d = {0};
-    uint64_t before = i > 0 || g->first_seq > 1 ? g->first_seq - 1 : 0;
+    uint64_t before = i > 0 ? g->first_seq - 1 : 0;
     jb_status st = scan_segment(s, g, &d, err);
     count_run(r, g->first_seq, g->count);
     while (st == JB_OK && d.why != NULL) {
