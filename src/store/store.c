@@ -1168,10 +1168,10 @@ static jb_status refuse(jb_store *s, const seg *g, const damage *d, uint64_t aft
     seg_name(name, g->first_seq);
     describe_around(around, sizeof(around), seq_before(s, d), after);
     return jb_error_set(err, JB_ECORRUPT,
-                        "%s/%s: offset %" PRIu64 ": %s, %s, in %s segment: damaged, not a torn "
-                        "write; refusing to open. Run `jimbotd --verify` for a report, then "
-                        "`jimbotd --repair` to truncate the log there (dropping sequence %" PRIu64
-                        " and everything after it), or restore the directory from a copy",
+                        "%s/%s: offset %" PRIu64 ": %s, %s, in %s segment: damage, not a torn "
+                        "write; refusing to open. See `jimbotd --verify`; `jimbotd --repair` "
+                        "truncates the log there (dropping sequence %" PRIu64 " and later ones), "
+                        "or restore the directory from a copy",
                         s->dir, name, d->off, d->why, around, newest ? "the newest" : "an older",
                         d->expected);
 }
@@ -1184,13 +1184,13 @@ static jb_status check_gap(jb_store *s, const seg *p, const seg *g, jb_error *er
         return JB_OK;
     char name[JB__SEG_NAME_SIZE];
     seg_name(name, g->first_seq);
-    return jb_error_set(err, JB_ECORRUPT,
-                        "%s/%s: starts at sequence %" PRIu64
-                        " but the segment before it ends at %" PRIu64
-                        " (a segment is missing or damaged); refusing to open. Run `jimbotd "
-                        "--verify` for a report, then `jimbotd --repair` to drop this segment and "
-                        "every later one, or restore the directory from a copy",
-                        s->dir, name, g->first_seq, end - 1);
+    return jb_error_set(
+        err, JB_ECORRUPT,
+        "%s/%s: starts at sequence %" PRIu64 " but the segment before it ends at %" PRIu64
+        " (a segment is missing or damaged); refusing to open. See `jimbotd --verify`; "
+        "`jimbotd --repair` drops this segment and the later ones, or restore the "
+        "directory from a copy",
+        s->dir, name, g->first_seq, end - 1);
 }
 
 /* Truncates the torn tail *@d of the newest segment, first raising the mark. */
