@@ -606,6 +606,68 @@ static void test_damage_refuses_then_repair(void **state)
     jb_store_report_release(&r);
 }
 
+static void test_repair_older_segment(void **state)
+{
+    /* Damage in two older segments: verify lists both, repair cuts at the first. */
+    fixture *f = *state;
+    jb_store_options o = disk_opts(f);
+    o.segment_bytes = 1024;
+    jb_store *s = open_ok(f, &o);
+    append_n(s, 100, 0);
+    close_wait(f, s);
+    char names[64][32], p2[128], p4[128];
+    size_t n = count_segments(f->dir, names, 64);
+    assert_true(n > 5);
+    qsort(names, n, sizeof(names[0]), cmp_name);
+    snprintf(p2, sizeof(p2), "%s/%.31s", f->dir, names[1]);
+    snprintf(p4, sizeof(p4), "%s/%.31s", f->dir, names[3]);
+    uint64_t first2 = strtoull(names[1], NULL, 10);
+    /* The third record of the second segment, the first of the fourth. */
+    off_t bad = JB__SEG_HEADER_BYTES;
+    for (uint64_t q = first2; q < first2 + 2; q++) {
+        char buf[64];
+        size_t len;
+        payload_of(q, buf, &len);
+        bad += (off_t)(JB__REC_HEADER_BYTES + len);
+    }
+    flip_byte(p2, bad + JB__REC_HEADER_BYTES + 1);
+    flip_byte(p4, JB__SEG_HEADER_BYTES + JB__REC_HEADER_BYTES + 1);
+
+    jb_store_report r;
+    jb_error err = {0};
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_OK);
+    assert_true(r.damaged);
+    assert_int_equal(r.n_problems, 2);
+    assert_string_equal(r.problems[0].file, names[1]);
+    assert_int_equal(r.problems[0].offset, bad);
+    assert_int_equal(r.problems[0].seq_before, first2 + 1);
+    assert_int_equal(r.problems[0].seq_after, first2 + 3);
+    assert_string_equal(r.problems[1].file, names[3]);
+    assert_int_equal(r.records, 98);
+    assert_int_equal(r.dropped_first, first2 + 2);
+    assert_int_equal(r.dropped_last, 100);
+    /* Everything from the first damage on, less the two damaged records. */
+    assert_int_equal(r.dropped, 100 - (first2 + 2) + 1 - 2);
+    jb_store_report_release(&r);
+
+    assert_int_equal(jb_store_repair(f->dir, &r, &err), JB_OK);
+    assert_true(r.repaired);
+    assert_int_equal(r.next_seq, 101);
+    jb_store_report_release(&r);
+    assert_int_equal(count_segments(f->dir, NULL, 0), 2);
+    assert_int_equal(file_size(p2), bad);
+
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_last_seq(s), 100);
+    count_state c = {0};
+    assert_int_equal(jb_store_read(s, 1, 0, 0, count_visit, &c, NULL, NULL), JB_OK);
+    assert_int_equal(c.n, first2 + 1);
+    uint64_t seq = 0;
+    assert_int_equal(jb_store_append(s, 0, "x", 1, &seq, NULL), JB_OK);
+    assert_int_equal(seq, 101);
+    close_wait(f, s);
+}
+
 static void test_damaged_header_with_records_after(void **state)
 {
     /* A bad newest-segment header with valid records behind it is damage too. */
@@ -1252,6 +1314,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flipped_byte_in_last_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_older_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damage_refuses_then_repair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repair_older_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_header_with_records_after, setup, teardown),
         cmocka_unit_test_setup_teardown(test_front_gap_is_not_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_rollover, setup, teardown),
