@@ -2,9 +2,12 @@
  * jimbot/store.h: the durable log, an append-only store of opaque records.
  *
  * A record is (sequence, timestamp_ms, payload bytes). The store assigns the
- * sequences: one global, strictly increasing and gap-free counter that starts
- * at 1 and survives restarts. It does not know what the bytes mean (the bus
- * stores encoded events in them).
+ * sequences: one global, strictly increasing counter that starts at 1 and
+ * survives restarts, and never hands out a sequence twice, even after a
+ * damaged log was repaired. Sequences are gap-free except where a repair
+ * (or the truncation of a record that may have been durable) dropped some:
+ * the next sequence then starts above the highest one dropped. It does not know what the bytes mean
+ * (the bus stores encoded events in them).
  *
  * Two modes with one API:
  *   - on disk (options.dir set): segment files with a CRC32C per record, a
@@ -39,6 +42,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <uv.h>
 
@@ -86,13 +90,16 @@ jb_status jb_store_fsync_parse(const char *name, jb_store_fsync *out, jb_error *
  * Opens (creating if needed) the store described by @opts on @loop and
  * stores the handle in *@out. Recovery runs here, synchronously: every
  * segment is scanned and its CRCs checked, the next sequence and the read
- * index are rebuilt. A torn or corrupt tail of the newest segment is
- * truncated at the first bad record, with a warning naming the file and the
- * offset; damage in an older segment, a gap in the sequence or a record with
- * the wrong sequence fail with JB_ECORRUPT and change nothing on disk.
- * Another open store on the same directory (any process) gives
- * JB_EUNAVAILABLE. @opts and its strings are copied. The caller ends the
- * store with jb_store_close().
+ * index are rebuilt. A torn tail of the newest segment (a bad record with no
+ * valid record after it) is truncated at the bad record, with a warning
+ * naming the file and the offset. Damage followed by valid records, damage in
+ * an older segment, a missing segment or a record with the wrong sequence
+ * fail with JB_ECORRUPT, a message naming the file, the offset and the
+ * sequences around the damage, and nothing changed on disk: see
+ * jb_store_verify() and jb_store_repair(). Oldest segments missing (an
+ * interrupted retention delete) are not damage. Another open store on the
+ * same directory (any process) gives JB_EUNAVAILABLE. @opts and its strings
+ * are copied. The caller ends the store with jb_store_close().
  */
 jb_status jb_store_open(uv_loop_t *loop, const jb_store_options *opts, jb_store **out,
                         jb_error *err);
@@ -179,8 +186,11 @@ typedef int (*jb_store_visit_fn)(const jb_store_record *rec, void *userdata);
  * a caller that must only see durable ones stops at jb_store_durable_seq().
  * *@n_visited (may be NULL) gets the count. Starting past the last sequence
  * visits nothing; starting below jb_store_first_seq() fails with JB_ENOENT
- * (retention deleted it). A record whose CRC no longer matches on disk fails
- * with JB_ECORRUPT. Synchronous: reads of written records use pread().
+ * (retention deleted it). Where a repair dropped sequences the visit goes on
+ * at the next record, whose sequence is higher (read rec->seq); a start
+ * inside such a gap begins there. A record whose CRC no longer matches on
+ * disk fails with JB_ECORRUPT. Synchronous: reads of written records use
+ * pread().
  */
 jb_status jb_store_read(jb_store *s, uint64_t from_seq, size_t max_records, size_t max_bytes,
                         jb_store_visit_fn visit, void *userdata, size_t *n_visited, jb_error *err);
@@ -222,6 +232,58 @@ typedef struct jb_store_stats {
 
 /* Fills *@out with the counters above. */
 void jb_store_get_stats(const jb_store *s, jb_store_stats *out);
+
+/* One damaged place found by jb_store_verify(). */
+typedef struct jb_store_problem {
+    char file[32];       /* the segment file's name, in the directory */
+    uint64_t offset;     /* where the damage starts in it */
+    char what[64];       /* why the bytes there are not a valid record */
+    uint64_t seq_before; /* the last valid sequence before it (0: none) */
+    uint64_t seq_after;  /* the first valid sequence after it (0: none) */
+    int torn_tail;       /* nothing valid after it: what a crash leaves, not damage */
+} jb_store_problem;
+
+/* What jb_store_verify() and jb_store_repair() found and did. */
+typedef struct jb_store_report {
+    uint64_t segments;  /* segment files */
+    uint64_t records;   /* valid records */
+    uint64_t first_seq; /* lowest and highest valid sequence (0: none) */
+    uint64_t last_seq;
+    uint64_t high_water; /* the persisted high-water mark (0: none) */
+    uint64_t next_seq;   /* what the next append gets after an open */
+    jb_store_problem *problems;
+    size_t n_problems;
+    int damaged; /* a problem that makes jb_store_open() refuse */
+    /* jb_store_repair() only: what it dropped. */
+    int repaired;
+    uint64_t dropped, dropped_first, dropped_last;
+} jb_store_report;
+
+/*
+ * Checks every header and record CRC of every segment in @dir, without a
+ * loop and without changing anything, and fills *@report (release it with
+ * jb_store_report_release()). Returns JB_OK when the check ran, whatever it
+ * found (report->damaged says); JB_ENOENT when @dir does not exist,
+ * JB_EUNAVAILABLE when a store has it open, JB_EIO, JB_ENOMEM, JB_ECORRUPT
+ * for an unreadable high-water mark.
+ */
+jb_status jb_store_verify(const char *dir, jb_store_report *report, jb_error *err);
+
+/*
+ * jb_store_verify(), then, when the log is damaged, truncates it knowingly
+ * at the first damage: the segment holding it ends there, every later
+ * segment is deleted, and the high-water mark is raised first so that no
+ * dropped sequence is ever handed out again. report->dropped counts the
+ * valid records dropped, dropped_first..dropped_last their sequences. A log
+ * without damage is left alone (a torn tail is left for jb_store_open()).
+ */
+jb_status jb_store_repair(const char *dir, jb_store_report *report, jb_error *err);
+
+/* Prints @r for a person: one summary, then a line per problem. */
+void jb_store_report_print(const jb_store_report *r, FILE *out);
+
+/* Frees what a report holds (not the struct); a zeroed report is fine. */
+void jb_store_report_release(jb_store_report *r);
 
 #ifdef __cplusplus
 }

@@ -258,6 +258,13 @@ static void scan(jb__group *g, size_t budget)
                    g->name, (unsigned long long)g->cursor, err.message);
             break;
         }
+        if (e->ev.sequence > g->cursor) {
+            /* The log skips sequences that a repair dropped: gone for every reader. */
+            jb_log(JB_LOG_WARN, "bus", "sequences dropped by a log repair skipped",
+                   "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
+                   (unsigned long long)(e->ev.sequence - 1));
+            g->cursor = e->ev.sequence;
+        }
         if (jb_pattern_matches(g->pattern, e->ev.topic) && !restored_acked(g, g->cursor)) {
             if (g->cursor < g->boundary)
                 g->pending++;

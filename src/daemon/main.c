@@ -47,6 +47,7 @@ typedef struct jbd_options {
     const char *data_dir;
     int check_config;
     int log_level_flag;
+    int check_log; /* 1: --verify, 2: --repair */
 } jbd_options;
 
 typedef struct jbd_daemon {
@@ -70,6 +71,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: jimbotd [-c FILE] [--env NAME] [--listen ADDR] [--data-dir DIR]\n"
             "               [--check-config] [--log-level LEVEL] [--help] [--version]\n"
+            "       jimbotd [--data-dir DIR] --verify | --repair\n"
             "\n"
             "The JimBot infrastructure daemon: event bus, resource coordinator and\n"
             "configuration service behind gRPC.\n"
@@ -84,6 +86,11 @@ static void usage(FILE *out)
             "      --check-config   validate the configuration, print it resolved (secrets\n"
             "                       masked) and exit 0, or print every error and exit 1\n"
             "      --log-level L    debug, info, warn or error (default: info)\n"
+            "      --verify         check every record's CRC in DIR/log without starting;\n"
+            "                       print a report; exit 0 clean, 1 damaged, 2 cannot check\n"
+            "      --repair         the same check, then truncate the log at the first damage\n"
+            "                       and report what was dropped; exit 0 once repaired\n"
+            "                       (see docs/durable-log.md before using it)\n"
             "  -h, --help           show this help\n"
             "  -V, --version        print the version\n"
             "\n"
@@ -170,7 +177,15 @@ static void on_signal(uv_signal_t *handle, int signum)
 
 static int parse_args(int argc, char **argv, jbd_options *o)
 {
-    enum { OPT_ENV = 256, OPT_LISTEN, OPT_DATA_DIR, OPT_CHECK, OPT_LOG_LEVEL };
+    enum {
+        OPT_ENV = 256,
+        OPT_LISTEN,
+        OPT_DATA_DIR,
+        OPT_CHECK,
+        OPT_LOG_LEVEL,
+        OPT_VERIFY,
+        OPT_REPAIR
+    };
     static const struct option longopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"env", required_argument, NULL, OPT_ENV},
@@ -178,6 +193,8 @@ static int parse_args(int argc, char **argv, jbd_options *o)
         {"data-dir", required_argument, NULL, OPT_DATA_DIR},
         {"check-config", no_argument, NULL, OPT_CHECK},
         {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"verify", no_argument, NULL, OPT_VERIFY},
+        {"repair", no_argument, NULL, OPT_REPAIR},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -205,6 +222,10 @@ static int parse_args(int argc, char **argv, jbd_options *o)
             break;
         case OPT_CHECK:
             o->check_config = 1;
+            break;
+        case OPT_VERIFY:
+        case OPT_REPAIR:
+            o->check_log = c == OPT_VERIFY ? 1 : 2;
             break;
         case OPT_LOG_LEVEL: {
             jb_log_level level;
@@ -235,6 +256,27 @@ static int parse_args(int argc, char **argv, jbd_options *o)
         return 2;
     }
     return 0;
+}
+
+/* --verify and --repair: the log in DATA_DIR/log, checked without starting anything. */
+static int check_log(const jbd_options *o)
+{
+    char path[4096];
+    jb_store_report r;
+    jb_error err;
+    snprintf(path, sizeof(path), "%s/log", o->data_dir);
+    jb_status st =
+        o->check_log == 2 ? jb_store_repair(path, &r, &err) : jb_store_verify(path, &r, &err);
+    if (st != JB_OK) {
+        fprintf(stderr, "jimbotd: cannot %s %s: %s\n", o->check_log == 2 ? "repair" : "verify",
+                path, err.message);
+        return 2;
+    }
+    printf("log: %s\n", path);
+    jb_store_report_print(&r, stdout);
+    int rc = r.damaged && !r.repaired ? 1 : 0;
+    jb_store_report_release(&r);
+    return rc;
 }
 
 /* log.level from the configuration, unless --log-level said otherwise. */
@@ -400,6 +442,8 @@ int main(int argc, char **argv)
     int rc = parse_args(argc, argv, &d.opts);
     if (rc != 0)
         return rc;
+    if (d.opts.check_log)
+        return check_log(&d.opts);
 
     jb_config *cfg = load_config(&d);
     if (cfg == NULL)

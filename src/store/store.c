@@ -19,20 +19,31 @@
  *   0  u32 CRC32C of bytes 4..(24+length)   4  u32 payload length
  *   8  u64 sequence                          16 i64 timestamp (ms)     24 payload
  *
- * Sequences are gap-free: a segment's records are first, first+1, ..., and
- * the next segment starts where the previous one ends. Only the newest
- * segment is ever written; the others are sealed (fsync'd before the next one
- * is created, under the batch and always policies). The directory is
- * fsync'd when a segment is created or deleted.
+ * A segment's records are first, first+1, ..., and the next segment starts
+ * where the previous one ends, or above the high-water mark: the file
+ * "high-water" (magic "JBLOGHWM", u64 sequence, CRC32C of bytes 0..15), the
+ * highest sequence ever dropped by a repair or a truncation that may have
+ * held a durable record. No sequence at or below it is handed out again.
+ * Only the newest segment is ever written; the others are sealed (fsync'd
+ * before the next one is created, under the batch and always policies). The
+ * directory is fsync'd when a segment is created and after each deletion, so
+ * a crash in retention only ever leaves the oldest segments gone.
  *
- * Recovery (at open) scans every segment in order and checks every CRC. The
- * first bad record of the newest segment (short header, impossible length,
- * record past the end of the file, CRC mismatch) and everything after it are
- * a torn write: the file is truncated there with a warning naming the file
- * and the offset. A crash can only tear the newest segment, so damage
- * anywhere else, a sequence gap between segments, or a record whose CRC is
- * right but whose sequence is wrong, is refused with JB_ECORRUPT before
- * anything is changed.
+ * Recovery (at open) scans every segment in order and checks every CRC. At a
+ * bad record (short header, impossible length, record past the end of the
+ * file, CRC mismatch) it looks further for any valid record (resync: a
+ * header whose sequence fits and whose CRC matches). In the newest segment
+ * with nothing valid after it, the bad bytes are a torn write: truncated,
+ * with a warning naming the file and the offset (the mark is raised first
+ * when a whole, correctly numbered record is among them). Anything else,
+ * damage followed by valid records, damage in an older segment, a gap not
+ * covered by the mark, a record whose CRC is right but whose sequence is
+ * wrong, is refused with JB_ECORRUPT, naming the file, the offset and the
+ * sequences around it, before anything is changed. jb_store_verify() walks
+ * the same way past every problem; jb_store_repair() cuts at the first one.
+ *
+ * Every change to a file goes through a jb__store_fileops table (the system
+ * calls, or a test's file system that forgets what was not synced).
  *
  * In memory
  * ---------
@@ -134,9 +145,11 @@ typedef struct waiter {
 struct jb_store {
     uv_loop_t *loop;
     jb_store_options opts;
+    const jb__store_fileops *fops;
     char *dir;
     bool memory;
     int dirfd;
+    uint64_t hwm; /* the persisted high-water mark: no sequence at or below is handed out again */
 
     seg **segs;
     size_t nsegs, segs_cap;
@@ -352,10 +365,72 @@ static size_t find_seg(const jb_store *s, uint64_t seq)
 
 /* ---- the write job (threadpool) ---------------------------------------- */
 
-static bool pwrite_all(int fd, const uint8_t *p, size_t len, uint64_t off)
+/* ---- file operations (the seam a fault-injection test replaces) --------- */
+
+static int sys_create(void *ctx, int dirfd, const char *name)
+{
+    return openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+}
+
+static ssize_t sys_pwrite(void *ctx, int fd, const void *p, size_t len, off_t off)
+{
+    return pwrite(fd, p, len, off);
+}
+
+static int sys_fdatasync(void *ctx, int fd)
+{
+    return fdatasync(fd);
+}
+
+static int sys_fsync_dir(void *ctx, int dirfd)
+{
+    return fsync(dirfd);
+}
+
+static int sys_ftruncate(void *ctx, int fd, off_t len)
+{
+    return ftruncate(fd, len);
+}
+
+static int sys_unlinkat(void *ctx, int dirfd, const char *name)
+{
+    return unlinkat(dirfd, name, 0);
+}
+
+static int sys_renameat(void *ctx, int dirfd, const char *from, const char *to)
+{
+    return renameat(dirfd, from, dirfd, to);
+}
+
+static const jb__store_fileops sys_fileops = {
+    sys_create,    sys_pwrite,   sys_fdatasync, sys_fsync_dir,
+    sys_ftruncate, sys_unlinkat, sys_renameat,  NULL,
+};
+
+static int f_create(const jb_store *s, const char *name)
+{
+    return s->fops->create(s->fops->ctx, s->dirfd, name);
+}
+
+static bool f_fdatasync(const jb_store *s, int fd)
+{
+    return s->fops->fdatasync(s->fops->ctx, fd) == 0;
+}
+
+static bool f_fsync_dir(const jb_store *s)
+{
+    return s->fops->fsync_dir(s->fops->ctx, s->dirfd) == 0;
+}
+
+static bool f_unlink(const jb_store *s, const char *name)
+{
+    return s->fops->unlinkat(s->fops->ctx, s->dirfd, name) == 0 || errno == ENOENT;
+}
+
+static bool pwrite_all(const jb_store *s, int fd, const uint8_t *p, size_t len, uint64_t off)
 {
     while (len > 0) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
+        ssize_t n = s->fops->pwrite(s->fops->ctx, fd, p, len, (off_t)off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0) {
@@ -379,7 +454,7 @@ static bool job_fail(jb_store *s, const char *what, uint64_t first_seq)
 
 static bool job_sync_fd(jb_store *s, int fd, const char *what, uint64_t first_seq)
 {
-    if (fdatasync(fd) != 0)
+    if (!f_fdatasync(s, fd))
         return job_fail(s, what, first_seq);
     s->job_fsyncs++;
     return true;
@@ -400,37 +475,41 @@ static bool run_job(jb_store *s)
                 return false;
             char name[JB__SEG_NAME_SIZE];
             seg_name(name, c->seg_first_seq);
-            fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+            fd = f_create(s, name);
             if (fd < 0)
                 return job_fail(s, "cannot create", c->seg_first_seq);
             c->out_fd = fd;
             uint8_t h[JB__SEG_HEADER_BYTES];
             encode_seg_header(h, c->seg_first_seq);
-            if (!pwrite_all(fd, h, sizeof(h), 0))
+            if (!pwrite_all(s, fd, h, sizeof(h), 0))
                 return job_fail(s, "cannot write the header", c->seg_first_seq);
             if (syncing) {
-                if (fsync(s->dirfd) != 0)
+                if (!f_fsync_dir(s))
                     return job_fail(s, "fsync of the directory", c->seg_first_seq);
                 s->job_fsyncs++;
             }
         }
         fd_first = c->seg_first_seq;
-        if (!pwrite_all(fd, b->data + c->buf_off, c->len, c->file_off))
+        if (!pwrite_all(s, fd, b->data + c->buf_off, c->len, c->file_off))
             return job_fail(s, "write", c->seg_first_seq);
     }
     if (s->job_sync && fd >= 0 && !job_sync_fd(s, fd, "fdatasync", fd_first))
         return false;
 
+    /*
+     * Oldest first, each unlink made durable before the next: whatever a
+     * crash keeps, the segments left are contiguous, only the oldest gone.
+     */
     for (size_t i = 0; i < s->job_n_unlinks; i++) {
         char name[JB__SEG_NAME_SIZE];
         seg_name(name, s->job_unlinks[i]);
-        if (unlinkat(s->dirfd, name, 0) != 0 && errno != ENOENT)
+        if (!f_unlink(s, name))
             return job_fail(s, "cannot delete", s->job_unlinks[i]);
-    }
-    if (s->job_n_unlinks > 0 && syncing) {
-        if (fsync(s->dirfd) != 0)
-            return job_fail(s, "fsync of the directory", 0);
-        s->job_fsyncs++;
+        if (syncing) {
+            if (!f_fsync_dir(s))
+                return job_fail(s, "fsync of the directory", s->job_unlinks[i]);
+            s->job_fsyncs++;
+        }
     }
     return true;
 }
@@ -718,77 +797,235 @@ static jb_status cache_load(jb_store *s, const seg *g, uint64_t off, size_t len,
     return JB_OK;
 }
 
-typedef enum scan_result { SCAN_CLEAN, SCAN_TORN, SCAN_INCONSISTENT } scan_result;
+/*
+ * Checks the record at @off of @g (whose file holds g->written bytes): *@why
+ * is NULL when it is whole and its CRC matches, *@rec then pointing at it
+ * (valid until the next cache_load), else says what is wrong.
+ */
+static jb_status read_record(jb_store *s, const seg *g, uint64_t off, const uint8_t **rec,
+                             const char **why, jb_error *err)
+{
+    *why = NULL;
+    if (g->written - off < JB__REC_HEADER_BYTES) {
+        *why = "partial record header";
+        return JB_OK;
+    }
+    jb_status st = cache_load(s, g, off, JB__REC_HEADER_BYTES, SCAN_CHUNK_BYTES, err);
+    if (st != JB_OK)
+        return st;
+    uint32_t len = get32(s->rbuf + (off - s->rbuf_off) + 4);
+    if (len > JB_STORE_MAX_PAYLOAD) {
+        *why = "impossible record length";
+        return JB_OK;
+    }
+    if (g->written - off < JB__REC_HEADER_BYTES + (uint64_t)len) {
+        *why = "record runs past the end of the file";
+        return JB_OK;
+    }
+    st = cache_load(s, g, off, JB__REC_HEADER_BYTES + len, SCAN_CHUNK_BYTES, err);
+    if (st != JB_OK)
+        return st;
+    *rec = s->rbuf + (off - s->rbuf_off);
+    if (!record_crc_ok(*rec))
+        *why = "checksum mismatch";
+    return JB_OK;
+}
+
+/* The first bad bytes of a segment, and the first valid record after them. */
+typedef struct damage {
+    const char *why;   /* NULL: the segment is valid to its end */
+    uint64_t off;      /* where the bad bytes start */
+    uint64_t expected; /* the sequence a record there would have */
+    bool misnumbered;  /* a whole record with a matching CRC but the wrong sequence */
+    uint64_t next_off; /* the first valid record after them (0: none in the segment) */
+    uint64_t next_seq;
+} damage;
 
 /*
- * Reads @g's records from the header on (g->written is the file size), fills
- * its count, index and timestamps, and sets g->bytes to the end of the last
- * good record. @why says what stopped the scan early.
+ * Looks past the bad bytes of *@d for a valid record: whole, with a matching
+ * CRC, and numbered as a record there could be (at least the expected
+ * sequence, at most one more per record header that fits in between). Finding
+ * one means the bad bytes are damage, not a torn write: a crash only tears
+ * the end of what was being written.
  */
-static jb_status scan_segment(jb_store *s, seg *g, scan_result *res, const char **why,
-                              jb_error *err)
+static jb_status resync(jb_store *s, const seg *g, damage *d, jb_error *err)
 {
-    uint64_t off = JB__SEG_HEADER_BYTES, size = g->written;
-    *res = SCAN_CLEAN;
-    while (off < size) {
-        if (size - off < JB__REC_HEADER_BYTES) {
-            *res = SCAN_TORN;
-            *why = "partial record header";
-            break;
-        }
+    for (uint64_t off = d->off + 1; off + JB__REC_HEADER_BYTES <= g->written; off++) {
         jb_status st = cache_load(s, g, off, JB__REC_HEADER_BYTES, SCAN_CHUNK_BYTES, err);
         if (st != JB_OK)
             return st;
-        uint32_t len = get32(s->rbuf + (off - s->rbuf_off) + 4);
-        if (len > JB_STORE_MAX_PAYLOAD) {
-            *res = SCAN_TORN;
-            *why = "impossible record length";
-            break;
-        }
-        if (size - off < JB__REC_HEADER_BYTES + (uint64_t)len) {
-            *res = SCAN_TORN;
-            *why = "record runs past the end of the file";
-            break;
-        }
-        st = cache_load(s, g, off, JB__REC_HEADER_BYTES + len, SCAN_CHUNK_BYTES, err);
+        uint64_t seq = get64(s->rbuf + (off - s->rbuf_off) + 8);
+        if (seq < d->expected || seq > d->expected + (off - d->off) / JB__REC_HEADER_BYTES)
+            continue;
+        const uint8_t *rec = NULL;
+        const char *why = NULL;
+        st = read_record(s, g, off, &rec, &why, err);
         if (st != JB_OK)
             return st;
-        const uint8_t *rec = s->rbuf + (off - s->rbuf_off);
-        if (!record_crc_ok(rec)) {
-            *res = SCAN_TORN;
-            *why = "checksum mismatch";
+        if (why == NULL) {
+            d->next_off = off;
+            d->next_seq = seq;
             break;
         }
-        if (get64(rec + 8) != g->first_seq + g->count) {
-            *res = SCAN_INCONSISTENT;
-            *why = "unexpected sequence";
+    }
+    s->rbuf_seg = NULL;
+    return JB_OK;
+}
+
+/*
+ * Reads @g's records from @off on, the first expected to be @expected, and
+ * counts and indexes them (g->count, g->idx, timestamps) up to the first bad
+ * record, which *@d describes (with the first valid record after it);
+ * g->bytes becomes the end of the last good record.
+ */
+static jb_status scan_from(jb_store *s, seg *g, uint64_t off, uint64_t expected, damage *d,
+                           jb_error *err)
+{
+    *d = (damage){0};
+    while (off < g->written) {
+        const uint8_t *rec = NULL;
+        jb_status st = read_record(s, g, off, &rec, &d->why, err);
+        if (st != JB_OK)
+            return st;
+        if (d->why == NULL && get64(rec + 8) != expected) {
+            d->why = "unexpected sequence";
+            d->misnumbered = true;
+        }
+        if (d->why != NULL) {
+            d->off = off;
+            d->expected = expected;
             break;
         }
         int64_t ts = (int64_t)get64(rec + 16);
-        if (!idx_add(g, g->first_seq + g->count, off, s->pmax))
+        if (!idx_add(g, expected, off, s->pmax))
             return jb_error_set(err, JB_ENOMEM, "out of memory indexing a segment");
         if (ts > s->pmax)
             s->pmax = ts;
         if (ts > g->max_ts)
             g->max_ts = ts;
         g->count++;
-        off += JB__REC_HEADER_BYTES + len;
+        expected++;
+        off += JB__REC_HEADER_BYTES + get32(rec + 4);
     }
     g->bytes = off;
     s->rbuf_seg = NULL;
+    return d->why != NULL ? resync(s, g, d, err) : JB_OK;
+}
+
+/* Checks @g's header, then scans its records; *@d describes the first damage. */
+static jb_status scan_segment(jb_store *s, seg *g, damage *d, jb_error *err)
+{
+    uint8_t h[JB__SEG_HEADER_BYTES];
+    const char *why = NULL;
+    if (g->written < JB__SEG_HEADER_BYTES)
+        why = "partial segment header";
+    else if (!pread_all(g->fd, h, sizeof(h), 0))
+        why = "cannot read the segment header";
+    else
+        why = check_seg_header(h, g->first_seq);
+    if (why == NULL)
+        return scan_from(s, g, JB__SEG_HEADER_BYTES, g->first_seq, d, err);
+    *d = (damage){.why = why, .expected = g->first_seq};
+    g->bytes = JB__SEG_HEADER_BYTES;
+    return resync(s, g, d, err);
+}
+
+/*
+ * The highest sequence claimed by whole, correctly numbered record headers
+ * from the bad record of *@d on (0: none). Their CRC fails, but a record whose
+ * bytes are all there may have been durable before they went bad, so its
+ * sequence must never be handed out again. A torn write leaves a short
+ * record or zeros instead, which claim nothing.
+ */
+static jb_status tail_claims(jb_store *s, const seg *g, const damage *d, uint64_t *claimed,
+                             jb_error *err)
+{
+    uint64_t off = d->off, seq = d->expected;
+    *claimed = 0;
+    while (!d->misnumbered && off >= JB__SEG_HEADER_BYTES &&
+           g->written - off >= JB__REC_HEADER_BYTES) {
+        jb_status st = cache_load(s, g, off, JB__REC_HEADER_BYTES, SCAN_CHUNK_BYTES, err);
+        if (st != JB_OK)
+            return st;
+        const uint8_t *h = s->rbuf + (off - s->rbuf_off);
+        uint32_t len = get32(h + 4);
+        if (get64(h + 8) != seq || len > JB_STORE_MAX_PAYLOAD ||
+            g->written - off - JB__REC_HEADER_BYTES < len)
+            break;
+        *claimed = seq++;
+        off += JB__REC_HEADER_BYTES + len;
+    }
+    s->rbuf_seg = NULL;
     return JB_OK;
 }
+
+/* ---- the high-water mark ------------------------------------------------ */
+
+/* Reads <dir>/high-water into s->hwm (0 when there is none). */
+static jb_status hwm_load(jb_store *s, jb_error *err)
+{
+    uint8_t b[JB__HWM_BYTES + 1];
+    int fd = openat(s->dirfd, JB__HWM_NAME, O_RDONLY | O_CLOEXEC);
+    s->hwm = 0;
+    if (fd < 0 && errno == ENOENT)
+        return JB_OK;
+    if (fd < 0)
+        return jb_error_set(err, JB_EIO, "%s/%s: cannot open: %s", s->dir, JB__HWM_NAME,
+                            strerror(errno));
+    ssize_t n = pread(fd, b, sizeof(b), 0);
+    close(fd);
+    if (n != JB__HWM_BYTES || memcmp(b, JB__HWM_MAGIC, 8) != 0 ||
+        get32(b + 16) != jb__crc32c(0, b, 16))
+        return jb_error_set(err, JB_ECORRUPT,
+                            "%s/%s: not a valid high-water mark (%zd bytes); refusing to open, "
+                            "since the sequences it protects could be handed out again",
+                            s->dir, JB__HWM_NAME, n);
+    s->hwm = get64(b + 8);
+    return JB_OK;
+}
+
+/*
+ * Raises the persisted high-water mark to @seq, atomically and durably: a
+ * temporary file, fdatasync, rename, directory fsync. Called before the bytes
+ * that held sequences up to @seq are dropped.
+ */
+static jb_status hwm_raise(jb_store *s, uint64_t seq, jb_error *err)
+{
+    uint8_t b[JB__HWM_BYTES];
+    if (seq <= s->hwm)
+        return JB_OK;
+    memcpy(b, JB__HWM_MAGIC, 8);
+    put64(b + 8, seq);
+    put32(b + 16, jb__crc32c(0, b, 16));
+    int fd = -1;
+    bool ok = f_unlink(s, JB__HWM_TMP_NAME) && (fd = f_create(s, JB__HWM_TMP_NAME)) >= 0 &&
+              pwrite_all(s, fd, b, sizeof(b), 0) && f_fdatasync(s, fd);
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    errno = e;
+    if (!ok || s->fops->renameat(s->fops->ctx, s->dirfd, JB__HWM_TMP_NAME, JB__HWM_NAME) != 0 ||
+        !f_fsync_dir(s))
+        return jb_error_set(err, JB_EIO, "%s/%s: cannot write the high-water mark: %s", s->dir,
+                            JB__HWM_NAME, strerror(errno));
+    jb_log(JB_LOG_WARN, "store", "raised the high-water mark",
+           "dir=%s from=%" PRIu64 " to=%" PRIu64, s->dir, s->hwm, seq);
+    s->hwm = seq;
+    return JB_OK;
+}
+
+/* ---- recovery ---------------------------------------------------------- */
 
 static jb_status create_segment_file(jb_store *s, uint64_t first_seq, int *fd_out, jb_error *err)
 {
     char name[JB__SEG_NAME_SIZE];
     uint8_t h[JB__SEG_HEADER_BYTES];
     seg_name(name, first_seq);
-    int fd = openat(s->dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    int fd = f_create(s, name);
     if (fd < 0)
         return jb_error_set(err, JB_EIO, "%s/%s: cannot create: %s", s->dir, name, strerror(errno));
     encode_seg_header(h, first_seq);
-    if (!pwrite_all(fd, h, sizeof(h), 0) || fdatasync(fd) != 0 || fsync(s->dirfd) != 0) {
+    if (!pwrite_all(s, fd, h, sizeof(h), 0) || !f_fdatasync(s, fd) || !f_fsync_dir(s)) {
         int e = errno;
         close(fd);
         return jb_error_set(err, JB_EIO, "%s/%s: cannot write the header: %s", s->dir, name,
@@ -851,13 +1088,14 @@ static jb_status truncate_tail(jb_store *s, seg *g, uint64_t off, const char *wh
     if (off < JB__SEG_HEADER_BYTES) {
         uint8_t h[JB__SEG_HEADER_BYTES];
         encode_seg_header(h, g->first_seq);
-        if (ftruncate(g->fd, 0) != 0 || !pwrite_all(g->fd, h, sizeof(h), 0))
+        if (s->fops->ftruncate(s->fops->ctx, g->fd, 0) != 0 ||
+            !pwrite_all(s, g->fd, h, sizeof(h), 0))
             goto fail;
         off = JB__SEG_HEADER_BYTES;
-    } else if (ftruncate(g->fd, (off_t)off) != 0) {
+    } else if (s->fops->ftruncate(s->fops->ctx, g->fd, (off_t)off) != 0) {
         goto fail;
     }
-    if (fdatasync(g->fd) != 0)
+    if (!f_fdatasync(s, g->fd))
         goto fail;
     g->written = g->bytes = off;
     return JB_OK;
@@ -866,99 +1104,148 @@ fail:
                         strerror(errno));
 }
 
-static jb_status recover(jb_store *s, jb_error *err)
+/* Opens the directory (creating it when @create) and locks it. */
+static jb_status open_dir(jb_store *s, bool create, jb_error *err)
 {
-    if (mkdir(s->dir, 0755) != 0 && errno != EEXIST)
+    if (create && mkdir(s->dir, 0755) != 0 && errno != EEXIST)
         return jb_error_set(err, JB_EIO, "%s: cannot create: %s", s->dir, strerror(errno));
     s->dirfd = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->dirfd < 0)
-        return jb_error_set(err, JB_EIO, "%s: cannot open: %s", s->dir, strerror(errno));
+        return jb_error_set(err, errno == ENOENT ? JB_ENOENT : JB_EIO, "%s: cannot open: %s",
+                            s->dir, strerror(errno));
     if (flock(s->dirfd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK)
             return jb_error_set(err, JB_EUNAVAILABLE, "%s: in use by another open store", s->dir);
         return jb_error_set(err, JB_EIO, "%s: cannot lock: %s", s->dir, strerror(errno));
     }
+    return hwm_load(s, err);
+}
 
-    uint64_t *firsts = NULL;
-    size_t n = 0;
-    jb_status st = list_segments(s, &firsts, &n, err);
-    if (st != JB_OK)
-        return st;
-
-    for (size_t i = 0; i < n && st == JB_OK; i++) {
-        bool last = i + 1 == n;
-        char name[JB__SEG_NAME_SIZE];
-        seg_name(name, firsts[i]);
-        seg *g = seg_new(firsts[i]);
-        if (g == NULL || !push_seg(s, g)) {
-            seg_free(g);
-            st = jb_error_set(err, JB_ENOMEM, "out of memory opening %s", s->dir);
-            break;
-        }
-        s->total_bytes -= g->bytes;
-        g->created = true;
-        g->fd = openat(s->dirfd, name, (last ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-        struct stat sb;
-        if (g->fd < 0 || fstat(g->fd, &sb) != 0) {
-            st = jb_error_set(err, JB_EIO, "%s/%s: cannot open: %s", s->dir, name, strerror(errno));
-            break;
-        }
-        g->written = (uint64_t)sb.st_size;
-        if (i > 0) {
-            const seg *p = s->segs[i - 1];
-            if (p->first_seq + p->count != g->first_seq) {
-                st = jb_error_set(err, JB_ECORRUPT,
-                                  "%s/%s: starts at sequence %" PRIu64
-                                  " but the segment before it ends at %" PRIu64
-                                  " (a segment is missing or damaged); refusing to open",
-                                  s->dir, name, g->first_seq, p->first_seq + p->count - 1);
-                break;
-            }
-        }
-        uint8_t h[JB__SEG_HEADER_BYTES];
-        const char *why = NULL;
-        if (g->written < JB__SEG_HEADER_BYTES)
-            why = "partial segment header";
-        else if (!pread_all(g->fd, h, sizeof(h), 0))
-            why = "cannot read the segment header";
-        else
-            why = check_seg_header(h, g->first_seq);
-        if (why != NULL) {
-            if (!last) {
-                st = jb_error_set(err, JB_ECORRUPT, "%s/%s: offset 0: %s; refusing to open", s->dir,
-                                  name, why);
-                break;
-            }
-            st = truncate_tail(s, g, 0, why, err);
-            s->total_bytes += g->bytes;
-            continue;
-        }
-        scan_result res;
-        st = scan_segment(s, g, &res, &why, err);
-        if (st != JB_OK)
-            break;
-        if (res == SCAN_INCONSISTENT || (res == SCAN_TORN && !last)) {
-            st = jb_error_set(err, JB_ECORRUPT,
-                              "%s/%s: offset %" PRIu64 ": %s in %s segment; refusing to open "
-                              "(records from this offset on cannot be read)",
-                              s->dir, name, g->bytes, why, last ? "the newest" : "an older");
-            break;
-        }
-        if (res == SCAN_TORN)
-            st = truncate_tail(s, g, g->bytes, why, err);
-        s->total_bytes += g->bytes;
+/* Opens the segment file starting at @first and appends it to the list. */
+static jb_status open_segment(jb_store *s, uint64_t first, bool rw, seg **out, jb_error *err)
+{
+    char name[JB__SEG_NAME_SIZE];
+    seg_name(name, first);
+    seg *g = seg_new(first);
+    if (g == NULL || !push_seg(s, g)) {
+        seg_free(g);
+        return jb_error_set(err, JB_ENOMEM, "out of memory opening %s", s->dir);
     }
-    free(firsts);
-    if (st != JB_OK)
-        return st;
+    s->total_bytes -= g->bytes;
+    g->created = true;
+    g->fd = openat(s->dirfd, name, (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC);
+    struct stat sb;
+    if (g->fd < 0 || fstat(g->fd, &sb) != 0)
+        return jb_error_set(err, JB_EIO, "%s/%s: cannot open: %s", s->dir, name, strerror(errno));
+    g->written = (uint64_t)sb.st_size;
+    *out = g;
+    return JB_OK;
+}
 
-    if (s->nsegs == 0) {
-        seg *g = seg_new(1);
+/* "between sequences 999 and 1001", or the half that exists. */
+static void describe_around(char *out, size_t n, uint64_t before, uint64_t after)
+{
+    if (before > 0 && after > 0)
+        snprintf(out, n, "between sequences %" PRIu64 " and %" PRIu64, before, after);
+    else if (after > 0)
+        snprintf(out, n, "before sequence %" PRIu64, after);
+    else if (before > 0)
+        snprintf(out, n, "after sequence %" PRIu64, before);
+    else
+        snprintf(out, n, "with no valid record around it");
+}
+
+/* The last valid sequence before the damage *@d of @g, when there is one. */
+static uint64_t seq_before(const jb_store *s, const damage *d)
+{
+    return d->expected > s->segs[0]->first_seq ? d->expected - 1 : 0;
+}
+
+static jb_status refuse(jb_store *s, const seg *g, const damage *d, uint64_t after, bool newest,
+                        jb_error *err)
+{
+    char name[JB__SEG_NAME_SIZE], around[96];
+    seg_name(name, g->first_seq);
+    describe_around(around, sizeof(around), seq_before(s, d), after);
+    return jb_error_set(err, JB_ECORRUPT,
+                        "%s/%s: offset %" PRIu64 ": %s, %s, in %s segment: damage, not a torn "
+                        "write; refusing to open. See `jimbotd --verify`; `jimbotd --repair` "
+                        "truncates the log there (dropping sequence %" PRIu64 " and later ones), "
+                        "or restore the directory from a copy",
+                        s->dir, name, d->off, d->why, around, newest ? "the newest" : "an older",
+                        d->expected);
+}
+
+/* A segment must start where the previous one ends, or above a repair's gap. */
+static jb_status check_gap(jb_store *s, const seg *p, const seg *g, jb_error *err)
+{
+    uint64_t end = p->first_seq + p->count;
+    if (g->first_seq == end || (g->first_seq > end && g->first_seq - 1 <= s->hwm))
+        return JB_OK;
+    char name[JB__SEG_NAME_SIZE];
+    seg_name(name, g->first_seq);
+    return jb_error_set(
+        err, JB_ECORRUPT,
+        "%s/%s: starts at sequence %" PRIu64 " but the segment before it ends at %" PRIu64
+        " (a segment is missing or damaged); refusing to open. See `jimbotd --verify`; "
+        "`jimbotd --repair` drops this segment and the later ones, or restore the "
+        "directory from a copy",
+        s->dir, name, g->first_seq, end - 1);
+}
+
+/* Truncates the torn tail *@d of the newest segment, first raising the mark. */
+static jb_status cut_torn_tail(jb_store *s, seg *g, const damage *d, jb_error *err)
+{
+    uint64_t claimed = 0;
+    jb_status st = tail_claims(s, g, d, &claimed, err);
+    if (st == JB_OK)
+        st = hwm_raise(s, claimed, err);
+    if (st == JB_OK)
+        st = truncate_tail(s, g, d->off, d->why, err);
+    return st;
+}
+
+/* Opens and checks one segment; @next_first is the next segment's first sequence (0: none). */
+static jb_status recover_segment(jb_store *s, uint64_t first, uint64_t next_first, jb_error *err)
+{
+    bool newest = next_first == 0;
+    seg *g = NULL;
+    damage d = {0};
+    jb_status st = open_segment(s, first, newest, &g, err);
+    if (st == JB_OK && s->nsegs > 1)
+        st = check_gap(s, s->segs[s->nsegs - 2], g, err);
+    if (st == JB_OK)
+        st = scan_segment(s, g, &d, err);
+    if (st == JB_OK && d.why != NULL) {
+        if (!newest || d.misnumbered || d.next_off != 0)
+            st = refuse(s, g, &d, d.next_off != 0 ? d.next_seq : next_first, newest, err);
+        else
+            st = cut_torn_tail(s, g, &d, err);
+    }
+    if (g != NULL)
+        s->total_bytes += g->bytes;
+    return st;
+}
+
+/*
+ * Makes the newest segment the one the next append goes to: a new one when
+ * the high-water mark says the sequences after the last record were handed
+ * out before (a repair or a truncation dropped them), or when there is none.
+ */
+static jb_status open_tail(jb_store *s, jb_error *err)
+{
+    uint64_t next = 1;
+    if (s->nsegs > 0)
+        next = tail_seg(s)->first_seq + tail_seg(s)->count;
+    if (s->hwm >= next)
+        next = s->hwm + 1;
+    if (s->nsegs == 0 || next != tail_seg(s)->first_seq + tail_seg(s)->count) {
+        seg *g = seg_new(next);
         if (g == NULL || !push_seg(s, g)) {
             seg_free(g);
             return jb_error_set(err, JB_ENOMEM, "out of memory opening %s", s->dir);
         }
-        st = create_segment_file(s, 1, &g->fd, err);
+        jb_status st = create_segment_file(s, next, &g->fd, err);
         if (st != JB_OK)
             return st;
         g->created = true;
@@ -966,9 +1253,22 @@ static jb_status recover(jb_store *s, jb_error *err)
     }
     seg *t = tail_seg(s);
     s->disk_tail_fd = t->fd;
-    s->next_seq = t->first_seq + t->count;
-    s->written_seq = s->durable_seq = s->next_seq - 1;
+    s->next_seq = next;
+    s->written_seq = s->durable_seq = next - 1;
     return JB_OK;
+}
+
+static jb_status recover(jb_store *s, jb_error *err)
+{
+    uint64_t *firsts = NULL;
+    size_t n = 0;
+    jb_status st = open_dir(s, true, err);
+    if (st == JB_OK)
+        st = list_segments(s, &firsts, &n, err);
+    for (size_t i = 0; i < n && st == JB_OK; i++)
+        st = recover_segment(s, firsts[i], i + 1 < n ? firsts[i + 1] : 0, err);
+    free(firsts);
+    return st == JB_OK ? open_tail(s, err) : st;
 }
 
 /* ---- open -------------------------------------------------------------- */
@@ -989,6 +1289,12 @@ jb_status jb_store_fsync_parse(const char *name, jb_store_fsync *out, jb_error *
 jb_status jb_store_open(uv_loop_t *loop, const jb_store_options *opts, jb_store **out,
                         jb_error *err)
 {
+    return jb__store_open_with(loop, opts, NULL, out, err);
+}
+
+jb_status jb__store_open_with(uv_loop_t *loop, const jb_store_options *opts,
+                              const jb__store_fileops *ops, jb_store **out, jb_error *err)
+{
     if (loop == NULL || opts == NULL || out == NULL)
         return jb_error_set(err, JB_EINVAL, "jb_store_open: loop, options and out are required");
     if (opts->fsync != JB_STORE_FSYNC_BATCH && opts->fsync != JB_STORE_FSYNC_ALWAYS &&
@@ -1004,6 +1310,7 @@ jb_status jb_store_open(uv_loop_t *loop, const jb_store_options *opts, jb_store 
     if (s == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory");
     s->loop = loop;
+    s->fops = ops != NULL ? ops : &sys_fileops;
     s->opts = *opts;
     s->opts.dir = NULL;
     if (s->opts.segment_bytes == 0)
@@ -1336,14 +1643,19 @@ static jb_status read_from(jb_store *s, uint64_t from_seq, size_t max_records, s
     jb_status st = JB_OK;
     if (seq < s->next_seq) {
         gi = find_seg(s, seq);
-        st = locate(s, gi, seq, &off, err);
+        if (seq < s->segs[gi]->first_seq + s->segs[gi]->count)
+            st = locate(s, gi, seq, &off, err);
     }
     s->reading++;
     while (st == JB_OK && seq < s->next_seq && (max_records == 0 || n < max_records)) {
         const seg *g = s->segs[gi];
         if (seq >= g->first_seq + g->count) {
-            gi++;
+            /* The next segment starts higher where a repair dropped sequences. */
+            if (++gi == s->nsegs)
+                break;
             off = JB__SEG_HEADER_BYTES;
+            if (seq < s->segs[gi]->first_seq)
+                seq = s->segs[gi]->first_seq;
             continue;
         }
         const uint8_t *p;
@@ -1461,6 +1773,252 @@ void jb_store_get_stats(const jb_store *s, jb_store_stats *out)
     out->segments = s->nsegs;
     out->bytes = s->total_bytes;
     out->buffered = s->memory ? 0 : buffered(s);
+}
+
+/* ---- verify and repair -------------------------------------------------- */
+
+/* What audit() learns beyond the report: where a repair would cut. */
+typedef struct cut {
+    size_t seg;   /* index of the first damaged segment (SIZE_MAX: none) */
+    uint64_t off; /* where in it (0: the whole segment goes) */
+} cut;
+
+static jb_status report_add(jb_store_report *r, const seg *g, uint64_t off, const char *what,
+                            uint64_t before, uint64_t after, bool torn, jb_error *err)
+{
+    jb_store_problem *p = realloc(r->problems, (r->n_problems + 1) * sizeof(*p));
+    if (p == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory for the report");
+    r->problems = p;
+    p += r->n_problems++;
+    *p = (jb_store_problem){
+        .offset = off, .seq_before = before, .seq_after = after, .torn_tail = torn};
+    seg_name(p->file, g->first_seq);
+    snprintf(p->what, sizeof(p->what), "%s", what);
+    return JB_OK;
+}
+
+/* Notes the damage at @off of segment @i unless an earlier one was noted. */
+static void mark_cut(jb_store_report *r, cut *c, size_t i, uint64_t off, uint64_t first_dropped)
+{
+    if (r->damaged)
+        return;
+    r->damaged = 1;
+    c->seg = i;
+    c->off = off;
+    r->dropped = r->records;
+    r->dropped_first = first_dropped;
+}
+
+/* Counts the valid run @g's scan just added (sequences from..from+n-1). */
+static void count_run(jb_store_report *r, uint64_t from, uint64_t n)
+{
+    if (n == 0)
+        return;
+    if (r->records == 0 || from < r->first_seq)
+        r->first_seq = from;
+    if (from + n - 1 > r->last_seq)
+        r->last_seq = from + n - 1;
+    r->records += n;
+}
+
+/* Walks every record of segment @i (already opened as @g), noting each problem. */
+static jb_status audit_segment(jb_store *s, seg *g, size_t i, bool newest, jb_store_report *r,
+                               cut *c, jb_error *err)
+{
+    damage d = {0};
+    uint64_t before = i > 0 ? g->first_seq - 1 : 0;
+    jb_status st = scan_segment(s, g, &d, err);
+    count_run(r, g->first_seq, g->count);
+    while (st == JB_OK && d.why != NULL) {
+        bool torn = newest && !d.misnumbered && d.next_off == 0;
+        uint64_t last_good = g->count > 0 ? d.expected - 1 : before;
+        st = report_add(r, g, d.off, d.why, last_good, d.next_seq, torn, err);
+        if (st != JB_OK || torn)
+            break;
+        mark_cut(r, c, i, d.off, d.expected);
+        if (d.next_off == 0)
+            break;
+        uint64_t counted = g->count, from = d.next_seq;
+        st = scan_from(s, g, d.next_off, d.next_seq, &d, err);
+        count_run(r, from, g->count - counted);
+    }
+    return st;
+}
+
+/* A segment that does not start where the one before it ends, nor above a repair's gap. */
+static jb_status audit_gap(jb_store *s, size_t i, jb_store_report *r, cut *c, jb_error *err)
+{
+    const seg *p = s->segs[i - 1], *g = s->segs[i];
+    uint64_t end = p->first_seq + p->count;
+    if (g->first_seq == end || (g->first_seq > end && g->first_seq - 1 <= s->hwm))
+        return JB_OK;
+    const char *what = g->first_seq > end ? "a segment is missing before this one"
+                                          : "overlaps the segment before it";
+    mark_cut(r, c, i, 0, end);
+    return report_add(r, g, 0, what, end - 1, g->first_seq, false, err);
+}
+
+static jb_status audit(jb_store *s, jb_store_report *r, cut *c, jb_error *err)
+{
+    uint64_t *firsts = NULL;
+    size_t n = 0;
+    jb_status st = list_segments(s, &firsts, &n, err);
+    c->seg = SIZE_MAX;
+    for (size_t i = 0; i < n && st == JB_OK; i++) {
+        seg *g = NULL;
+        st = open_segment(s, firsts[i], false, &g, err);
+        r->segments++;
+        if (st == JB_OK && i > 0 && !r->damaged)
+            st = audit_gap(s, i, r, c, err);
+        if (st == JB_OK)
+            st = audit_segment(s, g, i, i + 1 == n, r, c, err);
+    }
+    free(firsts);
+    if (st != JB_OK)
+        return st;
+    r->high_water = s->hwm;
+    if (r->damaged) {
+        r->dropped = r->records - r->dropped;
+        r->dropped_last = r->last_seq > r->dropped_first ? r->last_seq : r->dropped_first;
+    } else {
+        uint64_t next = s->nsegs > 0 ? tail_seg(s)->first_seq : 1;
+        next = r->last_seq + 1 > next ? r->last_seq + 1 : next;
+        r->next_seq = s->hwm + 1 > next ? s->hwm + 1 : next;
+    }
+    return JB_OK;
+}
+
+/* Opens @dir for a check without a loop; *@out is freed with store_free(). */
+static jb_status audit_open(const char *dir, jb_store **out, jb_store_report *r, cut *c,
+                            jb_error *err)
+{
+    *r = (jb_store_report){0};
+    jb_store *s = calloc(1, sizeof(*s));
+    if (s == NULL || (s->dir = strdup(dir)) == NULL) {
+        free(s);
+        return jb_error_set(err, JB_ENOMEM, "out of memory");
+    }
+    s->fops = &sys_fileops;
+    s->dirfd = s->disk_tail_fd = -1;
+    s->pmax = INT64_MIN;
+    jb_status st = open_dir(s, false, err);
+    if (st == JB_OK)
+        st = audit(s, r, c, err);
+    if (st != JB_OK) {
+        store_free(s);
+        jb_store_report_release(r);
+        return st;
+    }
+    *out = s;
+    return JB_OK;
+}
+
+jb_status jb_store_verify(const char *dir, jb_store_report *report, jb_error *err)
+{
+    jb_store *s = NULL;
+    cut c;
+    jb_status st = audit_open(dir, &s, report, &c, err);
+    if (st == JB_OK)
+        store_free(s);
+    return st;
+}
+
+/* Deletes segment @i, or cuts it at @off, through the write file descriptor. */
+static bool cut_segment(jb_store *s, size_t i, uint64_t off)
+{
+    char name[JB__SEG_NAME_SIZE];
+    seg_name(name, s->segs[i]->first_seq);
+    if (off < JB__SEG_HEADER_BYTES)
+        return f_unlink(s, name);
+    int fd = openat(s->dirfd, name, O_RDWR | O_CLOEXEC);
+    bool ok =
+        fd >= 0 && s->fops->ftruncate(s->fops->ctx, fd, (off_t)off) == 0 && f_fdatasync(s, fd);
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    errno = e;
+    return ok;
+}
+
+/*
+ * The mark first, so that a crash half-way leaves the damage (and the next
+ * repair) or a shorter log whose dropped sequences are never reused; then
+ * the later segments, newest first; then the damaged one.
+ */
+static jb_status apply_repair(jb_store *s, jb_store_report *r, const cut *c, jb_error *err)
+{
+    jb_status st = hwm_raise(s, r->dropped_last, err);
+    if (st != JB_OK)
+        return st;
+    bool ok = true;
+    for (size_t i = s->nsegs; ok && i-- > c->seg + 1;) {
+        char name[JB__SEG_NAME_SIZE];
+        seg_name(name, s->segs[i]->first_seq);
+        ok = f_unlink(s, name);
+    }
+    ok = ok && cut_segment(s, c->seg, c->off) && f_fsync_dir(s);
+    if (!ok)
+        return jb_error_set(err, JB_EIO, "%s: repair failed: %s; run it again", s->dir,
+                            strerror(errno));
+    jb_log(JB_LOG_WARN, "store", "repaired the log",
+           "dir=%s dropped=%" PRIu64 " from=%" PRIu64 " to=%" PRIu64, s->dir, r->dropped,
+           r->dropped_first, r->dropped_last);
+    r->repaired = 1;
+    r->high_water = s->hwm;
+    r->next_seq = s->hwm + 1;
+    return JB_OK;
+}
+
+jb_status jb_store_repair(const char *dir, jb_store_report *report, jb_error *err)
+{
+    jb_store *s = NULL;
+    cut c;
+    jb_status st = audit_open(dir, &s, report, &c, err);
+    if (st != JB_OK)
+        return st;
+    if (report->damaged)
+        st = apply_repair(s, report, &c, err);
+    store_free(s);
+    return st;
+}
+
+void jb_store_report_print(const jb_store_report *r, FILE *out)
+{
+    fprintf(out, "segments: %" PRIu64 "\nrecords: %" PRIu64 "\n", r->segments, r->records);
+    if (r->records > 0)
+        fprintf(out, "sequences: %" PRIu64 "..%" PRIu64 "\n", r->first_seq, r->last_seq);
+    fprintf(out, "high-water mark: %" PRIu64 "\n", r->high_water);
+    for (size_t i = 0; i < r->n_problems; i++) {
+        const jb_store_problem *p = &r->problems[i];
+        char around[96];
+        describe_around(around, sizeof(around), p->seq_before, p->seq_after);
+        fprintf(out, "%s: %s offset %" PRIu64 ": %s, %s%s\n", p->torn_tail ? "torn tail" : "DAMAGE",
+                p->file, p->offset, p->what, around,
+                p->torn_tail ? " (nothing valid after it: a crash during a write; the next start "
+                               "truncates it)"
+                             : "");
+    }
+    if (r->repaired)
+        fprintf(out,
+                "repaired: dropped %" PRIu64 " valid records, sequences %" PRIu64 "..%" PRIu64
+                "; the next sequence is %" PRIu64 "\n",
+                r->dropped, r->dropped_first, r->dropped_last, r->next_seq);
+    else if (r->damaged)
+        fprintf(out,
+                "result: DAMAGED: jimbotd refuses to start. `jimbotd --repair` truncates at the "
+                "first damage, dropping %" PRIu64 " valid records (sequences %" PRIu64 "..%" PRIu64
+                "); or restore the directory from a copy\n",
+                r->dropped, r->dropped_first, r->dropped_last);
+    else
+        fprintf(out, "result: clean; the next sequence is %" PRIu64 "\n", r->next_seq);
+}
+
+void jb_store_report_release(jb_store_report *r)
+{
+    free(r->problems);
+    r->problems = NULL;
+    r->n_problems = 0;
 }
 
 void jb__store_set_write_delay(jb_store *s, unsigned ms)

@@ -27,6 +27,8 @@
 #include "store/crc32c.h"
 #include "store/store_internal.h"
 
+#include "faultfs.h"
+
 /* ---- fixtures ---------------------------------------------------------- */
 
 typedef struct fixture {
@@ -417,6 +419,14 @@ static void test_torn_tail(void **state)
         assert_int_equal(file_size(path), end);
 
         assert_int_equal(truncate(path, cuts[i].cut), 0);
+        /* What a crash leaves is no damage: verify lists it and says clean. */
+        jb_store_report r;
+        assert_int_equal(jb_store_verify(f->dir, &r, NULL), JB_OK);
+        assert_false(r.damaged);
+        assert_int_equal(r.n_problems, cuts[i].cut == last ? 0 : 1);
+        assert_true(r.n_problems == 0 || r.problems[0].torn_tail);
+        assert_int_equal(r.records, cuts[i].whole);
+        jb_store_report_release(&r);
         s = open_ok(f, &o);
         assert_int_equal(jb_store_last_seq(s), cuts[i].whole);
         assert_int_equal(check_all(s, 1, 100), cuts[i].whole);
@@ -454,12 +464,260 @@ static void test_flipped_byte_in_last_record(void **state)
     close_wait(f, s);
     flip_byte(path, record_offset(30) + JB__REC_HEADER_BYTES + 2);
 
+    /*
+     * Nothing valid follows, so it is truncated as a torn tail; but the record
+     * was whole and numbered 30, so it may have been durable: 30 is never
+     * handed out again, the next record goes to a new segment at 31.
+     */
     s = open_ok(f, &o);
-    assert_int_equal(jb_store_last_seq(s), 29);
-    assert_int_equal(check_all(s, 1, 0), 29);
+    assert_int_equal(jb_store_last_seq(s), 30);
+    count_state c = {0};
+    assert_int_equal(jb_store_read(s, 1, 0, 0, count_visit, &c, NULL, NULL), JB_OK);
+    assert_int_equal(c.n, 29);
     assert_non_null(strstr(f->warnings, "checksum mismatch"));
+    assert_non_null(strstr(f->warnings, "high-water"));
     assert_int_equal(file_size(path), record_offset(30));
+    uint64_t seq = 0;
+    assert_int_equal(jb_store_append(s, 0, "next", 4, &seq, NULL), JB_OK);
+    assert_int_equal(seq, 31);
     close_wait(f, s);
+
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_last_seq(s), 31);
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(jb_store_read(s, 1, 0, 0, count_visit, &c, NULL, NULL), JB_OK);
+    assert_int_equal(c.n, 30);
+    close_wait(f, s);
+
+    /* A damaged mark cannot be trusted to protect anything: refused. */
+    char hwm[128];
+    snprintf(hwm, sizeof(hwm), "%s/%s", f->dir, JB__HWM_NAME);
+    assert_int_equal(file_size(hwm), JB__HWM_BYTES);
+    flip_byte(hwm, 9);
+    jb_error err = {0};
+    assert_int_equal(jb_store_open(&f->loop, &o, &s, &err), JB_ECORRUPT);
+    assert_non_null(strstr(err.message, JB__HWM_NAME));
+}
+
+typedef struct gap_state {
+    uint64_t n, last;
+    uint64_t jumps; /* visits whose sequence is not the previous one + 1 */
+} gap_state;
+
+static int gap_visit(const jb_store_record *rec, void *userdata)
+{
+    gap_state *g = userdata;
+    char buf[64];
+    size_t len;
+    assert_true(rec->seq > g->last);
+    g->jumps += g->n > 0 && rec->seq != g->last + 1;
+    if (rec->len != 4) {
+        payload_of(rec->seq, buf, &len);
+        assert_int_equal(rec->len, len);
+        assert_memory_equal(rec->payload, buf, len);
+    }
+    g->last = rec->seq;
+    g->n++;
+    return 0;
+}
+
+static void test_damage_refuses_then_repair(void **state)
+{
+    /* The case: one flipped byte in the middle of 2,000 durable records. */
+    fixture *f = *state;
+    jb_store_options o = disk_opts(f);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/00000000000000000001.seg", f->dir);
+    jb_store *s = open_ok(f, &o);
+    append_n(s, 2000, 0);
+    assert_int_equal(flush_wait(f, s), 2000);
+    close_wait(f, s);
+    off_t size = file_size(path), bad = record_offset(1000);
+    flip_byte(path, bad + JB__REC_HEADER_BYTES + 3);
+
+    jb_store *no = NULL;
+    jb_error err = {0};
+    assert_int_equal(jb_store_open(&f->loop, &o, &no, &err), JB_ECORRUPT);
+    assert_null(no);
+    char want[64];
+    snprintf(want, sizeof(want), "offset %lld", (long long)bad);
+    assert_non_null(strstr(err.message, "00000000000000000001.seg"));
+    assert_non_null(strstr(err.message, want));
+    assert_non_null(strstr(err.message, "between sequences 999 and 1001"));
+    assert_non_null(strstr(err.message, "jimbotd --verify"));
+    assert_non_null(strstr(err.message, "jimbotd --repair"));
+    assert_int_equal(file_size(path), size);
+
+    jb_store_report r;
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_OK);
+    assert_true(r.damaged);
+    assert_int_equal(r.segments, 1);
+    assert_int_equal(r.records, 1999);
+    assert_int_equal(r.first_seq, 1);
+    assert_int_equal(r.last_seq, 2000);
+    assert_int_equal(r.n_problems, 1);
+    assert_int_equal(r.problems[0].offset, bad);
+    assert_int_equal(r.problems[0].seq_before, 999);
+    assert_int_equal(r.problems[0].seq_after, 1001);
+    assert_false(r.problems[0].torn_tail);
+    assert_int_equal(r.dropped, 1000);
+    assert_int_equal(r.dropped_first, 1000);
+    assert_int_equal(r.dropped_last, 2000);
+    jb_store_report_release(&r);
+    assert_int_equal(file_size(path), size);
+
+    /* Verify and repair wait for the directory: a store has it open. */
+    s = NULL;
+    assert_int_equal(jb_store_repair(f->dir, &r, &err), JB_OK);
+    assert_true(r.repaired);
+    assert_int_equal(r.dropped, 1000);
+    assert_int_equal(r.next_seq, 2001);
+    jb_store_report_release(&r);
+    assert_int_equal(file_size(path), bad);
+
+    /* Sequences 1000..2000 were handed out once: the next one is 2001. */
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_last_seq(s), 2000);
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_EUNAVAILABLE);
+    uint64_t seq = 0;
+    assert_int_equal(jb_store_append(s, 7, "next", 4, &seq, NULL), JB_OK);
+    assert_int_equal(seq, 2001);
+    assert_int_equal(flush_wait(f, s), 2001);
+    gap_state g = {0};
+    assert_int_equal(jb_store_read(s, 1, 0, 0, gap_visit, &g, NULL, NULL), JB_OK);
+    assert_int_equal(g.n, 1000);
+    assert_int_equal(g.last, 2001);
+    assert_int_equal(g.jumps, 1);
+    /* A read from inside the gap starts at the next record. */
+    memset(&g, 0, sizeof(g));
+    assert_int_equal(jb_store_read(s, 1500, 0, 0, gap_visit, &g, NULL, NULL), JB_OK);
+    assert_int_equal(g.n, 1);
+    assert_int_equal(g.last, 2001);
+    close_wait(f, s);
+
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_last_seq(s), 2001);
+    close_wait(f, s);
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_OK);
+    assert_false(r.damaged);
+    assert_int_equal(r.n_problems, 0);
+    assert_int_equal(r.high_water, 2000);
+    assert_int_equal(r.next_seq, 2002);
+    jb_store_report_release(&r);
+}
+
+static void test_repair_older_segment(void **state)
+{
+    /* Damage in two older segments: verify lists both, repair cuts at the first. */
+    fixture *f = *state;
+    jb_store_options o = disk_opts(f);
+    o.segment_bytes = 1024;
+    jb_store *s = open_ok(f, &o);
+    append_n(s, 100, 0);
+    close_wait(f, s);
+    char names[64][32], p2[128], p4[128];
+    size_t n = count_segments(f->dir, names, 64);
+    assert_true(n > 5);
+    qsort(names, n, sizeof(names[0]), cmp_name);
+    snprintf(p2, sizeof(p2), "%s/%.31s", f->dir, names[1]);
+    snprintf(p4, sizeof(p4), "%s/%.31s", f->dir, names[3]);
+    uint64_t first2 = strtoull(names[1], NULL, 10);
+    /* The third record of the second segment, the first of the fourth. */
+    off_t bad = JB__SEG_HEADER_BYTES;
+    for (uint64_t q = first2; q < first2 + 2; q++) {
+        char buf[64];
+        size_t len;
+        payload_of(q, buf, &len);
+        bad += (off_t)(JB__REC_HEADER_BYTES + len);
+    }
+    flip_byte(p2, bad + JB__REC_HEADER_BYTES + 1);
+    flip_byte(p4, JB__SEG_HEADER_BYTES + JB__REC_HEADER_BYTES + 1);
+
+    jb_store_report r;
+    jb_error err = {0};
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_OK);
+    assert_true(r.damaged);
+    assert_int_equal(r.n_problems, 2);
+    assert_string_equal(r.problems[0].file, names[1]);
+    assert_int_equal(r.problems[0].offset, bad);
+    assert_int_equal(r.problems[0].seq_before, first2 + 1);
+    assert_int_equal(r.problems[0].seq_after, first2 + 3);
+    assert_string_equal(r.problems[1].file, names[3]);
+    assert_int_equal(r.records, 98);
+    assert_int_equal(r.dropped_first, first2 + 2);
+    assert_int_equal(r.dropped_last, 100);
+    /* Everything from the first damage on, less the two damaged records. */
+    assert_int_equal(r.dropped, 100 - (first2 + 2) + 1 - 2);
+    jb_store_report_release(&r);
+
+    assert_int_equal(jb_store_repair(f->dir, &r, &err), JB_OK);
+    assert_true(r.repaired);
+    assert_int_equal(r.next_seq, 101);
+    jb_store_report_release(&r);
+    assert_int_equal(count_segments(f->dir, NULL, 0), 2);
+    assert_int_equal(file_size(p2), bad);
+
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_last_seq(s), 100);
+    count_state c = {0};
+    assert_int_equal(jb_store_read(s, 1, 0, 0, count_visit, &c, NULL, NULL), JB_OK);
+    assert_int_equal(c.n, first2 + 1);
+    uint64_t seq = 0;
+    assert_int_equal(jb_store_append(s, 0, "x", 1, &seq, NULL), JB_OK);
+    assert_int_equal(seq, 101);
+    close_wait(f, s);
+}
+
+static void test_damaged_header_with_records_after(void **state)
+{
+    /* A bad newest-segment header with valid records behind it is damage too. */
+    fixture *f = *state;
+    jb_store_options o = disk_opts(f);
+    char path[128];
+    snprintf(path, sizeof(path), "%s/00000000000000000001.seg", f->dir);
+    jb_store *s = open_ok(f, &o);
+    append_n(s, 50, 0);
+    close_wait(f, s);
+    flip_byte(path, 9);
+    jb_store *no = NULL;
+    jb_error err = {0};
+    assert_int_equal(jb_store_open(&f->loop, &o, &no, &err), JB_ECORRUPT);
+    assert_non_null(strstr(err.message, "offset 0"));
+    assert_non_null(strstr(err.message, "before sequence 1"));
+    assert_int_equal(file_size(path), record_offset(51));
+}
+
+static void test_front_gap_is_not_damage(void **state)
+{
+    /* Retention deletes oldest first; a crash half-way leaves the oldest gone. */
+    fixture *f = *state;
+    jb_store_options o = disk_opts(f);
+    o.segment_bytes = 1024;
+    jb_store *s = open_ok(f, &o);
+    append_n(s, 200, 0);
+    close_wait(f, s);
+    char names[64][32];
+    size_t n = count_segments(f->dir, names, 64);
+    assert_true(n > 5);
+    qsort(names, n, sizeof(names[0]), cmp_name);
+    for (int i = 0; i < 2; i++) {
+        char p[128];
+        snprintf(p, sizeof(p), "%s/%.31s", f->dir, names[i]);
+        assert_int_equal(unlink(p), 0);
+    }
+    uint64_t third = strtoull(names[2], NULL, 10);
+    s = open_ok(f, &o);
+    assert_int_equal(jb_store_first_seq(s), third);
+    assert_int_equal(check_all(s, third, 0), 201 - third);
+    close_wait(f, s);
+    assert_string_equal(f->warnings, "");
+    jb_store_report r;
+    assert_int_equal(jb_store_verify(f->dir, &r, NULL), JB_OK);
+    assert_false(r.damaged);
+    assert_int_equal(r.n_problems, 0);
+    assert_int_equal(r.first_seq, third);
+    assert_int_equal(r.next_seq, 201);
+    jb_store_report_release(&r);
 }
 
 static void test_corrupt_older_segment(void **state)
@@ -500,6 +758,14 @@ static void test_corrupt_older_segment(void **state)
     assert_int_equal(unlink(second), 0);
     assert_int_equal(jb_store_open(&f->loop, &o, &bad, &err), JB_ECORRUPT);
     assert_non_null(strstr(err.message, "missing"));
+    jb_store_report r;
+    assert_int_equal(jb_store_verify(f->dir, &r, &err), JB_OK);
+    assert_true(r.damaged);
+    assert_int_equal(r.n_problems, 1);
+    assert_string_equal(r.problems[0].file, names[2]);
+    assert_int_equal(r.problems[0].offset, 0);
+    assert_non_null(strstr(r.problems[0].what, "missing"));
+    jb_store_report_release(&r);
 }
 
 /* ---- segments and retention -------------------------------------------- */
@@ -786,6 +1052,229 @@ static void test_flush_coalescing(void **state)
     assert_int_equal(last.durable, 55);
 }
 
+/* ---- crashes that lose the page cache ----------------------------------- */
+
+/*
+ * Under load (appends, flushes, background writes, segment rolls, retention)
+ * the file system of faultfs.c crashes at a random call; everything not yet
+ * synced is forgotten, the store is reopened, and every sequence a flush
+ * callback reported durable must be there with its payload (above the
+ * retention floor the test set), and no acknowledged sequence is handed out
+ * again.
+ */
+#define CRASH_ROUNDS 40
+
+typedef struct crash_load {
+    fixture *f;
+    jb_store *s;
+    faultfs *fs;
+    uv_timer_t timer;
+    uint64_t rnd;
+    unsigned epoch;
+    unsigned *epoch_of; /* epoch_of[seq]: the round that appended it last */
+    size_t epoch_cap;
+    uint64_t acked;     /* highest sequence a flush callback reported durable */
+    uint64_t floor_max; /* highest retention floor ever set */
+    uint64_t acked_events, lost, reused, crashes, repairs;
+    jb_store_fsync policy;
+    int pending, stopped;
+} crash_load;
+
+typedef struct crash_flush {
+    crash_load *l;
+} crash_flush;
+
+static uint64_t crash_rand(crash_load *l)
+{
+    l->rnd = l->rnd * 6364136223846793005ull + 1442695040888963407ull;
+    return l->rnd >> 33;
+}
+
+static size_t crash_payload(uint64_t seq, unsigned epoch, char *buf)
+{
+    int n = snprintf(buf, 96, "round %u seq %llu ", epoch, (unsigned long long)seq);
+    size_t len = (size_t)n + (size_t)(seq * 7 % 40);
+    memset(buf + n, 'a' + (int)(seq % 26), len - (size_t)n);
+    return len;
+}
+
+static void on_crash_flush(jb_status status, uint64_t durable, const jb_error *err, void *ud)
+{
+    crash_load *l = ud;
+    l->pending--;
+    /* A callback after the crash proves nothing: the machine is gone. */
+    if (status == JB_OK && !faultfs_crashed(l->fs) && durable > l->acked) {
+        l->acked_events += durable - l->acked;
+        l->acked = durable;
+    }
+}
+
+static void crash_append(crash_load *l)
+{
+    char buf[96];
+    uint64_t seq = jb_store_last_seq(l->s) + 1;
+    size_t len = crash_payload(seq, l->epoch, buf);
+    if (jb_store_append(l->s, (int64_t)seq, buf, len, NULL, NULL) != JB_OK)
+        return;
+    if (seq >= l->epoch_cap) {
+        size_t cap = l->epoch_cap ? l->epoch_cap * 2 : 4096;
+        while (cap <= seq)
+            cap *= 2;
+        l->epoch_of = realloc(l->epoch_of, cap * sizeof(unsigned));
+        assert_non_null(l->epoch_of);
+        memset(l->epoch_of + l->epoch_cap, 0, (cap - l->epoch_cap) * sizeof(unsigned));
+        l->epoch_cap = cap;
+    }
+    l->reused += seq <= l->acked;
+    l->epoch_of[seq] = l->epoch;
+}
+
+static void crash_tick(uv_timer_t *t)
+{
+    crash_load *l = t->data;
+    if (faultfs_crashed(l->fs)) {
+        uv_timer_stop(t);
+        l->stopped = 1;
+        return;
+    }
+    for (uint64_t k = 1 + crash_rand(l) % 8; k > 0; k--)
+        crash_append(l);
+    if (crash_rand(l) % 2 == 0 && l->pending < 4 &&
+        jb_store_flush(l->s, on_crash_flush, l) == JB_OK)
+        l->pending++;
+    if (crash_rand(l) % 32 == 0 && l->acked > 300) {
+        jb_store_set_min_needed(l->s, l->acked - 300);
+        if (l->acked - 300 > l->floor_max)
+            l->floor_max = l->acked - 300;
+    }
+}
+
+typedef struct crash_check {
+    crash_load *l;
+    uint64_t good;
+} crash_check;
+
+static int crash_check_visit(const jb_store_record *rec, void *userdata)
+{
+    crash_check *c = userdata;
+    char buf[96];
+    if (rec->seq > c->l->acked)
+        return 1;
+    size_t len = crash_payload(rec->seq, c->l->epoch_of[rec->seq], buf);
+    c->good += rec->len == len && memcmp(rec->payload, buf, len) == 0;
+    return 0;
+}
+
+/* Counts the acknowledged sequences (above the floor) missing after a reopen. */
+static void crash_check_all(crash_load *l)
+{
+    uint64_t lo = l->floor_max > 1 ? l->floor_max : 1;
+    if (lo > l->acked)
+        return;
+    crash_check c = {l, 0};
+    uint64_t from = jb_store_first_seq(l->s) > lo ? jb_store_first_seq(l->s) : lo;
+    jb_error err = {0};
+    jb_status st = jb_store_read(l->s, from, 0, 0, crash_check_visit, &c, NULL, &err);
+    if (st != JB_OK)
+        fail_msg("read after a crash: %s", err.message);
+    uint64_t lost = l->acked - lo + 1 - c.good;
+    l->lost += lost;
+    /* Counted once: what is lost stays lost, the next round starts from what survived. */
+    if (lost > 0)
+        l->acked = jb_store_last_seq(l->s);
+}
+
+static void crash_store_closed(jb_status status, void *userdata)
+{
+    *(int *)userdata = 1;
+}
+
+/* One round: open (a crash may come during recovery), check, load until the crash. */
+static void crash_round(crash_load *l, const jb_store_options *o)
+{
+    l->fs = faultfs_new(l->f->dir);
+    assert_non_null(l->fs);
+    faultfs_crash_after(l->fs, 1 + (unsigned)(crash_rand(l) % 150));
+    jb_error err = {0};
+    jb_status st = jb__store_open_with(&l->f->loop, o, faultfs_ops(l->fs), &l->s, &err);
+    if (st == JB_ECORRUPT && l->policy == JB_STORE_FSYNC_NONE) {
+        /* Without fsync a power loss can damage the log; the way out is a repair. */
+        jb_store_report r;
+        assert_int_equal(jb_store_repair(l->f->dir, &r, &err), JB_OK);
+        assert_true(r.repaired);
+        jb_store_report_release(&r);
+        l->repairs++;
+        st = jb__store_open_with(&l->f->loop, o, faultfs_ops(l->fs), &l->s, &err);
+    }
+    if (st != JB_OK && !faultfs_crashed(l->fs))
+        fail_msg("open after a crash: %s: %s", jb_status_name(st), err.message);
+    if (st == JB_OK) {
+        crash_check_all(l);
+        l->epoch++;
+        l->stopped = 0;
+        uv_timer_start(&l->timer, crash_tick, 0, 1);
+        while (!l->stopped)
+            uv_run(&l->f->loop, UV_RUN_ONCE);
+        int closed = 0;
+        assert_int_equal(jb_store_close(l->s, crash_store_closed, &closed), JB_OK);
+        while (!closed)
+            uv_run(&l->f->loop, UV_RUN_ONCE);
+        assert_int_equal(l->pending, 0);
+    }
+    l->crashes++;
+    faultfs_restore(l->fs, crash_rand(l) % 2 ? crash_rand(l) | 1 : 0);
+    faultfs_free(l->fs);
+    l->fs = NULL;
+}
+
+static void crash_run(fixture *f, jb_store_fsync policy, crash_load *l)
+{
+    remove_dir(f->dir);
+    assert_int_equal(mkdir(f->dir, 0700), 0);
+    *l = (crash_load){.f = f, .rnd = 0x9e3779b97f4a7c15ull + (uint64_t)policy, .policy = policy};
+    jb_store_options o = disk_opts(f);
+    o.fsync = policy;
+    o.segment_bytes = 2048;
+    o.write_trigger_bytes = 1024;
+    o.retention_max_bytes = 8192;
+    uv_timer_init(&f->loop, &l->timer);
+    l->timer.data = l;
+    for (int i = 0; i < CRASH_ROUNDS; i++)
+        crash_round(l, &o);
+    /* The last word: a clean open that finds every acknowledged event. */
+    l->s = open_ok(f, &o);
+    crash_check_all(l);
+    close_wait(f, l->s);
+    uv_close((uv_handle_t *)&l->timer, NULL);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    free(l->epoch_of);
+    print_message("fsync %s: crashes=%llu acked=%llu lost=%llu reused=%llu repairs=%llu\n",
+                  policy == JB_STORE_FSYNC_BATCH    ? "batch"
+                  : policy == JB_STORE_FSYNC_ALWAYS ? "always"
+                                                    : "none",
+                  (unsigned long long)l->crashes, (unsigned long long)l->acked_events,
+                  (unsigned long long)l->lost, (unsigned long long)l->reused,
+                  (unsigned long long)l->repairs);
+    f->warnings[0] = '\0';
+}
+
+static void test_crash_loses_page_cache(void **state)
+{
+    fixture *f = *state;
+    crash_load l;
+    crash_run(f, JB_STORE_FSYNC_BATCH, &l);
+    assert_true(l.acked_events > 1000);
+    assert_int_equal(l.lost, 0);
+    assert_int_equal(l.reused, 0);
+    crash_run(f, JB_STORE_FSYNC_ALWAYS, &l);
+    assert_true(l.acked_events > 1000);
+    assert_int_equal(l.lost, 0);
+    assert_int_equal(l.reused, 0);
+    /* Without fsync an acknowledgement means the page cache: the crash takes it. */
+    crash_run(f, JB_STORE_FSYNC_NONE, &l);
+    assert_true(l.lost > 0);
+}
+
 /* ---- in-memory mode ---------------------------------------------------- */
 
 static void test_memory_mode(void **state)
@@ -824,6 +1313,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_byte_in_last_record, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corrupt_older_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damage_refuses_then_repair, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_repair_older_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_header_with_records_after, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_front_gap_is_not_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_segment_rollover, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_by_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_retention_by_age, setup, teardown),
@@ -832,6 +1325,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush_coalescing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_memory_mode, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_crash_loses_page_cache, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
