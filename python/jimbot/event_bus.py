@@ -664,6 +664,12 @@ class EventBus:
             for (_, fut), seq in zip(batch, seqs):
                 _settle(fut, result=seq)
 
+    def _refused_error(self, events: List[pb.Event], e: grpc.aio.AioRpcError,
+                       hint_ms: Optional[int]) -> BackpressureError:
+        return BackpressureError(
+            f"the bus refused {len(events)} event(s) for lack of room for "
+            f"{self._publish_timeout_s:g}s ({e.details()})", retry_after_ms=hint_ms)
+
     async def _send(self, events: List[pb.Event]) -> List[int]:
         """One PublishRequest, with backpressure (and, for events with ids,
         reconnect) retries until the publish deadline."""
@@ -672,6 +678,7 @@ class EventBus:
         deadline = loop.time() + self._publish_timeout_s
         req = pb.PublishRequest(events=events)
         backoff = _Backoff(self._reconnect_initial_s, self._reconnect_max_s)
+        refused = None  # the last RESOURCE_EXHAUSTED answer and its hint
         while True:
             remaining = deadline - loop.time()
             try:
@@ -685,15 +692,17 @@ class EventBus:
                         hint_ms = int(hint) if hint is not None else None
                     except ValueError:
                         hint_ms = None
+                    refused = (e, hint_ms)
                     wait = (hint_ms if hint_ms is not None else _DEFAULT_RETRY_AFTER_MS) / 1000
                     if loop.time() + wait >= deadline:
-                        raise BackpressureError(
-                            f"the bus refused {len(events)} event(s) for lack of room for "
-                            f"{self._publish_timeout_s:g}s ({e.details()})",
-                            retry_after_ms=hint_ms) from e
+                        raise self._refused_error(events, e, hint_ms) from e
                     self.stats["backpressure_retries"] += 1
                     await asyncio.sleep(wait)
                     continue
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and refused is not None:
+                    # The retry that the publish deadline cut short was waiting for
+                    # room the bus had refused: report the refusal, not the deadline.
+                    raise self._refused_error(events, *refused) from e
                 if (code == grpc.StatusCode.UNAVAILABLE and all(ev.id for ev in events)
                         and not self._closed):
                     wait = backoff.next()
