@@ -130,6 +130,13 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
  */
 void jb_bus_set_window(jb_bus *bus, uint32_t batch_window_ms, uint32_t max_batch_size);
 
+/*
+ * Delivers what the open batch window holds now, as if the window had
+ * closed (a drain does this before it ends the subscriptions). Not from a
+ * deliver callback; a no-op once the bus is closing.
+ */
+void jb_bus_flush_window(jb_bus *bus);
+
 typedef void (*jb_bus_close_cb)(void *userdata);
 
 /*

@@ -132,6 +132,10 @@ static const jb_config_key builtin_keys[] = {
     {"event_bus.slow_consumer_ms", JB_CONFIG_INT, 0, "30000", 100, 3600000, NULL, NULL,
      "A Subscribe stream whose oldest message has waited this long for the client to take it is "
      "a slow consumer, cancelled with RESOURCE_EXHAUSTED (checked once a second)."},
+    {"event_bus.drain_grace_ms", JB_CONFIG_INT, R, "5000", 100, 3600000, NULL, NULL,
+     "At SIGTERM/SIGINT, how long each step of the drain may wait: for Publishes in flight to "
+     "be answered, then for the last calls to end, before the rest is cancelled. A second "
+     "signal ends the wait at once."},
     {"event_bus.retention.max_age_seconds", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
      "Log segments older than this are deleted (0: no age limit)."},
     {"event_bus.retention.max_bytes", JB_CONFIG_INT, 0, "1073741824", 0, 1125899906842624.0, NULL,
