@@ -69,6 +69,8 @@
 #define CLOSE_SETTLE_MS     300
 #define RETRY_KEY           "retry-after-ms"
 #define DEFAULT_GRACE_MS    5000
+/* Half the shortest keepalive interval of our clients (jimbot/client.h). */
+#define MIN_PING_INTERVAL_MS 500
 
 typedef struct inbox_item {
     jb__rpc_tag *tag;
@@ -843,6 +845,23 @@ static char *bound_address(const char *listen, int port)
     return out;
 }
 
+/*
+ * Clients' keepalive pings (every JB_CLIENT_KEEPALIVE_MIN_MS at the most,
+ * also without calls) are welcome: accept one every half of that, so that
+ * gRPC never answers them with GOAWAY "too_many_pings".
+ */
+static void keepalive_args(grpc_arg ka[3])
+{
+    memset(ka, 0, 3 * sizeof(*ka));
+    ka[0].type = ka[1].type = ka[2].type = GRPC_ARG_INTEGER;
+    ka[0].key = (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS; /* never written */
+    ka[0].value.integer = 1;
+    ka[1].key = (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS;
+    ka[1].value.integer = MIN_PING_INTERVAL_MS;
+    ka[2].key = (char *)GRPC_ARG_HTTP2_MAX_PING_STRIKES;
+    ka[2].value.integer = 2;
+}
+
 jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_server **out,
                         jb_error *err)
 {
@@ -884,7 +903,10 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     args[1].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
     args[1].value.integer =
         srv->opts.max_receive_bytes > INT32_MAX ? INT32_MAX : (int)srv->opts.max_receive_bytes;
-    grpc_channel_args cargs = {2, args};
+    grpc_arg ka[3];
+    keepalive_args(ka);
+    grpc_arg all[5] = {args[0], args[1], ka[0], ka[1], ka[2]};
+    grpc_channel_args cargs = {5, all};
     srv->server = grpc_server_create(&cargs, NULL);
     srv->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
