@@ -18,9 +18,9 @@
  *   client_probe ADDR nack-once PATTERN GROUP  pull: nacks the first batch, prints the
  *                                              redelivered events' attempts
  *   client_probe ADDR health                   "health NAME"
- *   client_probe ADDR sub-watch PATTERN GROUP KEEPALIVE_MS [IDLE_MS]
- *                                              pull, keepalive KEEPALIVE_MS (and as
- *                                              its timeout; 0: off): "events N" per
+ *   client_probe ADDR sub-watch PATTERN GROUP KEEPALIVE_MS TIMEOUT_MS [IDLE_MS]
+ *                                              pull, keepalive KEEPALIVE_MS (0: off)
+ *                                              with TIMEOUT_MS: "events N" per
  *                                              batch (acked), "reconnects R" when the
  *                                              stream is attempted again; with
  *                                              IDLE_MS, "idle reconnects R" and exit
@@ -261,10 +261,10 @@ int main(int argc, char **argv)
     }
     const char *verb = argv[2];
     jb_client_options o = {.addr = argv[1], .backoff_min_ms = 50, .backoff_max_ms = 500};
-    if (strcmp(verb, "sub-watch") == 0 && argc >= 6) {
+    if (strcmp(verb, "sub-watch") == 0 && argc >= 7) {
         long ka = atol(argv[5]);
         o.keepalive_ms = ka > 0 ? (uint32_t)ka : JB_CLIENT_KEEPALIVE_OFF;
-        o.keepalive_timeout_ms = ka > 0 ? (uint32_t)ka : 0;
+        o.keepalive_timeout_ms = (uint32_t)atol(argv[6]);
     }
     if (strcmp(verb, "buffered") == 0 && argc >= 7) {
         o.batch_window_ms = (uint32_t)atoi(argv[5]);
@@ -367,8 +367,8 @@ int main(int argc, char **argv)
             rc = fail(st, &err);
         else
             printf("health %s\n", jb_health_name(h));
-    } else if (strcmp(verb, "sub-watch") == 0 && argc >= 6) {
-        rc = sub_watch(c, argv[3], argv[4], argc >= 7 ? atol(argv[6]) : 0);
+    } else if (strcmp(verb, "sub-watch") == 0 && argc >= 7) {
+        rc = sub_watch(c, argv[3], argv[4], argc >= 8 ? atol(argv[7]) : 0);
     } else {
         fprintf(stderr, "client_probe: bad verb or arguments\n");
         rc = 2;

@@ -4,11 +4,13 @@ the Python client, against the real jimbotd.
 A server that vanishes without closing its connections is frozen here with
 SIGSTOP: the kernel keeps the TCP connection open, so only an unanswered
 keepalive ping can tell the client. Each client subscribes with a 1 s
-keepalive; the test waits (a 20 s deadline, where without keepalive the
+keepalive and a 1 s ping timeout; the test waits (a 20 s deadline, where without keepalive the
 stream would hang forever) for the client to report that its stream broke
 and that it subscribes again, then SIGCONT lets the daemon go on and the
 subscription delivers again. An idle subscriber pinging every second for
-six seconds is not sent GOAWAY "too_many_pings" (its stream never breaks).
+six seconds (with a long ping timeout, so that a loaded machine's late
+answer is not taken for a dead server) is not sent GOAWAY "too_many_pings":
+its stream never breaks.
 
 Timeouts only keep a broken build from hanging the suite; nothing here
 asserts how fast things happen.
@@ -35,6 +37,10 @@ PROBE = os.path.join(BUILD, "tests", "client_probe")
 # watches would wait forever.
 NOTICE_DEADLINE = 20.0
 KEEPALIVE_MS = 1000
+# A frozen server must be noticed quickly; an idle client on a loaded
+# machine must not give up a live server whose answer is late.
+FROZEN_TIMEOUT_MS = 1000
+IDLE_TIMEOUT_MS = 20000
 IDLE_MS = 6000
 
 # A Python subscriber (jimbot.event_bus) in a child process: "subscribed",
@@ -45,8 +51,8 @@ PY_SUBSCRIBER = """
 import asyncio, sys
 from jimbot.event_bus import EventBus
 
-async def main(addr, pattern, group, keepalive_ms, idle_ms):
-    bus = EventBus(addr, keepalive_ms=keepalive_ms, keepalive_timeout_ms=keepalive_ms,
+async def main(addr, pattern, group, keepalive_ms, timeout_ms, idle_ms):
+    bus = EventBus(addr, keepalive_ms=keepalive_ms, keepalive_timeout_ms=timeout_ms,
                    reconnect_initial_s=0.05, reconnect_max_s=0.5)
     sub = await bus.subscribe(pattern, group, deliver_policy="all", auto_ack=True).ready()
     print("subscribed", flush=True)
@@ -76,7 +82,7 @@ async def main(addr, pattern, group, keepalive_ms, idle_ms):
         t.cancel()
     await bus.close()
 
-asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], *map(int, sys.argv[4:7])))
 """
 
 
@@ -130,12 +136,15 @@ class Lines:
 
 
 def c_subscriber(d, group, idle_ms=0):
-    return Lines([PROBE, d.address, "sub-watch", "lv.>", group, str(KEEPALIVE_MS), str(idle_ms)])
+    timeout = IDLE_TIMEOUT_MS if idle_ms else FROZEN_TIMEOUT_MS
+    return Lines([PROBE, d.address, "sub-watch", "lv.>", group, str(KEEPALIVE_MS), str(timeout),
+                  str(idle_ms)])
 
 
 def py_subscriber(d, group, idle_ms=0):
+    timeout = IDLE_TIMEOUT_MS if idle_ms else FROZEN_TIMEOUT_MS
     return Lines([sys.executable, "-c", PY_SUBSCRIBER, d.address, "lv.>", group,
-                  str(KEEPALIVE_MS), str(idle_ms)])
+                  str(KEEPALIVE_MS), str(timeout), str(idle_ms)])
 
 
 def ctl_subscriber(d, group):
