@@ -174,6 +174,13 @@ jb_status jb_bus_set_topics(jb_bus *bus, const char *const *topics, size_t n_top
 struct jb_config;
 jb_status jb_bus_apply_config(jb_bus *bus, const struct jb_config *cfg, jb_error *err);
 
+/*
+ * Delivers what the open batch window holds now, as if the window had
+ * closed (a drain does this before it ends the subscriptions). Not from a
+ * deliver callback; a no-op once the bus is closing.
+ */
+void jb_bus_flush_window(jb_bus *bus);
+
 typedef void (*jb_bus_close_cb)(void *userdata);
 
 /*

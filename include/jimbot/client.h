@@ -82,7 +82,22 @@ typedef struct jb_client_options {
     /* Bytes that buffered events (waiting or being sent) may hold before
      * jb_client_publish_buffered() refuses with JB_EBACKPRESSURE: 64 MiB. */
     size_t max_buffered_bytes;
+    /* Liveness: after keepalive_ms without traffic the client pings the
+     * server (with or without calls in flight), and a ping unanswered for
+     * keepalive_timeout_ms closes the connection: calls fail UNAVAILABLE
+     * and subscriptions reconnect. So a server that vanished without
+     * closing the connection (frozen, host gone, network cut) is noticed
+     * in about keepalive_ms + keepalive_timeout_ms: 2000 and 3000. Values
+     * under JB_CLIENT_KEEPALIVE_MIN_MS are raised to it (jimbotd allows a
+     * ping that often); keepalive_ms JB_CLIENT_KEEPALIVE_OFF turns pings off. */
+    uint32_t keepalive_ms;
+    uint32_t keepalive_timeout_ms;
 } jb_client_options;
+
+/* keepalive_ms value that turns keepalive pings off (0 means "the default"). */
+#define JB_CLIENT_KEEPALIVE_OFF UINT32_MAX
+/* The shortest keepalive interval and timeout used. */
+#define JB_CLIENT_KEEPALIVE_MIN_MS 1000
 
 /*
  * Creates a client and its thread. Connecting is lazy: no server needs to

@@ -14,16 +14,22 @@
  *
  * Lifecycle, in the order jimbotd follows at SIGTERM:
  *   jb_server_new()    binds the address and starts serving;
- *   jb_server_drain()  health turns NOT_SERVING, no new calls are accepted
- *                      (those that still arrive get UNAVAILABLE), live
- *                      Subscribe streams end with UNAVAILABLE and give their
- *                      unacked events back to their groups; Publish calls
- *                      already accepted keep waiting for their answer;
- *   jb_bus_close()     (the caller) flushes the window and answers those
- *                      Publish calls once durable;
- *   jb_server_close()  after a grace period cancels what is left, waits for
- *                      gRPC to finish, joins the thread, frees the server.
- * The bus must stay alive until jb_server_drain() has returned; after that
+ *   jb_server_drain()  the lame duck phase: health turns NOT_SERVING, every
+ *                      new call is answered UNAVAILABLE with the trailer
+ *                      "retry-after-ms" (the server keeps accepting calls to
+ *                      say so), Publish calls already accepted are answered
+ *                      once durable; when none waits any more (or after the
+ *                      grace), the open batch window is flushed to the
+ *                      subscribers, Subscribe streams end UNAVAILABLE once
+ *                      what they hold is sent (their unacked events go back
+ *                      to their groups), and the drained callback runs;
+ *   jb_bus_close()     (the caller, from that callback) answers the Publish
+ *                      calls left, if the grace ran out, once durable;
+ *   jb_server_close()  once no call has been live for a moment (or after a
+ *                      grace period) lets gRPC refuse calls itself
+ *                      (shutdown), cancels what is left, waits for gRPC to
+ *                      finish, joins the thread, frees the server.
+ * The bus must stay alive until the drained callback has run; after that
  * the server calls into it only to be answered for publishes it accepted
  * before, so the bus may close and be freed before jb_server_close().
  */
@@ -94,20 +100,26 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
 /* The address as bound ("127.0.0.1:50051", the port resolved; "unix:PATH"). */
 const char *jb_server_address(const jb_server *srv);
 
+typedef void (*jb_server_drained_cb)(void *userdata);
+
 /*
- * Starts draining (see the lifecycle above). Idempotent. After it returns,
- * the server never subscribes, acks or publishes on the bus again.
+ * Starts draining (see the lifecycle above): the lame duck phase lasts
+ * while Publish calls wait for the bus, at most @grace_ms (0: 5000); then
+ * the streams end and @cb (may be NULL) runs on the loop, later, never from
+ * inside this call. From then on the server never subscribes, acks or
+ * publishes on the bus again. Only the first call counts.
  */
-void jb_server_drain(jb_server *srv);
+void jb_server_drain(jb_server *srv, uint32_t grace_ms, jb_server_drained_cb cb, void *userdata);
 
 typedef void (*jb_server_close_cb)(void *userdata);
 
 /*
- * Finishes the shutdown: drains if not done yet, waits up to @grace_ms for
- * calls to end by themselves (answers being sent), then cancels every call
- * left and closes the connections; once gRPC has let go of everything the
- * thread is joined, gRPC core is shut down, @cb (may be NULL) runs on the
- * loop and @srv is freed.
+ * Finishes the shutdown: drains if not done yet, waits up to @grace_ms
+ * (0: 5000) for calls to end by themselves (answers being sent, new calls
+ * refused), then shuts gRPC down, cancels every call left and closes the
+ * connections; once gRPC has let go of everything the thread is joined,
+ * gRPC core is shut down, @cb (may be NULL) runs on the loop and @srv is
+ * freed.
  */
 void jb_server_close(jb_server *srv, uint32_t grace_ms, jb_server_close_cb cb, void *userdata);
 

@@ -73,6 +73,25 @@ RETRY_AFTER_KEY = "retry-after-ms"
 GROUP_KEY = "jimbot-group"
 # Wait before retrying a refused publish when the daemon gives no hint.
 _DEFAULT_RETRY_AFTER_MS = 50
+#: Keepalive defaults (as the C client's): a ping after 2 s without traffic,
+#: the connection given up when it is not answered within 3 s.
+DEFAULT_KEEPALIVE_MS = 2000
+DEFAULT_KEEPALIVE_TIMEOUT_MS = 3000
+#: The shortest interval used; jimbotd accepts pings this often.
+MIN_KEEPALIVE_MS = 1000
+
+
+def keepalive_options(keepalive_ms: Optional[int], timeout_ms: int) -> list:
+    """gRPC channel options for keepalive pings every ``keepalive_ms`` (at
+    least MIN_KEEPALIVE_MS), also on an idle connection, answered within
+    ``timeout_ms``; none for ``keepalive_ms`` None or 0 (no pings)."""
+    if not keepalive_ms:
+        return []
+    return [("grpc.keepalive_time_ms", max(int(keepalive_ms), MIN_KEEPALIVE_MS)),
+            ("grpc.keepalive_timeout_ms", max(int(timeout_ms), MIN_KEEPALIVE_MS)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # By default gRPC stops pinging after two pings without data.
+            ("grpc.http2.max_pings_without_data", 0)]
 
 
 class DeliverPolicy:
@@ -501,14 +520,20 @@ class EventBus:
     one request per window (at most ``max_batch_size`` events; a full batch
     goes at once). ``publish_timeout_s`` bounds each publish, backpressure
     retries included. ``reconnect_initial_s`` and ``reconnect_max_s`` shape
-    the subscription's reconnect backoff. ``credentials`` (a
+    the subscription's reconnect backoff. ``keepalive_ms`` and
+    ``keepalive_timeout_ms`` make a vanished daemon (frozen, host gone,
+    network cut, the TCP connection still open) noticed within about their
+    sum: calls fail ``UNAVAILABLE`` and subscriptions reconnect;
+    ``keepalive_ms=None`` turns the pings off. ``credentials`` (a
     ``grpc.ChannelCredentials``) selects TLS; ``channel_options`` go to the
-    gRPC channel.
+    gRPC channel (and win over the keepalive options they repeat).
     """
 
     def __init__(self, addr: str = DEFAULT_ADDR, *, source: str = "", batch_window_ms: int = 0,
                  max_batch_size: int = 1000, publish_timeout_s: float = 10.0,
                  reconnect_initial_s: float = 0.1, reconnect_max_s: float = 5.0,
+                 keepalive_ms: Optional[int] = DEFAULT_KEEPALIVE_MS,
+                 keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_TIMEOUT_MS,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  channel_options: Optional[Sequence] = None):
         if batch_window_ms < 0 or max_batch_size < 1:
@@ -522,6 +547,9 @@ class EventBus:
         self._reconnect_max_s = reconnect_max_s
         self._credentials = credentials
         self._channel_options = list(channel_options or [])
+        given = {key for key, _ in self._channel_options}
+        self._channel_options += [o for o in keepalive_options(keepalive_ms, keepalive_timeout_ms)
+                                  if o[0] not in given]
         self._channel = None
         self._stub = None
         self._closed = False

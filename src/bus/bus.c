@@ -910,6 +910,13 @@ void jb_bus_set_window(jb_bus *bus, uint32_t batch_window_ms, uint32_t max_batch
     jb__bus_kick(bus);
 }
 
+void jb_bus_flush_window(jb_bus *bus)
+{
+    if (bus->in_deliver)
+        JB_BUG("jb_bus_flush_window() called from a deliver callback");
+    jb__bus_deliver_all(bus, 1);
+}
+
 static void on_store_closed(jb_status status, void *userdata)
 {
     jb_bus *bus = userdata;

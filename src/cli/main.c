@@ -289,7 +289,11 @@ static void subscribe_usage(FILE *out)
             "  --count N            exit 0 after N events\n"
             "  --from WHERE         where a new group starts: new (default), all, or a sequence\n"
             "  --max-in-flight N    unacked events at once (default: the server's)\n"
-            "  --no-ack             do not ack (events come back after the group's ack wait)\n");
+            "  --no-ack             do not ack (events come back after the group's ack wait)\n"
+            "  --keepalive MS       ping the server after MS without traffic, so that a server\n"
+            "                       that vanished is noticed in about MS + 3000 ms and the\n"
+            "                       stream is subscribed again (default 2000, at least 1000;\n"
+            "                       0: no pings); each new attempt is reported on stderr\n");
 }
 
 static void print_event(jb__buf *line, const jb_event *ev)
@@ -339,15 +343,13 @@ static void on_signal(int sig)
 static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"group", required_argument, NULL, 'g'},
-        {"count", required_argument, NULL, 'n'},
-        {"from", required_argument, NULL, 'F'},
-        {"max-in-flight", required_argument, NULL, 'm'},
-        {"no-ack", no_argument, NULL, 'A'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"group", required_argument, NULL, 'g'}, {"count", required_argument, NULL, 'n'},
+        {"from", required_argument, NULL, 'F'},  {"max-in-flight", required_argument, NULL, 'm'},
+        {"no-ack", no_argument, NULL, 'A'},      {"keepalive", required_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},        {NULL, 0, NULL, 0},
     };
     jb_client_sub_options so = {0};
+    jb_client_options co = *copts;
     uint64_t count = 0, v;
     int ack = 1, c;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
@@ -378,6 +380,11 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
         case 'A':
             ack = 0;
             break;
+        case 'k':
+            if (parse_u64(optarg, &v) != 0 || v >= UINT32_MAX)
+                return bad_usage("--keepalive '%s': expected milliseconds", optarg);
+            co.keepalive_ms = v == 0 ? JB_CLIENT_KEEPALIVE_OFF : (uint32_t)v;
+            break;
         case 'h':
             subscribe_usage(stdout);
             return 0;
@@ -399,7 +406,7 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
 
     jb_error err;
     jb_client_sub *sub = NULL;
-    jb_status st = jb_client_new(copts, client, &err);
+    jb_status st = jb_client_new(&co, client, &err);
     if (st == JB_OK)
         st = jb_client_subscribe(*client, &so, NULL, NULL, &sub, &err);
     if (st != JB_OK)
@@ -410,9 +417,15 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
     uint64_t *seqs = NULL;
     size_t seqs_cap = 0;
     int rc = 0;
+    uint32_t reconnects = 0;
     while (!stop_requested && (count == 0 || printed < count)) {
         jb_client_batch *b;
         st = jb_client_sub_next(sub, 200, &b, &err);
+        if (jb_client_sub_reconnects(sub) != reconnects) {
+            reconnects = jb_client_sub_reconnects(sub);
+            fprintf(stderr, "jimbotctl: the stream broke; subscribing again (attempt %u)\n",
+                    reconnects);
+        }
         if (st == JB_ETIMEDOUT)
             continue;
         if (st != JB_OK) {
@@ -437,7 +450,11 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
         jb_client_batch_free(b);
         if (fflush(stdout) != 0 || closed)
             break; /* the reader went away: what it did not get stays unacked */
-        if (ack && k > 0 && (st = jb_client_sub_ack(sub, seqs, k, &err)) != JB_OK) {
+        st = ack && k > 0 ? jb_client_sub_ack(sub, seqs, k, &err) : JB_OK;
+        if (st == JB_EUNAVAILABLE || st == JB_ETIMEDOUT) {
+            /* The server went away: it delivers those events again. */
+            fprintf(stderr, "jimbotctl: ack lost (%s); the events will come again\n", err.message);
+        } else if (st != JB_OK) {
             rc = fail_status(st, &err);
             break;
         }

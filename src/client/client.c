@@ -444,6 +444,22 @@ static void *client_thread(void *arg)
     return NULL;
 }
 
+static void keepalive_defaults(jb_client_options *o)
+{
+    if (o->keepalive_ms == 0)
+        o->keepalive_ms = 2000;
+    else if (o->keepalive_ms < JB_CLIENT_KEEPALIVE_MIN_MS)
+        o->keepalive_ms = JB_CLIENT_KEEPALIVE_MIN_MS;
+    else if (o->keepalive_ms > INT32_MAX && o->keepalive_ms != JB_CLIENT_KEEPALIVE_OFF)
+        o->keepalive_ms = INT32_MAX;
+    if (o->keepalive_timeout_ms == 0)
+        o->keepalive_timeout_ms = 3000;
+    else if (o->keepalive_timeout_ms < JB_CLIENT_KEEPALIVE_MIN_MS)
+        o->keepalive_timeout_ms = JB_CLIENT_KEEPALIVE_MIN_MS;
+    else if (o->keepalive_timeout_ms > INT32_MAX)
+        o->keepalive_timeout_ms = INT32_MAX;
+}
+
 jb_status jb_client_new(const jb_client_options *opts, jb_client **out, jb_error *err)
 {
     jb_client_options o = opts != NULL ? *opts : (jb_client_options){0};
@@ -461,6 +477,7 @@ jb_status jb_client_new(const jb_client_options *opts, jb_client **out, jb_error
         o.max_batch = 1000;
     if (o.max_buffered_bytes == 0)
         o.max_buffered_bytes = (size_t)64 << 20;
+    keepalive_defaults(&o);
 
     jb_client *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -484,21 +501,34 @@ jb_status jb_client_new(const jb_client_options *opts, jb_client **out, jb_error
     static char k_initial[] = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS;
     static char k_min[] = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS;
     static char k_max[] = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS;
-    grpc_arg args[4];
+    static char k_ka_time[] = GRPC_ARG_KEEPALIVE_TIME_MS;
+    static char k_ka_timeout[] = GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+    static char k_ka_idle[] = GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS;
+    static char k_ka_pings[] = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA;
+    grpc_arg args[8];
     memset(args, 0, sizeof(args));
-    args[0].type = GRPC_ARG_INTEGER;
+    for (size_t i = 0; i < 8; i++)
+        args[i].type = GRPC_ARG_INTEGER;
     args[0].key = k_max_recv;
     args[0].value.integer = -1; /* a batch may hold 1000 events of up to 1 MiB */
-    args[1].type = GRPC_ARG_INTEGER;
     args[1].key = k_initial;
     args[1].value.integer = (int)o.backoff_min_ms;
-    args[2].type = GRPC_ARG_INTEGER;
     args[2].key = k_min;
     args[2].value.integer = (int)o.backoff_min_ms;
-    args[3].type = GRPC_ARG_INTEGER;
     args[3].key = k_max;
     args[3].value.integer = (int)o.backoff_max_ms;
-    grpc_channel_args cargs = {.num_args = 4, .args = args};
+    /* Keepalive: pings on idle connections too, and without limit (by
+     * default gRPC stops after two pings that carried no data). */
+    args[4].key = k_ka_time;
+    args[4].value.integer =
+        o.keepalive_ms == JB_CLIENT_KEEPALIVE_OFF ? INT32_MAX : (int)o.keepalive_ms;
+    args[5].key = k_ka_timeout;
+    args[5].value.integer = (int)o.keepalive_timeout_ms;
+    args[6].key = k_ka_idle;
+    args[6].value.integer = o.keepalive_ms != JB_CLIENT_KEEPALIVE_OFF;
+    args[7].key = k_ka_pings;
+    args[7].value.integer = 0;
+    grpc_channel_args cargs = {.num_args = 8, .args = args};
     grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     c->channel = grpc_channel_create(c->addr, creds, &cargs);
     grpc_channel_credentials_release(creds);

@@ -211,6 +211,10 @@ static const jb_config_key builtin_keys[] = {
      "docs/grpc.md \"Memory\" says what it covers and what it does not."},
     {"event_bus.max_concurrent_streams", JB_CONFIG_INT, 0, "256", 1, 100000, NULL, NULL,
      "Calls one client connection may have open at once (HTTP/2 max concurrent streams)."},
+    {"event_bus.drain_grace_ms", JB_CONFIG_INT, R, "5000", 100, 3600000, NULL, NULL,
+     "At SIGTERM/SIGINT, how long each step of the drain may wait: for Publishes in flight to "
+     "be answered, then for the last calls to end, before the rest is cancelled. A second "
+     "signal ends the wait at once."},
     {"event_bus.retention.max_age_seconds", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
      "Log segments older than this are deleted (0: no age limit)."},
     {"event_bus.retention.max_bytes", JB_CONFIG_INT, 0, "1073741824", 0, 1125899906842624.0, NULL,

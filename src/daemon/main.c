@@ -17,11 +17,15 @@
  * on the one loop. A port already taken, or a data dir in use by another
  * jimbotd, stops the start with one line and exit 1.
  *
- * Shutdown order (SIGTERM/SIGINT): the server drains (health NOT_SERVING,
- * no new calls, streams end UNAVAILABLE); the bus closes (the open window
- * is flushed, pending publishes are answered once durable, positions
- * saved); the log closes (fsync); the server closes after a grace period;
- * the watcher and the signals close; the loop ends; exit 0.
+ * Shutdown order (SIGTERM/SIGINT): the server drains (lame duck: health
+ * NOT_SERVING, new calls answered UNAVAILABLE with retry-after-ms,
+ * Publishes in flight answered once durable; then the open window is
+ * flushed and streams end UNAVAILABLE); the bus closes (what is left is
+ * answered once durable, positions saved); the log closes (fsync); the
+ * server closes once no call is live; the watcher and the signals close;
+ * the loop ends; exit 0. Each wait is bounded by event_bus.drain_grace_ms.
+ * A second SIGTERM/SIGINT during that makes what the log buffers durable
+ * (write and fsync) and exits at once with EXIT_FORCED.
  */
 #include "jimbot/bus.h"
 #include "jimbot/config.h"
@@ -35,10 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <uv.h>
 
-/* How long the server waits for calls to finish by themselves at shutdown. */
-#define SHUTDOWN_GRACE_MS 2000
+/* The exit status after a second SIGTERM/SIGINT cut a drain short. */
+#define EXIT_FORCED 3
 
 typedef struct jbd_options {
     const char *config_path;
@@ -63,6 +68,8 @@ typedef struct jbd_daemon {
     jb_server *server;
     char *state_path;
     int stopping;
+    int forced;
+    uint32_t grace_ms;
     int exit_code;
 } jbd_daemon;
 
@@ -94,7 +101,10 @@ static void usage(FILE *out)
             "  -h, --help           show this help\n"
             "  -V, --version        print the version\n"
             "\n"
-            "Signals: SIGTERM/SIGINT drain and exit 0; SIGHUP reloads the configuration.\n"
+            "Signals: SIGTERM/SIGINT drain (new calls get UNAVAILABLE, calls in flight are\n"
+            "answered, at most event_bus.drain_grace_ms per step) and exit 0; a second\n"
+            "SIGTERM/SIGINT fsyncs what is buffered and exits 3 at once. SIGHUP reloads\n"
+            "the configuration.\n"
             "The configuration keys are listed in docs/configuration.md.\n");
 }
 
@@ -118,6 +128,42 @@ static void on_server_closed(void *userdata)
     close_handles(userdata);
 }
 
+/* After a second signal: the log is durable (or could not be), leave now. */
+static _Noreturn void exit_forced(void)
+{
+    jb_log(JB_LOG_WARN, "daemon", "drain cut short by a second signal: exiting", "status=%d",
+           EXIT_FORCED);
+    fflush(NULL);
+    _exit(EXIT_FORCED);
+}
+
+static void on_forced_flush(jb_status status, uint64_t durable_seq, const jb_error *err,
+                            void *userdata)
+{
+    (void)durable_seq;
+    (void)userdata;
+    if (status != JB_OK)
+        jb_log(JB_LOG_ERROR, "daemon", "the log could not be made durable", "error=%s",
+               err != NULL ? err->message : jb_status_name(status));
+    exit_forced();
+}
+
+/* A second SIGTERM/SIGINT: fsync what the log holds, then exit. */
+static void stop_now(jbd_daemon *d)
+{
+    if (d->forced)
+        return;
+    d->forced = 1;
+    jb_log(JB_LOG_WARN, "daemon", "second signal: making the log durable, then exiting", NULL);
+    if (d->store == NULL)
+        exit_forced();
+    jb_status st = jb_store_flush(d->store, on_forced_flush, d);
+    /* JB_ECLOSED: the log is closing, which writes and fsyncs everything;
+     * on_store_closed exits. */
+    if (st != JB_OK && st != JB_ECLOSED)
+        exit_forced();
+}
+
 static void on_store_closed(jb_status status, void *userdata)
 {
     jbd_daemon *d = userdata;
@@ -127,10 +173,12 @@ static void on_store_closed(jb_status status, void *userdata)
                jb_status_name(status));
         d->exit_code = 1;
     }
+    if (d->forced)
+        exit_forced();
     if (d->server != NULL) {
         jb_server *srv = d->server;
         d->server = NULL;
-        jb_server_close(srv, SHUTDOWN_GRACE_MS, on_server_closed, d);
+        jb_server_close(srv, d->grace_ms, on_server_closed, d);
     } else {
         close_handles(d);
     }
@@ -149,18 +197,34 @@ static void on_bus_closed(void *userdata)
     close_store(d);
 }
 
+static void close_bus(jbd_daemon *d)
+{
+    if (d->bus != NULL)
+        jb_bus_close(d->bus, on_bus_closed, d);
+    else
+        close_store(d);
+}
+
+static uint32_t cfg_u32(const jb_config *cfg, const char *key);
+
+static void on_server_drained(void *userdata)
+{
+    close_bus(userdata);
+}
+
 static void daemon_stop(jbd_daemon *d, const char *why)
 {
     if (d->stopping)
         return;
     d->stopping = 1;
-    jb_log(JB_LOG_INFO, "daemon", "shutting down", "reason=%s", why);
+    d->grace_ms = d->watcher != NULL
+                      ? cfg_u32(jb_config_watcher_current(d->watcher), "event_bus.drain_grace_ms")
+                      : 0;
+    jb_log(JB_LOG_INFO, "daemon", "shutting down", "reason=%s grace_ms=%u", why, d->grace_ms);
     if (d->server != NULL)
-        jb_server_drain(d->server);
-    if (d->bus != NULL)
-        jb_bus_close(d->bus, on_bus_closed, d);
+        jb_server_drain(d->server, d->grace_ms, on_server_drained, d);
     else
-        close_store(d);
+        close_bus(d);
 }
 
 static void on_signal(uv_signal_t *handle, int signum)
@@ -172,7 +236,10 @@ static void on_signal(uv_signal_t *handle, int signum)
             jb_config_watcher_reload(d->watcher);
         return;
     }
-    daemon_stop(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    if (d->stopping)
+        stop_now(d);
+    else
+        daemon_stop(d, signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 static int parse_args(int argc, char **argv, jbd_options *o)

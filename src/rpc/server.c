@@ -25,10 +25,26 @@
  * slow_consumer_ms: a SEND_MESSAGE completes when the transport took the
  * bytes, so a client that stops reading stalls it after a few MiB.
  *
- * Shutdown (GRPC_NOTES sharp edge 7): drain = shutdown_and_notify, live
- * calls told (streams end UNAVAILABLE); close = after a grace period cancel
- * every call, wait for the notify tag and for every call to be freed,
- * destroy the server, shut the queue down, join the pump, grpc_shutdown.
+ * Methods are registered with GRPC_SRM_PAYLOAD_NONE: gRPC hands a call over
+ * as soon as its headers arrive and the server reads the request itself
+ * (RECV_MESSAGE), so a call whose request is still on its way is already
+ * ours, counted and answered, and a drain can wait for it.
+ *
+ * Shutdown (GRPC_NOTES sharp edge 7) in three steps, each bounded by a grace
+ * period:
+ *   lame duck (jb_server_drain): the request slots stay posted and every
+ *     new call is answered UNAVAILABLE with "retry-after-ms" by the
+ *     handlers; Publishes already accepted are answered once durable;
+ *   streams end: once no Publish waits for the bus (or after the grace), the
+ *     open batch window is flushed to the subscribers, Subscribe and Watch
+ *     streams end UNAVAILABLE after what they hold is sent, and the drained
+ *     callback lets the owner close the bus;
+ *   close (jb_server_close): once no call has been live for a moment (or
+ *     after the grace), shutdown_and_notify, then cancel every call left
+ *     (which also closes idle connections), wait for the notify tag and for
+ *     every call to be freed, destroy the server, shut the queue down, join
+ *     the pump, grpc_shutdown.
+ * Only the last step lets gRPC refuse calls itself, when none is in flight.
  *
  * Must not depend on: the daemon, the configuration's files, protobuf
  * message types (services.c has those).
@@ -54,6 +70,9 @@
 #define CLOSE_TICK_MS       20
 #define CLOSE_SETTLE_MS     300
 #define RETRY_KEY           "retry-after-ms"
+#define DEFAULT_GRACE_MS    5000
+/* Half the shortest keepalive interval of our clients (jimbot/client.h). */
+#define MIN_PING_INTERVAL_MS 500
 
 typedef struct inbox_item {
     jb__rpc_tag *tag;
@@ -88,11 +107,19 @@ struct jb_server {
     size_t n_calls;  /* every jb__call alive, request slots included */
     size_t n_active; /* those with a gRPC call */
 
-    int draining;
+    size_t n_held; /* calls the engine holds (Publishes waiting for the bus) */
+
+    int draining;      /* lame duck: new calls are refused */
+    int streams_ended; /* the window is flushed, streams told, the bus let go */
+    int shut;          /* grpc_server_shutdown_and_notify called */
     int closing;
     int notified;
     int cancelled_all;
     int finished;
+    uint64_t drain_start_ms;
+    uint32_t drain_grace_ms;
+    jb_server_drained_cb drained_cb;
+    void *drained_userdata;
     uint64_t close_start_ms;
     uint64_t idle_since_ms; /* since when no call is live (0: some are) */
     uint32_t grace_ms;
@@ -316,10 +343,12 @@ static void call_unref(jb__call *c)
 void jb__call_hold(jb__call *c)
 {
     c->refs++;
+    c->srv->n_held++;
 }
 
 void jb__call_unhold(jb__call *c)
 {
+    c->srv->n_held--;
     call_unref(c);
 }
 
@@ -574,6 +603,29 @@ static void on_recv_close(jb__rpc_tag *tag, int ok)
 
 static void request_call(jb_server *srv, size_t index);
 
+/* The request has arrived (or the client went away first): start the method. */
+static void on_request(jb__rpc_tag *tag, int ok)
+{
+    jb__call *c = JB__CONTAINER_OF(tag, jb__call, t_new);
+    if (ok && !c->closed) {
+        c->started = 1;
+        c->m->start(c);
+    }
+    call_unref(c);
+}
+
+/* Reads the request message into c->payload, then on_request. */
+static void read_request(jb__call *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof(op));
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->payload;
+    c->t_new.fn = on_request;
+    if (start_batch(c, &op, 1, &c->t_new) != 0)
+        grpc_call_cancel_with_status(c->call, GRPC_STATUS_INTERNAL, "internal error", NULL);
+}
+
 static void on_new_call(jb__rpc_tag *tag, int ok)
 {
     jb__call *c = JB__CONTAINER_OF(tag, jb__call, t_new);
@@ -585,7 +637,8 @@ static void on_new_call(jb__rpc_tag *tag, int ok)
     }
     c->active = 1;
     srv->n_active++;
-    if (!srv->draining)
+    /* Slots stay posted in the lame duck phase, so that we answer new calls. */
+    if (!srv->shut)
         request_call(srv, c->method_index);
     call_link(srv, c);
     grpc_op op;
@@ -600,7 +653,7 @@ static void on_new_call(jb__rpc_tag *tag, int ok)
     if (c->m == NULL)
         jb__call_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, "unknown method", 0);
     else
-        c->m->start(c);
+        read_request(c);
     call_unref(c); /* The request's reference. */
 }
 
@@ -622,7 +675,7 @@ static void request_call(jb_server *srv, size_t index)
     grpc_call_error e;
     if (c->m != NULL) {
         e = grpc_server_request_registered_call(srv->server, srv->handles[index], &c->call,
-                                                &c->deadline, &c->md, &c->payload, srv->cq, srv->cq,
+                                                &c->deadline, &c->md, NULL, srv->cq, srv->cq,
                                                 &c->t_new);
     } else {
         grpc_call_details_init(&c->details);
@@ -638,6 +691,8 @@ static void request_call(jb_server *srv, size_t index)
 }
 
 /* ---- slow consumers and close progress ------------------------------------ */
+
+static void on_shutdown_notified(jb__rpc_tag *tag, int ok);
 
 static void check_slow(jb_server *srv)
 {
@@ -668,14 +723,48 @@ static void check_slow(jb_server *srv)
     }
 }
 
-static void on_tick(uv_timer_t *t)
+/* Calls every started call's drain handler (a snapshot: ending may unlink). */
+static void tell_live_calls(jb_server *srv)
 {
-    jb_server *srv = t->data;
-    if (!srv->closing) {
-        check_slow(srv);
+    if (srv->calls == NULL)
         return;
+    size_t n = 0;
+    for (jb__call *x = srv->calls;; x = x->next) {
+        n++;
+        if (x->next == srv->calls)
+            break;
     }
+    jb__call *x = srv->calls;
+    for (size_t i = 0; i < n && x != NULL; i++) {
+        jb__call *next = x->next;
+        if (x->started && x->m->drain != NULL)
+            x->m->drain(x);
+        x = next;
+    }
+}
+
+/* The lame duck's end: no Publish waits for the bus (or the grace is over). */
+static void end_streams(jb_server *srv)
+{
+    uint64_t waited = jb__now_ms() - srv->drain_start_ms;
+    if (srv->n_held > 0 && waited < srv->drain_grace_ms)
+        return;
+    srv->streams_ended = 1;
+    jb_bus_flush_window(srv->opts.bus);
+    tell_live_calls(srv);
+    jb_log(JB_LOG_INFO, "rpc", "gRPC server drained: streams ended", "unanswered_publishes=%zu",
+           srv->n_held);
+    jb_server_drained_cb cb = srv->drained_cb;
+    srv->drained_cb = NULL;
+    if (cb != NULL)
+        cb(srv->drained_userdata);
+}
+
+/* Shuts gRPC down once no call has been live for a moment (or after the grace). */
+static void close_step(jb_server *srv)
+{
     uint64_t now = jb__now_ms();
+    int grace_over = now - srv->close_start_ms >= srv->grace_ms;
     if (srv->n_active > 0)
         srv->idle_since_ms = 0;
     else if (srv->idle_since_ms == 0)
@@ -683,12 +772,28 @@ static void on_tick(uv_timer_t *t)
     /* Calls that just ended may still have bytes on their way out: give the
      * transport a moment before closing the connections under it. */
     int settled = srv->idle_since_ms != 0 && now - srv->idle_since_ms >= CLOSE_SETTLE_MS;
-    if (!srv->cancelled_all && (now - srv->close_start_ms >= srv->grace_ms || settled)) {
+    if (!srv->shut && (settled || grace_over)) {
+        srv->shut = 1;
+        jb_log(JB_LOG_INFO, "rpc", "gRPC server shutting down", "live_calls=%zu", srv->n_active);
+        srv->t_shutdown.fn = on_shutdown_notified;
+        grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->t_shutdown);
+    }
+    if (srv->shut && !srv->cancelled_all && (srv->n_active == 0 || grace_over)) {
         /* Also closes idle connections, without which the notify never comes. */
         srv->cancelled_all = 1;
         grpc_server_cancel_all_calls(srv->server);
     }
     maybe_finish(srv);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    jb_server *srv = t->data;
+    check_slow(srv);
+    if (srv->draining && !srv->streams_ended)
+        end_streams(srv);
+    if (srv->closing && srv->streams_ended && !srv->finished)
+        close_step(srv);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -753,6 +858,23 @@ static char *bound_address(const char *listen, int port)
 static int clamp_int(size_t v)
 {
     return v > INT32_MAX ? INT32_MAX : (int)v;
+}
+
+/*
+ * Clients' keepalive pings (every JB_CLIENT_KEEPALIVE_MIN_MS at the most,
+ * also without calls) are welcome: accept one every half of that, so that
+ * gRPC never answers them with GOAWAY "too_many_pings".
+ */
+static void keepalive_args(grpc_arg ka[3])
+{
+    memset(ka, 0, 3 * sizeof(*ka));
+    ka[0].type = ka[1].type = ka[2].type = GRPC_ARG_INTEGER;
+    ka[0].key = (char *)GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS; /* never written */
+    ka[0].value.integer = 1;
+    ka[1].key = (char *)GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS;
+    ka[1].value.integer = MIN_PING_INTERVAL_MS;
+    ka[2].key = (char *)GRPC_ARG_HTTP2_MAX_PING_STRIKES;
+    ka[2].value.integer = 2;
 }
 
 jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_server **out,
@@ -831,14 +953,17 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     args[3].key = (char *)GRPC_ARG_RESOURCE_QUOTA;
     args[3].value.pointer.p = quota;
     args[3].value.pointer.vtable = grpc_resource_quota_arg_vtable();
-    grpc_channel_args cargs = {4, args};
+    grpc_arg ka[3];
+    keepalive_args(ka);
+    grpc_arg all[7] = {args[0], args[1], args[2], args[3], ka[0], ka[1], ka[2]};
+    grpc_channel_args cargs = {7, all};
     srv->server = grpc_server_create(&cargs, NULL);
     grpc_resource_quota_unref(quota);
     srv->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(srv->server, srv->cq, NULL);
     for (size_t i = 0; i < jb__n_methods; i++)
         srv->handles[i] = grpc_server_register_method(srv->server, jb__methods[i].path, NULL,
-                                                      GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+                                                      GRPC_SRM_PAYLOAD_NONE, 0);
     grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
     int port = grpc_server_add_http2_port(srv->server, srv->listen, creds);
     grpc_server_credentials_release(creds);
@@ -887,38 +1012,27 @@ const char *jb_server_address(const jb_server *srv)
     return srv->address != NULL ? srv->address : srv->listen;
 }
 
-void jb_server_drain(jb_server *srv)
+void jb_server_drain(jb_server *srv, uint32_t grace_ms, jb_server_drained_cb cb, void *userdata)
 {
     if (srv->draining)
         return;
     srv->draining = 1;
-    jb_log(JB_LOG_INFO, "rpc", "gRPC server draining", "live_calls=%zu", srv->n_active);
-    srv->t_shutdown.fn = on_shutdown_notified;
-    grpc_server_shutdown_and_notify(srv->server, srv->cq, &srv->t_shutdown);
-    if (srv->calls == NULL)
-        return;
-    size_t n = 0;
-    for (jb__call *x = srv->calls;; x = x->next) {
-        n++;
-        if (x->next == srv->calls)
-            break;
-    }
-    jb__call *x = srv->calls;
-    for (size_t i = 0; i < n && x != NULL; i++) {
-        jb__call *next = x->next;
-        if (x->m != NULL && x->m->drain != NULL)
-            x->m->drain(x);
-        x = next;
-    }
+    srv->drain_start_ms = jb__now_ms();
+    srv->drain_grace_ms = grace_ms ? grace_ms : DEFAULT_GRACE_MS;
+    srv->drained_cb = cb;
+    srv->drained_userdata = userdata;
+    jb_log(JB_LOG_INFO, "rpc", "gRPC server draining (lame duck)", "live_calls=%zu publishes=%zu",
+           srv->n_active, srv->n_held);
+    uv_timer_start(&srv->tick, on_tick, CLOSE_TICK_MS, CLOSE_TICK_MS);
 }
 
 void jb_server_close(jb_server *srv, uint32_t grace_ms, jb_server_close_cb cb, void *userdata)
 {
-    jb_server_drain(srv);
+    jb_server_drain(srv, grace_ms, NULL, NULL);
     if (srv->closing)
         return;
     srv->closing = 1;
-    srv->grace_ms = grace_ms;
+    srv->grace_ms = grace_ms ? grace_ms : DEFAULT_GRACE_MS;
     srv->close_cb = cb;
     srv->close_userdata = userdata;
     srv->close_start_ms = jb__now_ms();

@@ -32,12 +32,14 @@ typedef struct jb__call jb__call;
 /* A registered method: its path and its handlers. */
 typedef struct jb__method {
     const char *path;
-    /* Runs once a call has arrived, with c->payload (may be NULL). */
+    /* Runs once a call and its request have arrived, with c->payload (may
+     * be NULL). */
     void (*start)(jb__call *c);
     /* Optional: the client went away or the call ended (RECV_CLOSE came);
      * release engine resources here. Runs once. */
     void (*closed)(jb__call *c);
-    /* Optional: the server started draining while the call is live. */
+    /* Optional: the lame duck phase is over and the call is live: end the
+     * stream (UNAVAILABLE) after what it holds. */
     void (*drain)(jb__call *c);
     /* Optional: frees c->state; runs just before the call is freed. */
     void (*release)(jb__call *c);
@@ -66,8 +68,9 @@ struct jb__call {
     unsigned finishing : 1;   /* the status is sent or waits for the queue */
     unsigned status_sent : 1; /* the final batch is posted */
     unsigned send_busy : 1;
-    unsigned live : 1;   /* linked in srv->calls */
-    unsigned active : 1; /* gRPC gave it a call */
+    unsigned live : 1;    /* linked in srv->calls */
+    unsigned active : 1;  /* gRPC gave it a call */
+    unsigned started : 1; /* its request arrived and m->start ran */
     jb__rpc_tag t_new, t_close, t_send, t_done, t_md;
     uint64_t send_since_ms; /* when the outstanding send started */
     /* Stream output: one SEND_MESSAGE at a time, the rest queued here. */

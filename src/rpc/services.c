@@ -11,8 +11,10 @@
  *     bytes that do not decode are INVALID_ARGUMENT and reach no engine
  *     function, so malformed input changes nothing.
  *   - While the server drains, nothing new reaches the bus: every handler
- *     answers UNAVAILABLE "shutting down" (the bus may be closed and freed
- *     by then).
+ *     but Health.Check answers UNAVAILABLE "shutting down" with
+ *     "retry-after-ms" (the bus may be closed and freed by then); a retry
+ *     of a Publish with the same event ids is deduplicated by the next
+ *     daemon.
  *   - Subscribe streams forward the stored envelopes as they are: an
  *     EventBatch is `repeated Event events = 1`, so each event is the tag
  *     0x0a, a varint length, the stored bytes and the sequence/attempt
@@ -39,6 +41,8 @@
  * (a single larger event goes alone). */
 #define MAX_BATCH_MESSAGE (4u * 1024 * 1024 - 64 * 1024)
 #define SHUTTING_DOWN     "shutting down"
+/* The hint sent with it: about the time a supervisor takes to restart us. */
+#define DRAIN_RETRY_MS 1000
 
 /* Decodes the call's payload with @desc; NULL when missing or malformed. */
 static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
@@ -64,7 +68,7 @@ static int refuse_if_draining(jb__call *c)
 {
     if (!jb__server_draining(c->srv))
         return 0;
-    jb__call_finish(c, NULL, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 0);
+    jb__call_finish(c, NULL, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, DRAIN_RETRY_MS);
     return 1;
 }
 
@@ -183,14 +187,15 @@ static size_t batch_item_size(const jb_event *ev, uint8_t *suffix, size_t *suffi
     return 1 + varint_size(len) + len;
 }
 
-static void sub_end(jb__call *c, grpc_status_code code, const char *details)
+/* Unsubscribes and ends the stream; @drop: discard what is queued. */
+static void sub_end(jb__call *c, grpc_status_code code, const char *details, int drop)
 {
     sub_state *s = c->state;
     if (s != NULL && s->sub != NULL) {
         jb_bus_unsubscribe(s->sub);
         s->sub = NULL;
     }
-    jb__call_end(c, code, details, 1);
+    jb__call_end(c, code, details, drop);
 }
 
 /* Sends events [@from, @to) as one EventBatch message. */
@@ -240,7 +245,7 @@ slow:
     jb_log(JB_LOG_WARN, "rpc", "slow consumer cancelled",
            "method=%s reason=queue_full queued_bytes=%zu", c->m->path, c->q_bytes);
     /* Safe from the subscription's own deliver callback (bus.h). */
-    sub_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "slow consumer");
+    sub_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "slow consumer", 1);
 }
 
 static void subscribe_start(jb__call *c)
@@ -303,7 +308,8 @@ static void subscribe_closed(jb__call *c)
 
 static void subscribe_drain(jb__call *c)
 {
-    sub_end(c, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN);
+    /* What the flushed window queued goes out first. */
+    sub_end(c, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 0);
 }
 
 static void free_state(jb__call *c)

@@ -18,6 +18,13 @@
  *   client_probe ADDR nack-once PATTERN GROUP  pull: nacks the first batch, prints the
  *                                              redelivered events' attempts
  *   client_probe ADDR health                   "health NAME"
+ *   client_probe ADDR sub-watch PATTERN GROUP KEEPALIVE_MS TIMEOUT_MS [IDLE_MS]
+ *                                              pull, keepalive KEEPALIVE_MS (0: off)
+ *                                              with TIMEOUT_MS: "events N" per
+ *                                              batch (acked), "reconnects R" when the
+ *                                              stream is attempted again; with
+ *                                              IDLE_MS, "idle reconnects R" and exit
+ *                                              IDLE_MS after the first batch
  *
  * Subscriptions start from everything the server holds (JB_CLIENT_START_ALL),
  * so that events published right after "subscribed" (printed once the
@@ -207,6 +214,45 @@ static int nack_once(jb_client *c, const char *pattern, const char *group)
     return st == JB_OK ? 0 : fail(st, &err);
 }
 
+static int sub_watch(jb_client *c, const char *pattern, const char *group, long idle_ms)
+{
+    jb_client_sub_options o = {.pattern = pattern, .group = group, .start = JB_CLIENT_START_ALL};
+    jb_client_sub *sub;
+    jb_error err;
+    jb_status st = jb_client_subscribe(c, &o, NULL, NULL, &sub, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    printf("subscribed\n");
+    fflush(stdout);
+    uint32_t reconnects = 0;
+    long idle = -1; /* ms waited since the first batch */
+    while (idle_ms <= 0 || idle < idle_ms) {
+        jb_client_batch *b;
+        st = jb_client_sub_next(sub, 100, &b, &err);
+        if (st == JB_OK) {
+            printf("events %zu\n", b->n);
+            uint64_t seq = b->n > 0 ? b->events[b->n - 1].sequence : 0;
+            jb_client_batch_free(b);
+            if (seq > 0)
+                jb_client_sub_ack(sub, &seq, 1, &err);
+            idle = idle < 0 ? 0 : idle;
+        } else if (st == JB_ETIMEDOUT) {
+            idle = idle < 0 ? idle : idle + 100;
+        } else {
+            return fail(st, &err);
+        }
+        if (jb_client_sub_reconnects(sub) != reconnects) {
+            reconnects = jb_client_sub_reconnects(sub);
+            printf("reconnects %u\n", reconnects);
+        }
+        fflush(stdout);
+    }
+    printf("idle reconnects %u\n", reconnects);
+    fflush(stdout);
+    jb_client_unsubscribe(sub);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -215,6 +261,11 @@ int main(int argc, char **argv)
     }
     const char *verb = argv[2];
     jb_client_options o = {.addr = argv[1], .backoff_min_ms = 50, .backoff_max_ms = 500};
+    if (strcmp(verb, "sub-watch") == 0 && argc >= 7) {
+        long ka = atol(argv[5]);
+        o.keepalive_ms = ka > 0 ? (uint32_t)ka : JB_CLIENT_KEEPALIVE_OFF;
+        o.keepalive_timeout_ms = (uint32_t)atol(argv[6]);
+    }
     if (strcmp(verb, "buffered") == 0 && argc >= 7) {
         o.batch_window_ms = (uint32_t)atoi(argv[5]);
         o.max_batch = (uint32_t)atoi(argv[6]);
@@ -316,6 +367,8 @@ int main(int argc, char **argv)
             rc = fail(st, &err);
         else
             printf("health %s\n", jb_health_name(h));
+    } else if (strcmp(verb, "sub-watch") == 0 && argc >= 7) {
+        rc = sub_watch(c, argv[3], argv[4], argc >= 8 ? atol(argv[7]) : 0);
     } else {
         fprintf(stderr, "client_probe: bad verb or arguments\n");
         rc = 2;

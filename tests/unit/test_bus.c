@@ -619,6 +619,28 @@ static void test_rules_from_config_snapshot(void **state)
     log_bus_close(&lb);
 }
 
+static void test_flush_window_delivers_at_once(void **state)
+{
+    (void)state;
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 1,
+                 (jb_bus_options){.batch_window_ms = 60000, .max_batch_size = 10});
+    received r = {.auto_ack = 1};
+    subscribe(lb.bus, ">", "g", &r, 100);
+    jb_event evs[2] = {{.topic = "game_events", .type = "t"},
+                       {.topic = "game_events", .type = "t"}};
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(lb.bus, evs, 2, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&lb.loop, &res.done, 1); /* durable, waiting for the minute-long window */
+    run_for(&lb.loop, 100);
+    assert_int_equal(r.events, 0);
+    /* A drain flushes it: delivered before the call returns. */
+    jb_bus_flush_window(lb.bus);
+    assert_int_equal(r.events, 2);
+    assert_int_equal(r.batches, 1);
+    log_bus_close(&lb);
+}
+
 static void count_odd_only(const jb_event *const *events, size_t n, uint8_t *keep, void *ud)
 {
     (*(int *)ud)++;
@@ -1151,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_windows_per_pattern),
         cmocka_unit_test(test_topic_allow_list),
         cmocka_unit_test(test_rules_from_config_snapshot),
+        cmocka_unit_test(test_flush_window_delivers_at_once),
         cmocka_unit_test(test_aggregation_rules),
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
