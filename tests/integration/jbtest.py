@@ -58,7 +58,10 @@ class Daemon:
         if any_topic:
             with open(os.path.join(self.tmp, "it.yaml"), "w") as f:
                 f.write("event_bus:\n  topics: []\n")
-        self.port = port or free_port()
+        # Without a port the first start binds port 0 and reads the port from the
+        # log: a port chosen here and bound later could be taken meanwhile (by any
+        # client's outgoing connection). Restarts reuse it.
+        self.port = port or 0
         self.address = (f"unix:{os.path.join(self.tmp, 'jimbotd.sock')}" if unix
                         else f"127.0.0.1:{self.port}")
         self.proc = None
@@ -74,7 +77,10 @@ class Daemon:
         self.lines = queue.Queue()
         self.pump = threading.Thread(target=self._pump, args=(self.proc, self.lines), daemon=True)
         self.pump.start()
-        self.wait_for("gRPC server listening")
+        line = self.wait_for("gRPC server listening")
+        if self.address.endswith(":0"):
+            self.address = line.rsplit("address=", 1)[1].strip()
+            self.port = int(self.address.rsplit(":", 1)[1])
         return self
 
     def _pump(self, proc, lines):
