@@ -104,6 +104,15 @@ typedef struct jb_bus_options {
     /* Test mode: an in-memory log owned by the bus, window 0, and a record
      * of every event published (jb_bus_published()). */
     int test_mode;
+    /*
+     * The wall clock, in milliseconds since the epoch; NULL for the
+     * system's. It stamps events, resolves JB_DELIVER_FROM_TIME and dates
+     * what the state file keeps across a restart; every deadline, backoff
+     * and expiry runs on the loop's monotonic clock (uv_now) instead, so a
+     * step of the wall clock moves none of them. A seam for tests.
+     */
+    int64_t (*wall_clock_ms)(void *userdata);
+    void *clock_userdata;
 } jb_bus_options;
 
 /* batch_window_ms value for immediate delivery (0 means "the default"). */

@@ -52,12 +52,20 @@ typedef struct jb__dedup_item {
     char id[];
 } jb__dedup_item;
 
+/* Monotonic: every deadline, backoff and expiry; a step of the wall clock moves none. */
 uint64_t jb__bus_now_ms(const jb_bus *bus)
 {
-    (void)bus;
+    return uv_now(bus->loop);
+}
+
+/* The wall clock: event timestamps, time-based replay and saved times only. */
+int64_t jb__bus_wall_ms(const jb_bus *bus)
+{
+    if (bus->opts.wall_clock_ms != NULL)
+        return bus->opts.wall_clock_ms(bus->opts.clock_userdata);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- events in memory ---------------------------------------------------- */
@@ -270,15 +278,26 @@ static void dedup_add(jb_bus *bus, const char *id, uint64_t seq, uint64_t at_ms)
     jb__strmap_put(&bus->dedup, id, (void *)(uintptr_t)seq);
 }
 
+typedef struct rebuild_ctx {
+    jb_bus *bus;
+    int64_t wall;
+    uint64_t mono;
+} rebuild_ctx;
+
+/* A record's wall-clock age becomes a monotonic time, clamped to the window. */
 static int dedup_rebuild_visit(const jb_store_record *rec, void *userdata)
 {
-    jb_bus *bus = userdata;
+    rebuild_ctx *ctx = userdata;
     jb__envelope *env;
     const jb_event *ev;
     if (jb__envelope_decode(rec->payload, rec->len, &env, &ev, NULL) != JB_OK)
         return 0;
+    int64_t age = ctx->wall - rec->timestamp_ms;
+    uint64_t a = age < 0 ? 0 : (uint64_t)age;
+    if (a > ctx->bus->opts.dedup_window_ms)
+        a = ctx->bus->opts.dedup_window_ms;
     if (ev->id != NULL && ev->id[0] != '\0')
-        dedup_add(bus, ev->id, rec->seq, (uint64_t)rec->timestamp_ms);
+        dedup_add(ctx->bus, ev->id, rec->seq, ctx->mono > a ? ctx->mono - a : 0);
     jb__envelope_free(env);
     return 0;
 }
@@ -287,13 +306,13 @@ static void dedup_rebuild(jb_bus *bus)
 {
     if (bus->opts.dedup_window_ms == JB_BUS_DEDUP_OFF)
         return;
-    uint64_t now = jb__bus_now_ms(bus);
+    rebuild_ctx ctx = {bus, jb__bus_wall_ms(bus), jb__bus_now_ms(bus)};
     uint64_t seq;
-    if (jb_store_seek_time(bus->store, (int64_t)(now - bus->opts.dedup_window_ms), &seq, NULL) !=
+    if (jb_store_seek_time(bus->store, ctx.wall - (int64_t)bus->opts.dedup_window_ms, &seq, NULL) !=
         JB_OK)
         return;
     size_t n = 0;
-    jb_store_read(bus->store, seq, 0, 0, dedup_rebuild_visit, bus, &n, NULL);
+    jb_store_read(bus->store, seq, 0, 0, dedup_rebuild_visit, &ctx, &n, NULL);
     if (bus->dedup.len > 0)
         jb_log(JB_LOG_INFO, "bus", "dedup index rebuilt", "ids=%zu from_sequence=%llu",
                bus->dedup.len, (unsigned long long)seq);
@@ -482,13 +501,13 @@ static void collect_match(void *item, void *userdata)
 
 /* Phase 1: copies each event (timestamp filled in) and checks it. */
 static jb_status stage_events(jb_bus *bus, publish_call *c, const jb_event *events, size_t n,
-                              uint64_t now, jb_error *err)
+                              int64_t wall, jb_error *err)
 {
     for (size_t i = 0; i < n; i++) {
         staged *s = &c->st[i];
         s->ev = events[i];
         if (s->ev.timestamp_ms == 0)
-            s->ev.timestamp_ms = (int64_t)now;
+            s->ev.timestamp_ms = wall;
         s->size = jb__envelope_size(&s->ev);
         s->e = NULL;
         s->dup_of = SIZE_MAX;
@@ -706,7 +725,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     size_t n_store = 0;
     jb_status st = publish_call_init(&c, n, cb, userdata, err);
     if (st == JB_OK)
-        st = stage_events(bus, &c, events, n, now, err);
+        st = stage_events(bus, &c, events, n, jb__bus_wall_ms(bus), err);
     if (st == JB_OK) {
         dedup_expire(bus, now);
         find_duplicates(bus, &c, events, n);

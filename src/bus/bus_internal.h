@@ -156,7 +156,10 @@ struct jb_bus {
     int handles_open;
 };
 
+/* Monotonic milliseconds (the loop's uv_now): every deadline, backoff and expiry. */
 uint64_t jb__bus_now_ms(const jb_bus *bus);
+/* Wall-clock milliseconds since the epoch: timestamps, replay by time, saved times. */
+int64_t jb__bus_wall_ms(const jb_bus *bus);
 
 /* group.c */
 jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uint32_t ack_wait_ms,

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- harness ------------------------------------------------------------ */
@@ -538,6 +539,63 @@ static void test_ack_deadline_redelivers(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The wall clock seen by the bus: the system's plus a step the test sets. */
+static int64_t stepped_wall(void *userdata)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + *(int64_t *)userdata;
+}
+
+static jb_bus_sub *subscribe_wait(jb_bus *bus, const char *pattern, const char *group,
+                                  uint32_t ack_wait_ms, received *r)
+{
+    jb_bus_sub_options so = {.pattern = pattern, .group = group, .ack_wait_ms = ack_wait_ms};
+    jb_bus_sub *sub;
+    r->bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, r, &sub, NULL), JB_OK);
+    r->sub = sub;
+    return sub;
+}
+
+/*
+ * Ack deadlines run on the monotonic clock: a step of the wall clock by an
+ * hour forward redelivers nothing early (which would burn max_deliver), and
+ * a step back an hour does not freeze redelivery.
+ */
+static void test_wall_clock_steps_move_no_deadline(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int64_t step = 0;
+    jb_bus_options o = {.test_mode = 1,
+                        .nack_backoff_ms = 1,
+                        .wall_clock_ms = stepped_wall,
+                        .clock_userdata = &step};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received patient = {0}, quick = {0}; /* neither acks */
+    subscribe_wait(bus, "a", "patient", 600000, &patient);
+    publish_result res = {0};
+    for (int i = 0; i < 10; i++)
+        publish_one(bus, "a", "t", NULL, &res);
+    run_until(&loop, &patient.events, 10);
+    step = 3600 * 1000; /* +1 hour: the 10-minute deadlines are still far away */
+    run_for(&loop, 500);
+    assert_int_equal(patient.events, 10);
+
+    subscribe_wait(bus, "b", "quick", 100, &quick);
+    publish_one(bus, "b", "t", NULL, &res);
+    run_until(&loop, &quick.events, 1);
+    step = -3600 * 1000; /* -1 hour from the start: the 100 ms deadline still passes */
+    run_until(&loop, &quick.events, 2);
+    assert_int_equal(quick.attempts[1], 2);
+    assert_int_equal(patient.events, 10);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_unsubscribe_returns_in_flight_to_group(void **state)
 {
     (void)state;
@@ -928,6 +986,7 @@ int main(void)
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
         cmocka_unit_test(test_ack_deadline_redelivers),
+        cmocka_unit_test(test_wall_clock_steps_move_no_deadline),
         cmocka_unit_test(test_unsubscribe_returns_in_flight_to_group),
         cmocka_unit_test(test_duplicate_ids_stored_once),
         cmocka_unit_test(test_dedup_can_be_turned_off),
