@@ -7,8 +7,9 @@
  *   validate every event -> answer duplicates from the dedup index ->
  *   match topics against the routes (the subscription trie) -> refuse if a
  *   matched group is full -> append the envelopes to the store (all or
- *   none) -> keep each event in the cache and offer it to the live groups
- *   it matched -> queue the publish until the store reports it durable.
+ *   none) -> keep each event in the cache and count it pending for the
+ *   groups it matched (they read it at delivery) -> queue the publish until
+ *   the store reports it durable.
  *
  * Durability: one store flush in flight at a time; publishes that arrive
  * meanwhile ride the next one (group commit). When a flush completes, the
@@ -632,8 +633,8 @@ static jb_status store_events(jb_bus *bus, publish_call *c, size_t n, uint64_t *
 
 /*
  * Phase 5, once stored (nothing can fail from here on): gives every event its
- * sequence (a duplicate the original's), remembers its id, caches it and offers
- * it to the live groups it matched.
+ * sequence (a duplicate the original's), remembers its id, caches it and counts
+ * it pending for the groups it matched.
  */
 static void commit_events(jb_bus *bus, publish_call *c, size_t n, uint64_t first_seq, uint64_t now)
 {
@@ -655,11 +656,8 @@ static void commit_events(jb_bus *bus, publish_call *c, size_t n, uint64_t first
                 record_published(bus, e);
             cache_push(bus, e);
             size_t end = i + 1 < n ? c->st[i + 1].g_start : c->matched.n;
-            for (size_t k = s->g_start; k < end; k++) {
-                jb__group *g = c->matched.v[k];
-                g->pending++;
-                jb__group_offer(g, e);
-            }
+            for (size_t k = s->g_start; k < end; k++)
+                c->matched.v[k]->pending++; /* the group reads it at delivery */
             seq++;
         }
         /* A publish is answered once every sequence it names is durable. */
@@ -707,7 +705,7 @@ static jb_status publish_call_init(publish_call *c, size_t n, jb_bus_publish_cb 
 /*
  * The shared publish path, in the phases above: stage and check every event;
  * find duplicates; route and check the groups' limits; append all or none;
- * then commit (cache, offer to live groups) and queue for durability.
+ * then commit (cache, count for the groups) and queue for durability.
  * @internal: dead letters, which skip the groups' pending limit (refusing
  * them would keep the original stuck).
  */
@@ -854,6 +852,8 @@ static void bus_free(jb_bus *bus)
     jb__sublist_free(bus->routes);
     cache_evict_to(bus, 0);
     free(bus->cache);
+    jb__readahead_clear(bus);
+    free(bus->ra);
     while (bus->dedup_head != NULL) {
         jb__dedup_item *d = bus->dedup_head;
         bus->dedup_head = d->next;

@@ -37,20 +37,26 @@ jb__ev *jb__ev_from_record(uint64_t seq, const void *data, size_t len, jb_error 
 jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err);
 
 enum jb__entry_state {
-    JB__DUE = 0, /* waiting for delivery (not before due_ms) */
+    JB__DUE = 0, /* waiting for delivery (not before when_ms) */
     JB__IN_FLIGHT = 1,
     JB__DONE = 2,  /* acked, aggregated out or dead-lettered */
     JB__DYING = 3, /* its dead-letter copy is being stored */
 };
 
+/* An event a group has taken from the log: 32 bytes, no copy of the event. */
 typedef struct jb__entry {
     uint64_t seq;
-    jb__ev *ev; /* a reference; NULL once DONE */
+    uint64_t when_ms; /* monotonic; DUE: not before; IN_FLIGHT: ack deadline */
     jb_bus_sub *holder;
-    uint64_t when_ms; /* DUE: not before; IN_FLIGHT: ack deadline */
     uint32_t attempts;
     uint8_t state;
 } jb__entry;
+
+/* From the state file: an acked sequence (attempts 0) or one delivered before. */
+typedef struct jb__restored {
+    uint64_t seq;
+    uint32_t attempts;
+} jb__restored;
 
 #define JB__RING_CAP 16384
 
@@ -60,28 +66,29 @@ typedef struct jb__group {
     int private_group;
     uint32_t ack_wait_ms;
     uint32_t max_deliver;
-    /* Outstanding events in sequence order: ring[(head + i) % cap]. */
+    /* Taken events, in sequence order: ring[(head + i) % cap], all below
+     * `cursor`. Events not yet taken cost nothing here: delivery reads them
+     * from the cache or the log when a subscriber has credits. */
     jb__entry *ring;
     size_t cap; /* a power of two, at most JB__RING_CAP */
     size_t head, count;
+    size_t open;      /* entries not DONE */
     size_t first_due; /* offset from head below which nothing is DUE */
-    /* Live: caught up; new matching events enter the ring at publish.
-     * Lagging: `cursor` is the next sequence to scan from the log. */
-    int live;
-    uint64_t cursor;
+    uint64_t cursor;  /* the next sequence to examine */
     /* Events at or after `boundary` were counted in `pending` at publish;
-     * older ones (history, or from before a restart) when scanned. */
+     * older ones (history, or from before a restart) when taken. */
     uint64_t boundary;
     uint64_t pending;
     uint64_t publish_tally; /* matches in the publish being checked (bus.c) */
     uint64_t in_flight;
-    /* Acked sequences above the saved floor, from the state file. */
-    uint64_t *restored_acked;
+    /* Acks and delivery attempts above the saved floor, from the state file. */
+    jb__restored *restored;
     size_t n_restored, restored_pos;
     /* Subscribers, in a circular list for round-robin. */
     jb_bus_sub *subs; /* the next one to serve */
     uint32_t n_subs;
-    int doomed; /* a private group to remove once delivery is over */
+    int64_t idle_since_ms; /* monotonic: when its last member left (may be < 0) */
+    int doomed;            /* to remove once delivery is over */
     jb_bus *bus;
 } jb__group;
 
@@ -138,6 +145,14 @@ struct jb_bus {
     int in_deliver, deliver_again, deliver_again_closed, any_doomed;
     jb__group **snapshot; /* the groups being delivered to */
     size_t snapshot_cap;
+    size_t round_start; /* rotates, so that no group always comes first */
+    size_t scan_budget; /* log records the groups may still examine this round */
+    int scan_more;      /* the budget ran out: go on next loop turn */
+    /* Read-ahead from the log, shared by all the groups reading behind the
+     * cache: ra[i] holds sequence ra_first + i. */
+    jb__ev **ra;
+    size_t ra_len;
+    uint64_t ra_first;
     jb_event *scratch; /* per-delivery copies of events */
     const jb_event **scratch_ptrs;
     jb__ev **scratch_evs;
@@ -167,9 +182,9 @@ jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uin
 void jb__group_free(jb__group *g);
 /* Frees the group's subscriptions without calling anyone (bus close). */
 void jb__group_drop_subs(jb__group *g);
-/* A new durable-pending event for a live group (it matched at publish). */
-void jb__group_offer(jb__group *g, jb__ev *e);
-/* Scans lagging groups, delivers what is due, handles deadlines. */
+/* Drops the shared read-ahead (bus close). */
+void jb__readahead_clear(jb_bus *bus);
+/* Delivers what is due (reading the log in bounded slices), handles deadlines. */
 void jb__bus_deliver_all(jb_bus *bus, int window_closed);
 /* The lowest sequence the group still needs. */
 uint64_t jb__group_floor(const jb__group *g);

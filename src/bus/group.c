@@ -2,19 +2,25 @@
  * Consumer groups: subscribers, delivery in batches, aggregation, acks,
  * redelivery and dead letters (include/jimbot/bus.h).
  *
- * A group keeps its outstanding events in a ring ordered by sequence; each
- * entry is DUE (waiting, maybe not before a backoff time), IN_FLIGHT (held
- * by one subscriber until an ack deadline), DYING (its dead-letter copy is
- * being stored) or DONE. Handled entries leave the ring from its head, so
- * the head's sequence is the group's ack floor: everything below it that
- * matched the group is handled, which is what state.c saves.
+ * A group keeps, in a ring ordered by sequence, only the events it has
+ * taken from the log (32 bytes each, no copy of the event): DUE (waiting,
+ * maybe not before a backoff time), IN_FLIGHT (held by one subscriber until
+ * an ack deadline), DYING (its dead-letter copy is being stored) or DONE.
+ * Handled entries leave the ring from its head, so the head's sequence (or
+ * the cursor, when the ring is empty) is the group's ack floor: everything
+ * below it that matched the group is handled, which is what state.c saves.
  *
- * A live group gets new events straight from publish (bus.c offers each
- * event to the live groups whose pattern matched it, found by the trie);
- * a group whose ring filled up, or that starts from history, lags: it scans
- * the log from its cursor with the direct matcher until it catches up and
- * goes live again. So memory per group is bounded by the ring, and a slow
- * group costs nothing to the others.
+ * Events not yet taken cost the group nothing: publish only counts them
+ * (`pending`), and a group reads them at its `cursor` when a subscriber has
+ * credits, from the cache of recent events or, behind it, from a read-ahead
+ * of the log that all the groups reading the same range share. A group
+ * with nothing pending jumps its cursor to the end without reading. Reading
+ * is bounded per delivery round (SCAN_BUDGET records for all groups
+ * together); a round that used it up asks for another on the next loop
+ * turn, so a long backlog never holds the loop, and a group without
+ * subscribers reads nothing at all. Memory is thus bounded by the cache,
+ * the read-ahead and the rings (at most JB__RING_CAP entries each, in
+ * practice the subscribers' credits).
  *
  * Re-entrancy: deliver callbacks may ack, nack, subscribe and unsubscribe.
  * A nested delivery round is folded into the running one (in_deliver), and
@@ -31,7 +37,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCAN_BUDGET   4096 /* log records a lagging group reads per round */
+#define SCAN_BUDGET   8192 /* log records all groups examine per delivery round */
+#define RA_RECORDS    1024 /* records per read-ahead of the log */
+#define RA_BYTES      (4u << 20)
 #define DLQ_RETRY_MS  1000
 #define MAX_GROUP_LEN 128
 
@@ -50,7 +58,7 @@ static uint64_t backoff_ms(const jb_bus *bus, uint32_t attempts)
 
 /* ---- the ring ----------------------------------------------------------- */
 
-static int ring_push(jb__group *g, uint64_t seq, jb__ev *e)
+static int ring_push(jb__group *g, uint64_t seq, uint32_t attempts)
 {
     if (g->count == g->cap) {
         if (g->cap >= JB__RING_CAP)
@@ -66,8 +74,9 @@ static int ring_push(jb__group *g, uint64_t seq, jb__ev *e)
         g->cap = cap;
         g->head = 0;
     }
-    *at(g, g->count) = (jb__entry){.seq = seq, .ev = jb__ev_ref(e), .state = JB__DUE};
+    *at(g, g->count) = (jb__entry){.seq = seq, .attempts = attempts, .state = JB__DUE};
     g->count++;
+    g->open++;
     return 1;
 }
 
@@ -98,6 +107,11 @@ static void ring_pop_done(jb__group *g)
             g->first_due--;
         popped = 1;
     }
+    if (g->count == 0 && g->cap > 1024) {
+        free(g->ring); /* A burst's ring goes back once it is handled. */
+        g->ring = NULL;
+        g->cap = g->head = g->first_due = 0;
+    }
     if (popped)
         jb__bus_mark_dirty(g->bus);
 }
@@ -122,17 +136,14 @@ static void mark_done(jb__group *g, jb__entry *en)
     }
     en->state = JB__DONE;
     en->holder = NULL;
-    jb__ev_unref(en->ev);
-    en->ev = NULL;
+    g->open--;
     if (g->pending > 0)
         g->pending--;
 }
 
 uint64_t jb__group_floor(const jb__group *g)
 {
-    if (g->count > 0)
-        return at(g, 0)->seq;
-    return g->live ? g->bus->stats.last_sequence + 1 : g->cursor;
+    return g->count > 0 ? at(g, 0)->seq : g->cursor;
 }
 
 /* ---- groups ------------------------------------------------------------- */
@@ -157,7 +168,7 @@ jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uin
     g->max_deliver = max_deliver;
     g->boundary = bus->stats.last_sequence + 1;
     g->cursor = g->boundary;
-    g->live = 1;
+    g->idle_since_ms = jb__bus_now_ms(bus);
     jb__strmap_put(&bus->groups, name, g);
     return g;
 }
@@ -178,11 +189,9 @@ void jb__group_free(jb__group *g)
 {
     jb_bus *bus = g->bus;
     jb__sublist_remove(bus->routes, g->pattern, g);
-    for (size_t i = 0; i < g->count; i++)
-        jb__ev_unref(at(g, i)->ev);
     jb__group_drop_subs(g);
     free(g->ring);
-    free(g->restored_acked);
+    free(g->restored);
     free(g->name);
     free(g->pattern);
     free(g);
@@ -211,40 +220,99 @@ void jb__bus_reap_groups(jb_bus *bus)
     }
 }
 
-void jb__group_offer(jb__group *g, jb__ev *e)
+/* ---- reading the log -------------------------------------------------- */
+
+void jb__readahead_clear(jb_bus *bus)
 {
-    if (!g->live)
-        return; /* It will find the event when its scan gets there. */
-    if (!ring_push(g, e->ev.sequence, e)) {
-        g->live = 0;
-        g->cursor = e->ev.sequence;
+    for (size_t i = 0; i < bus->ra_len; i++)
+        jb__ev_unref(bus->ra[i]);
+    bus->ra_len = 0;
+}
+
+static int readahead_visit(const jb_store_record *rec, void *userdata)
+{
+    jb_bus *bus = userdata;
+    if (rec->seq != bus->ra_first + bus->ra_len)
+        return 1; /* a gap: the read-ahead stays contiguous */
+    jb__ev *e = jb__ev_from_record(rec->seq, rec->payload, rec->len, NULL);
+    if (e == NULL)
+        return 1;
+    bus->ra[bus->ra_len++] = e;
+    return 0;
+}
+
+/*
+ * The event with sequence @seq (a new reference): from the cache of recent
+ * events, else from the shared read-ahead, refilled from the log at @seq
+ * when it does not hold it. NULL with @err set (JB_ENOENT: not in the log).
+ */
+static jb__ev *read_event(jb_bus *bus, uint64_t seq, jb_error *err)
+{
+    if (bus->cache_len > 0 && seq >= bus->cache_first && seq < bus->cache_first + bus->cache_len)
+        return jb__bus_fetch(bus, seq, err);
+    if (bus->ra_len == 0 || seq < bus->ra_first || seq >= bus->ra_first + bus->ra_len) {
+        if (bus->ra == NULL && (bus->ra = malloc(RA_RECORDS * sizeof(*bus->ra))) == NULL)
+            return jb__bus_fetch(bus, seq, err);
+        jb__readahead_clear(bus);
+        bus->ra_first = seq;
+        size_t n = 0;
+        jb_status st =
+            jb_store_read(bus->store, seq, RA_RECORDS, RA_BYTES, readahead_visit, bus, &n, err);
+        if (st != JB_OK && bus->ra_len == 0)
+            return NULL;
+    }
+    if (bus->ra_len > 0 && seq >= bus->ra_first && seq < bus->ra_first + bus->ra_len)
+        return jb__ev_ref(bus->ra[seq - bus->ra_first]);
+    return jb__bus_fetch(bus, seq, err); /* not readable in bulk: one record, with its error */
+}
+
+/* What the state file says of @seq: NULL, or its restored acks and attempts. */
+static const jb__restored *restored_at(jb__group *g, uint64_t seq)
+{
+    while (g->restored_pos < g->n_restored && g->restored[g->restored_pos].seq < seq)
+        g->restored_pos++;
+    if (g->restored_pos < g->n_restored && g->restored[g->restored_pos].seq == seq)
+        return &g->restored[g->restored_pos];
+    return NULL;
+}
+
+/* Past the end of the log the restored acks are no longer needed. */
+static void note_caught_up(jb__group *g)
+{
+    if (g->cursor > g->bus->stats.last_sequence && g->restored != NULL) {
+        free(g->restored);
+        g->restored = NULL;
+        g->n_restored = g->restored_pos = 0;
     }
 }
 
-static int restored_acked(jb__group *g, uint64_t seq)
+/* With nothing pending beyond its ring, a group has nothing to read: it jumps to the end. */
+static void skip_if_nothing_new(jb__group *g)
 {
-    while (g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] < seq)
-        g->restored_pos++;
-    return g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] == seq;
+    if (g->cursor >= g->boundary && g->pending == g->open)
+        g->cursor = g->bus->stats.last_sequence + 1;
+    note_caught_up(g);
 }
 
-/* A lagging group reads the log from its cursor, bounded by @budget records. */
-static void scan(jb__group *g, size_t budget)
+/*
+ * Takes up to @want new matching events at the cursor into the ring (DUE),
+ * their references in @evs, within the round's budget of log records.
+ * Returns how many.
+ */
+static size_t take_new(jb__group *g, size_t want, jb__ev **evs)
 {
     jb_bus *bus = g->bus;
-    while (!g->live && budget-- > 0) {
-        if (g->cursor > bus->stats.last_sequence) {
-            g->live = 1;
-            free(g->restored_acked);
-            g->restored_acked = NULL;
-            g->n_restored = g->restored_pos = 0;
+    size_t got = 0;
+    skip_if_nothing_new(g);
+    while (got < want && g->cursor <= bus->durable_seq && g->count < JB__RING_CAP) {
+        if (bus->scan_budget == 0) {
+            bus->scan_more = 1;
             break;
         }
-        if (g->count >= JB__RING_CAP)
-            break;
+        bus->scan_budget--;
         jb_error err;
         jb_error_clear(&err);
-        jb__ev *e = jb__bus_fetch(bus, g->cursor, &err);
+        jb__ev *e = read_event(bus, g->cursor, &err);
         if (e == NULL) {
             uint64_t first = jb_store_first_seq(bus->store);
             if (err.code == JB_ENOENT && g->cursor < first) {
@@ -258,14 +326,23 @@ static void scan(jb__group *g, size_t budget)
                    g->name, (unsigned long long)g->cursor, err.message);
             break;
         }
-        if (jb_pattern_matches(g->pattern, e->ev.topic) && !restored_acked(g, g->cursor)) {
-            if (g->cursor < g->boundary)
-                g->pending++;
-            ring_push(g, g->cursor, e);
+        const jb__restored *r = NULL;
+        int wanted = jb_pattern_matches(g->pattern, e->ev.topic) &&
+                     ((r = restored_at(g, g->cursor)) == NULL || r->attempts > 0);
+        if (wanted && !ring_push(g, g->cursor, r != NULL ? r->attempts : 0)) {
+            jb__ev_unref(e); /* out of memory: try again next round */
+            break;
         }
-        jb__ev_unref(e);
+        if (wanted && g->cursor < g->boundary)
+            g->pending++;
         g->cursor++;
+        if (wanted)
+            evs[got++] = e;
+        else
+            jb__ev_unref(e);
     }
+    note_caught_up(g);
+    return got;
 }
 
 /* ---- dead letters ------------------------------------------------------- */
@@ -312,7 +389,16 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
     en->holder = NULL;
     en->when_ms = 0;
 
-    const jb_event *src = &en->ev->ev;
+    jb_error rerr;
+    jb__ev *orig = read_event(bus, en->seq, &rerr);
+    if (orig == NULL) {
+        en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
+        jb_log(JB_LOG_WARN, "bus", "dead letter not stored; will retry",
+               "group=%s sequence=%llu error=%s", g->name, (unsigned long long)en->seq,
+               rerr.message);
+        return;
+    }
+    const jb_event *src = &orig->ev;
     char topic[JB_TOPIC_MAX_BYTES + 1];
     if ((size_t)snprintf(topic, sizeof(topic), "dlq.%s", src->topic) >= sizeof(topic))
         snprintf(topic, sizeof(topic), "dlq._topic_too_long");
@@ -325,6 +411,7 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
     if (headers == NULL || ctx == NULL) {
         free(headers);
         free(ctx);
+        jb__ev_unref(orig);
         en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
         return;
     }
@@ -351,6 +438,7 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
         free(ctx);
     }
     free(headers);
+    jb__ev_unref(orig);
 }
 
 /* Ack deadlines and dead-letter retries: run at each window close or housekeeping tick. */
@@ -519,11 +607,24 @@ static int scratch_reserve(jb_bus *bus, size_t n)
     return 1;
 }
 
+/* Restored attempts can reach max_deliver: such an entry is dead-lettered, not delivered. */
+static int spent(jb__group *g, jb__entry *en)
+{
+    if (en->attempts < g->max_deliver)
+        return 0;
+    char reason[64];
+    snprintf(reason, sizeof(reason), "%u deliveries before a restart", en->attempts);
+    dead_letter(g, en, reason);
+    return 1;
+}
+
 /*
- * Collects up to @limit deliverable entries (DUE, due now, durable) into
- * bus->scratch_idx (ring positions). Returns how many.
+ * Collects up to @limit deliverable entries into bus->scratch_idx (ring
+ * positions) and their events into bus->scratch_evs (references, for the
+ * caller to drop): the DUE entries of the ring first, then new events taken
+ * at the cursor. Returns how many.
  */
-static size_t collect_due(jb__group *g, uint64_t now, size_t limit)
+static size_t collect(jb__group *g, uint64_t now, size_t limit)
 {
     jb_bus *bus = g->bus;
     while (g->first_due < g->count && at(g, g->first_due)->state != JB__DUE)
@@ -531,17 +632,45 @@ static size_t collect_due(jb__group *g, uint64_t now, size_t limit)
     size_t n = 0;
     for (size_t i = g->first_due; i < g->count && n < limit; i++) {
         jb__entry *en = at(g, i);
-        if (en->seq > bus->durable_seq)
-            break;
-        if (en->state == JB__DUE && en->when_ms <= now)
-            bus->scratch_idx[n++] = i;
+        if (en->state != JB__DUE || en->when_ms > now || spent(g, en))
+            continue;
+        jb_error err;
+        jb__ev *e = read_event(bus, en->seq, &err);
+        if (e == NULL) {
+            jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s",
+                   g->name, (unsigned long long)en->seq, err.message);
+            en->when_ms = now + DLQ_RETRY_MS;
+            continue;
+        }
+        bus->scratch_idx[n] = i;
+        bus->scratch_evs[n++] = e;
+    }
+    if (n == limit)
+        return n;
+    size_t from = g->count, base = n;
+    size_t got = take_new(g, limit - n, bus->scratch_evs + base);
+    for (size_t k = 0; k < got; k++) {
+        jb__ev *e = bus->scratch_evs[base + k];
+        if (spent(g, at(g, from + k))) {
+            jb__ev_unref(e);
+            continue;
+        }
+        bus->scratch_idx[n] = from + k;
+        bus->scratch_evs[n++] = e;
     }
     return n;
 }
 
+static void drop_collected(jb_bus *bus, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        jb__ev_unref(bus->scratch_evs[k]);
+}
+
 /*
- * Delivers one batch of @n entries (positions in bus->scratch_idx) to @s.
- * Returns 0 when the group went away during the callback.
+ * Delivers one batch of @n entries (positions in bus->scratch_idx, events in
+ * bus->scratch_evs, whose references it drops) to @s. Returns 0 when the
+ * group went away during the callback.
  */
 static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
 {
@@ -559,7 +688,6 @@ static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
         g->in_flight++;
         if (en->attempts > 1)
             bus->stats.redelivered++;
-        evs[k] = jb__ev_ref(en->ev);
         keep[k] = 1;
         summary[k] = NULL;
     }
@@ -616,11 +744,13 @@ static void deliver_group(jb__group *g, uint64_t now, int window_closed)
         }
         if (!scratch_reserve(bus, batch))
             return;
-        size_t n = collect_due(g, now, limit);
+        size_t n = collect(g, now, limit);
         if (n == 0)
             return; /* Nothing due for anyone. */
-        if (!window_closed && n < batch)
+        if (!window_closed && n < batch) {
+            drop_collected(bus, n);
             return; /* A partial batch waits for the window to close. */
+        }
         idle = 0;
         if (!deliver_batch(g, s, n, now))
             return;
@@ -643,14 +773,17 @@ static void deliver_round(jb_bus *bus, int window_closed)
     void *value;
     while (k < n && jb__strmap_next(&bus->groups, &it, &name, &value))
         bus->snapshot[k++] = value;
-    for (size_t i = 0; i < k && !bus->closing; i++) {
-        jb__group *g = bus->snapshot[i];
+    bus->scan_budget = SCAN_BUDGET;
+    size_t start = k > 0 ? bus->round_start++ % k : 0;
+    for (size_t j = 0; j < k && !bus->closing; j++) {
+        jb__group *g = bus->snapshot[(start + j) % k];
         if (g->doomed)
             continue;
-        scan(g, SCAN_BUDGET);
+        skip_if_nothing_new(g);
         if (window_closed)
             check_deadlines(g, now);
-        deliver_group(g, now, window_closed);
+        if (g->n_subs > 0)
+            deliver_group(g, now, window_closed);
     }
 }
 
@@ -673,6 +806,10 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
     }
     bus->in_deliver = 0;
     jb__bus_reap_groups(bus);
+    if (bus->scan_more) {
+        bus->scan_more = 0;
+        jb__bus_kick(bus); /* more to read: on the next loop turn, after I/O */
+    }
 }
 
 /* ---- subscriptions ------------------------------------------------------ */
@@ -719,10 +856,7 @@ static void set_start(jb_bus *bus, jb__group *g, const jb_bus_sub_options *o)
         break;
     }
     }
-    if (start <= bus->stats.last_sequence) {
-        g->live = 0;
-        g->cursor = start;
-    }
+    g->cursor = start;
 }
 
 jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_deliver_fn deliver,
@@ -771,7 +905,7 @@ jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_d
         if (!private_group)
             jb__bus_mark_dirty(bus);
         jb_log(JB_LOG_INFO, "bus", "group created", "group=%s pattern=%s from=%llu", g->name,
-               g->pattern, (unsigned long long)(g->live ? g->boundary : g->cursor));
+               g->pattern, (unsigned long long)g->cursor);
     }
     s->group = g;
     s->deliver = deliver;
@@ -818,6 +952,8 @@ void jb_bus_unsubscribe(jb_bus_sub *s)
     }
     g->n_subs--;
     bus->stats.subscriptions--;
+    if (g->n_subs == 0)
+        g->idle_since_ms = now;
     if (g->private_group && g->n_subs == 0) {
         g->doomed = 1;
         bus->any_doomed = 1;
