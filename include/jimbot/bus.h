@@ -88,17 +88,21 @@ typedef struct jb_bus_options {
     jb_store *store;
     /* Where group positions and acks are kept; NULL keeps them in memory. */
     const char *state_path;
-    uint32_t batch_window_ms;       /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
-    uint32_t max_batch_size;        /* 1000 */
-    uint32_t ack_wait_ms;           /* 30000 */
-    uint32_t max_deliver;           /* 5 */
-    uint32_t dedup_window_ms;       /* 120000 */
-    uint32_t max_event_bytes;       /* 1 MiB: payload plus envelope */
-    uint32_t max_in_flight;         /* 1000: a subscriber's default credits */
-    uint32_t max_group_pending;     /* 1000000: unhandled events per group */
-    uint32_t nack_backoff_ms;       /* 100: first redelivery delay, doubling */
-    uint32_t max_backoff_ms;        /* 30000 */
-    size_t cache_bytes;             /* 64 MiB of recent events kept in memory */
+    uint32_t batch_window_ms;   /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
+    uint32_t max_batch_size;    /* 1000 */
+    uint32_t ack_wait_ms;       /* 30000 */
+    uint32_t max_deliver;       /* 5 */
+    uint32_t dedup_window_ms;   /* 120000 */
+    uint32_t max_event_bytes;   /* 1 MiB: payload plus envelope */
+    uint32_t max_in_flight;     /* 1000: a subscriber's default credits */
+    uint32_t max_group_pending; /* 1000000: unhandled events per group */
+    uint32_t nack_backoff_ms;   /* 100: first redelivery delay, doubling */
+    uint32_t max_backoff_ms;    /* 30000 */
+    size_t cache_bytes;         /* 64 MiB of recent events kept in memory */
+    uint32_t max_groups;        /* 10000 groups (private ones included) */
+    /* A named group with no member for this long is deleted: 7 days;
+     * JB_BUS_EXPIRY_NEVER keeps groups until they are deleted. */
+    uint64_t group_idle_expiry_ms;
     const jb_aggregate_rule *rules; /* copied */
     size_t n_rules;
     /* Test mode: an in-memory log owned by the bus, window 0, and a record
@@ -117,6 +121,9 @@ typedef struct jb_bus_options {
 
 /* batch_window_ms value for immediate delivery (0 means "the default"). */
 #define JB_BUS_WINDOW_IMMEDIATE UINT32_MAX
+
+/* group_idle_expiry_ms value that never expires groups (0 means "the default"). */
+#define JB_BUS_EXPIRY_NEVER UINT64_MAX
 
 /* dedup_window_ms value that turns deduplication off (0 means "the default"). */
 #define JB_BUS_DEDUP_OFF UINT32_MAX
@@ -196,8 +203,9 @@ typedef struct jb_bus_sub_options {
 /*
  * Subscribes: joins (or creates) the group and starts delivering to
  * @deliver. A group's pattern is fixed when it is created: joining with
- * another pattern fails with JB_EINVAL. The options' strings are copied.
- * End it with jb_bus_unsubscribe().
+ * another pattern fails with JB_EINVAL. Creating a group beyond max_groups
+ * fails with JB_EBACKPRESSURE. The options' strings are copied. End it with
+ * jb_bus_unsubscribe().
  */
 jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_deliver_fn deliver,
                            void *userdata, jb_bus_sub **out, jb_error *err);
@@ -243,6 +251,8 @@ typedef struct jb_bus_stats {
     uint64_t dead_lettered;
     uint64_t aggregated_out; /* events left out by aggregation rules */
     uint64_t backpressured;  /* publishes refused with JB_EBACKPRESSURE */
+    uint64_t groups_expired; /* named groups deleted after group_idle_expiry_ms without members */
+    uint64_t groups_deleted; /* by jb_bus_delete_group() */
     uint64_t groups;
     uint64_t subscriptions;
     uint64_t pending_publishes; /* publishes waiting for durability */
@@ -259,11 +269,19 @@ void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out);
  * unknown group.
  */
 typedef struct jb_bus_group_info {
-    uint64_t ack_floor;   /* every matching event below it is handled */
-    uint64_t pending;     /* matching events stored but not yet handled */
+    uint64_t ack_floor; /* every matching event below it is handled */
+    /* Matching events stored but not yet handled; after a restart the
+     * backlog counts in as the group reads it (see lag). */
+    uint64_t pending;
     uint64_t in_flight;   /* delivered and unacked */
-    uint64_t outstanding; /* tracked in memory (in flight + due + waiting) */
+    uint64_t outstanding; /* taken from the log and tracked in memory */
     uint32_t subscribers;
+    uint64_t lag;        /* log sequences past its read position, not yet examined */
+    uint64_t idle_ms;    /* how long it has had no member; 0 while it has one */
+    const char *pattern; /* borrowed: valid until the group is removed */
+    uint32_t ack_wait_ms;
+    uint32_t max_deliver;
+    int private_group;
 } jb_bus_group_info;
 
 jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_group_info *out);
@@ -275,6 +293,15 @@ jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_gro
  */
 typedef void (*jb_bus_group_fn)(const char *group, const jb_bus_group_info *info, void *userdata);
 void jb_bus_foreach_group(const jb_bus *bus, jb_bus_group_fn fn, void *userdata);
+
+/*
+ * Deletes the named group @group: its position, acks and attempts are
+ * forgotten, and it no longer holds back retention. JB_ENOENT for an
+ * unknown group, JB_EINVAL for a private one, JB_EUNAVAILABLE while it has
+ * members (end their subscriptions first: a group in use is never deleted
+ * from under its consumers).
+ */
+jb_status jb_bus_delete_group(jb_bus *bus, const char *group, jb_error *err);
 
 /*
  * Test mode only: the events published so far (in order, duplicates not

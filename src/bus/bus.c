@@ -766,6 +766,7 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = jb__bus_now_ms(bus);
     dedup_expire(bus, now);
     jb__bus_deliver_all(bus, 1);
+    jb__bus_expire_groups(bus);
     /* Retention never removes what a group still needs. */
     uint64_t floor = UINT64_MAX;
     size_t it = 0;
@@ -809,6 +810,8 @@ static void apply_defaults(jb_bus_options *o)
     DEFAULT(nack_backoff_ms, 100);
     DEFAULT(max_backoff_ms, 30000);
     DEFAULT(cache_bytes, (size_t)64 * 1024 * 1024);
+    DEFAULT(max_groups, 10000);
+    DEFAULT(group_idle_expiry_ms, (uint64_t)7 * 24 * 3600 * 1000);
 #undef DEFAULT
     if (o->batch_window_ms == JB_BUS_WINDOW_IMMEDIATE || o->test_mode)
         o->batch_window_ms = 0;

@@ -135,6 +135,7 @@ struct jb_bus {
     jb__strmap groups; /* name -> jb__group */
     jb__sublist *routes;
     uint64_t private_counter;
+    uint64_t next_expiry_check; /* monotonic */
     int state_dirty;
     int state_saving;
     uv_work_t state_work;
@@ -189,8 +190,10 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed);
 /* The lowest sequence the group still needs. */
 uint64_t jb__group_floor(const jb__group *g);
 
-/* Frees groups marked doomed (private groups whose subscriber left). */
+/* Frees groups marked doomed (private groups whose subscriber left, expired, deleted). */
 void jb__bus_reap_groups(jb_bus *bus);
+/* Deletes the named groups idle for longer than group_idle_expiry_ms (housekeeping). */
+void jb__bus_expire_groups(jb_bus *bus);
 /* Asks for a delivery round soon, from the loop, not from the caller's stack. */
 void jb__bus_kick(jb_bus *bus);
 

@@ -220,6 +220,60 @@ void jb__bus_reap_groups(jb_bus *bus)
     }
 }
 
+#define EXPIRY_CHECK_MS 1000
+
+static void doom(jb__group *g)
+{
+    g->doomed = 1;
+    g->bus->any_doomed = 1;
+    if (!g->private_group)
+        jb__bus_mark_dirty(g->bus);
+}
+
+void jb__bus_expire_groups(jb_bus *bus)
+{
+    uint64_t expiry = bus->opts.group_idle_expiry_ms;
+    uint64_t now = jb__bus_now_ms(bus);
+    if (expiry == JB_BUS_EXPIRY_NEVER || bus->in_deliver || now < bus->next_expiry_check)
+        return;
+    bus->next_expiry_check = now + EXPIRY_CHECK_MS;
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+        jb__group *g = value;
+        int64_t idle = (int64_t)now - g->idle_since_ms;
+        if (g->private_group || g->doomed || g->n_subs > 0 || idle < 0 || (uint64_t)idle < expiry)
+            continue;
+        jb_log(JB_LOG_INFO, "bus", "group deleted after being idle",
+               "group=%s idle_s=%lld floor=%llu", g->name, (long long)(idle / 1000),
+               (unsigned long long)jb__group_floor(g));
+        bus->stats.groups_expired++;
+        doom(g);
+    }
+    jb__bus_reap_groups(bus);
+}
+
+jb_status jb_bus_delete_group(jb_bus *bus, const char *group, jb_error *err)
+{
+    jb__group *g = group != NULL ? jb__strmap_get(&bus->groups, group) : NULL;
+    if (g == NULL || g->doomed)
+        return jb_error_set(err, JB_ENOENT, "unknown group '%s'", group ? group : "");
+    if (g->private_group)
+        return jb_error_set(err, JB_EINVAL,
+                            "'%s' is a private group: it ends with its subscription", group);
+    if (g->n_subs > 0)
+        return jb_error_set(err, JB_EUNAVAILABLE,
+                            "group '%s' has %u member(s); end their subscriptions first", group,
+                            g->n_subs);
+    jb_log(JB_LOG_INFO, "bus", "group deleted", "group=%s floor=%llu", g->name,
+           (unsigned long long)jb__group_floor(g));
+    bus->stats.groups_deleted++;
+    doom(g);
+    jb__bus_reap_groups(bus);
+    return JB_OK;
+}
+
 /* ---- reading the log -------------------------------------------------- */
 
 void jb__readahead_clear(jb_bus *bus)
@@ -889,6 +943,12 @@ jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_d
         return jb_error_set(err, JB_EINVAL,
                             "group '%s' already exists with pattern '%s' (a group has one pattern)",
                             name, g->pattern);
+    if (g == NULL && bus->groups.len >= bus->opts.max_groups)
+        return jb_error_set(err, JB_EBACKPRESSURE,
+                            "cannot create group '%s': %zu groups exist, the limit "
+                            "(event_bus.max_groups) is %u; delete unused ones (jimbotctl group "
+                            "delete NAME)",
+                            name, bus->groups.len, bus->opts.max_groups);
     jb_bus_sub *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory subscribing");
@@ -954,10 +1014,8 @@ void jb_bus_unsubscribe(jb_bus_sub *s)
     bus->stats.subscriptions--;
     if (g->n_subs == 0)
         g->idle_since_ms = now;
-    if (g->private_group && g->n_subs == 0) {
-        g->doomed = 1;
-        bus->any_doomed = 1;
-    }
+    if (g->private_group && g->n_subs == 0)
+        doom(g);
     if (s->delivering) {
         s->dead = 1; /* freed by deliver_batch() once the callback returns */
     } else {
@@ -1064,11 +1122,20 @@ jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_gro
     const jb__group *g = group != NULL ? jb__strmap_get(&bus->groups, group) : NULL;
     if (g == NULL)
         return JB_ENOENT;
+    uint64_t end = bus->stats.last_sequence + 1;
+    int nothing_new = g->cursor >= g->boundary && g->pending == g->open;
+    int64_t idle = (int64_t)jb__bus_now_ms(bus) - g->idle_since_ms;
     out->ack_floor = jb__group_floor(g);
     out->pending = g->pending;
     out->in_flight = g->in_flight;
     out->outstanding = g->count;
     out->subscribers = g->n_subs;
+    out->lag = nothing_new || g->cursor >= end ? 0 : end - g->cursor;
+    out->idle_ms = g->n_subs == 0 && idle > 0 ? (uint64_t)idle : 0;
+    out->pattern = g->pattern;
+    out->ack_wait_ms = g->ack_wait_ms;
+    out->max_deliver = g->max_deliver;
+    out->private_group = g->private_group;
     return JB_OK;
 }
 

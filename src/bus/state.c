@@ -95,7 +95,7 @@ static void serialize_group(jb_bus *bus, const jb__group *g, jb__buf *acked, jb_
     /* What was restored at start and not yet reached by the cursor. */
     for (size_t i = g->restored_pos; i < g->n_restored; i++) {
         const jb__restored *r = &g->restored[i];
-        if (r->seq <= floor || r->seq >= limit)
+        if (r->seq < floor || (r->seq == floor && r->attempts == 0) || r->seq >= limit)
             continue;
         if (r->attempts == 0) {
             jb__buf_printf(acked, " %llu", (unsigned long long)r->seq);
@@ -366,13 +366,16 @@ static jb_status parse_group_line(loader *l, group_line *gl)
     return JB_OK;
 }
 
-/* Acks win over attempts for the same sequence; sorts, drops repeats and what is out of range. */
+/*
+ * Sorts, drops repeats and what is out of range (acks above @floor, attempts
+ * from @floor on); an ack wins over attempts for the same sequence.
+ */
 static size_t tidy_restored(jb__restored *r, size_t n, uint64_t floor, uint64_t last)
 {
     qsort(r, n, sizeof(*r), cmp_restored);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
-        if (r[i].seq <= floor || r[i].seq > last)
+        if (r[i].seq < floor || (r[i].seq == floor && r[i].attempts == 0) || r[i].seq > last)
             continue;
         if (k > 0 && r[k - 1].seq == r[i].seq) {
             if (r[i].attempts == 0)
