@@ -631,14 +631,15 @@ static int cmd_groups(jb_client **client, const jb_client_options *copts, int ar
     jb__buf out;
     jb__buf_init(&out);
     Jimbot__Infra__V1__ListGroupsResponse *r =
-        json ? NULL : jimbot__infra__v1__list_groups_response__unpack(NULL, len, resp);
-    if (json &&
-        jb__pb_bytes_to_json("jimbot.infra.v1.ListGroupsResponse", resp, len, &out) == JB_OK)
-        printf("%s\n", out.data);
-    else if (r != NULL)
-        print_groups(r);
-    else
+        jimbot__infra__v1__list_groups_response__unpack(NULL, len, resp);
+    if (r == NULL) {
         rc = fail(EXIT_FAILED, "malformed ListGroupsResponse (%zu bytes)", len);
+    } else if (json) {
+        jb__pb_to_json(&r->base, &out);
+        printf("%s\n", out.data);
+    } else {
+        print_groups(r);
+    }
     if (r != NULL)
         jimbot__infra__v1__list_groups_response__free_unpacked(r, NULL);
     jb__buf_release(&out);
