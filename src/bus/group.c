@@ -350,10 +350,9 @@ static void skip_if_nothing_new(jb__group *g)
 
 /*
  * Takes up to @want new matching events at the cursor into the ring (DUE),
- * their references in @evs, within the round's budget of log records.
- * Returns how many.
+ * within the round's budget of log records. Returns how many.
  */
-static size_t take_new(jb__group *g, size_t want, jb__ev **evs)
+static size_t take_new(jb__group *g, size_t want)
 {
     jb_bus *bus = g->bus;
     size_t got = 0;
@@ -390,10 +389,8 @@ static size_t take_new(jb__group *g, size_t want, jb__ev **evs)
         if (wanted && g->cursor < g->boundary)
             g->pending++;
         g->cursor++;
-        if (wanted)
-            evs[got++] = e;
-        else
-            jb__ev_unref(e);
+        got += wanted;
+        jb__ev_unref(e);
     }
     note_caught_up(g);
     return got;
@@ -674,9 +671,8 @@ static int spent(jb__group *g, jb__entry *en)
 
 /*
  * Collects up to @limit deliverable entries into bus->scratch_idx (ring
- * positions) and their events into bus->scratch_evs (references, for the
- * caller to drop): the DUE entries of the ring first, then new events taken
- * at the cursor. Returns how many.
+ * positions): the DUE entries of the ring first, then new events taken at
+ * the cursor. Returns how many.
  */
 static size_t collect(jb__group *g, uint64_t now, size_t limit)
 {
@@ -686,8 +682,31 @@ static size_t collect(jb__group *g, uint64_t now, size_t limit)
     size_t n = 0;
     for (size_t i = g->first_due; i < g->count && n < limit; i++) {
         jb__entry *en = at(g, i);
-        if (en->state != JB__DUE || en->when_ms > now || spent(g, en))
-            continue;
+        if (en->state == JB__DUE && en->when_ms <= now && !spent(g, en))
+            bus->scratch_idx[n++] = i;
+    }
+    if (n == limit)
+        return n;
+    size_t from = g->count;
+    size_t got = take_new(g, limit - n);
+    for (size_t k = 0; k < got; k++) {
+        if (!spent(g, at(g, from + k)))
+            bus->scratch_idx[n++] = from + k;
+    }
+    return n;
+}
+
+/*
+ * Reads the events of the @n collected entries into bus->scratch_evs
+ * (references); an entry whose event cannot be read now is retried later.
+ * Returns how many remain.
+ */
+static size_t read_collected(jb__group *g, size_t n, uint64_t now)
+{
+    jb_bus *bus = g->bus;
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++) {
+        jb__entry *en = at(g, bus->scratch_idx[k]);
         jb_error err;
         jb__ev *e = read_event(bus, en->seq, &err);
         if (e == NULL) {
@@ -696,39 +715,20 @@ static size_t collect(jb__group *g, uint64_t now, size_t limit)
             en->when_ms = now + DLQ_RETRY_MS;
             continue;
         }
-        bus->scratch_idx[n] = i;
-        bus->scratch_evs[n++] = e;
+        bus->scratch_idx[m] = bus->scratch_idx[k];
+        bus->scratch_evs[m++] = e;
     }
-    if (n == limit)
-        return n;
-    size_t from = g->count, base = n;
-    size_t got = take_new(g, limit - n, bus->scratch_evs + base);
-    for (size_t k = 0; k < got; k++) {
-        jb__ev *e = bus->scratch_evs[base + k];
-        if (spent(g, at(g, from + k))) {
-            jb__ev_unref(e);
-            continue;
-        }
-        bus->scratch_idx[n] = from + k;
-        bus->scratch_evs[n++] = e;
-    }
-    return n;
-}
-
-static void drop_collected(jb_bus *bus, size_t n)
-{
-    for (size_t k = 0; k < n; k++)
-        jb__ev_unref(bus->scratch_evs[k]);
+    return m;
 }
 
 /*
- * Delivers one batch of @n entries (positions in bus->scratch_idx, events in
- * bus->scratch_evs, whose references it drops) to @s. Returns 0 when the
- * group went away during the callback.
+ * Delivers one batch of @n entries (positions in bus->scratch_idx) to @s.
+ * Returns 0 when the group went away during the callback.
  */
 static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
 {
     jb_bus *bus = g->bus;
+    n = read_collected(g, n, now);
     jb__ev **evs = bus->scratch_evs;
     uint8_t *keep = bus->scratch_keep;
     jb_event **summary = bus->scratch_summary;
@@ -801,10 +801,8 @@ static void deliver_group(jb__group *g, uint64_t now, int window_closed)
         size_t n = collect(g, now, limit);
         if (n == 0)
             return; /* Nothing due for anyone. */
-        if (!window_closed && n < batch) {
-            drop_collected(bus, n);
+        if (!window_closed && n < batch)
             return; /* A partial batch waits for the window to close. */
-        }
         idle = 0;
         if (!deliver_batch(g, s, n, now))
             return;
