@@ -253,6 +253,7 @@ typedef struct jb_bus_stats {
     uint64_t backpressured;  /* publishes refused with JB_EBACKPRESSURE */
     uint64_t groups_expired; /* named groups deleted after group_idle_expiry_ms without members */
     uint64_t groups_deleted; /* by jb_bus_delete_group() */
+    uint64_t log_reads;      /* bulk reads of the log for groups behind the cache */
     uint64_t groups;
     uint64_t subscriptions;
     uint64_t pending_publishes; /* publishes waiting for durability */

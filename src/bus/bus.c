@@ -856,7 +856,6 @@ static void bus_free(jb_bus *bus)
     cache_evict_to(bus, 0);
     free(bus->cache);
     jb__readahead_clear(bus);
-    free(bus->ra);
     while (bus->dedup_head != NULL) {
         jb__dedup_item *d = bus->dedup_head;
         bus->dedup_head = d->next;

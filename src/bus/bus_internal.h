@@ -7,7 +7,8 @@
  *   - jb__ev: one allocation per event held in memory, refcounted; held by
  *     the cache (at most cache_bytes), by group rings and by the test-mode
  *     record;
- *   - a group's ring holds at most JB__RING_CAP outstanding events;
+ *   - a group's ring holds at most JB__RING_CAP taken events, 32 bytes each;
+ *   - the read-ahead of the log holds at most JB__CHUNKS chunks;
  *   - pending publishes are bounded by the store's unflushed-bytes limit.
  */
 #ifndef JB_BUS_INTERNAL_H
@@ -59,6 +60,11 @@ typedef struct jb__restored {
 } jb__restored;
 
 #define JB__RING_CAP 16384
+
+/* The read-ahead: at most JB__CHUNKS chunks of JB__CHUNK_RECORDS events and 1 MiB each. */
+#define JB__CHUNKS        16
+#define JB__CHUNK_RECORDS 1024
+#define JB__CHUNK_BYTES   (1u << 20)
 
 typedef struct jb__group {
     char *name;
@@ -150,10 +156,9 @@ struct jb_bus {
     size_t scan_budget; /* log records the groups may still examine this round */
     int scan_more;      /* the budget ran out: go on next loop turn */
     /* Read-ahead from the log, shared by all the groups reading behind the
-     * cache: ra[i] holds sequence ra_first + i. */
-    jb__ev **ra;
-    size_t ra_len;
-    uint64_t ra_first;
+     * cache: chunks of consecutive events, least recently used replaced. */
+    struct jb__chunk *chunks[JB__CHUNKS];
+    uint64_t chunk_clock;
     jb_event *scratch; /* per-delivery copies of events */
     const jb_event **scratch_ptrs;
     jb__ev **scratch_evs;

@@ -38,8 +38,6 @@
 #include <string.h>
 
 #define SCAN_BUDGET   8192 /* log records all groups examine per delivery round */
-#define RA_RECORDS    1024 /* records per read-ahead of the log */
-#define RA_BYTES      (4u << 20)
 #define DLQ_RETRY_MS  1000
 #define MAX_GROUP_LEN 128
 
@@ -276,48 +274,110 @@ jb_status jb_bus_delete_group(jb_bus *bus, const char *group, jb_error *err)
 
 /* ---- reading the log -------------------------------------------------- */
 
-void jb__readahead_clear(jb_bus *bus)
+typedef struct jb__chunk {
+    uint64_t first; /* the sequence of ev[0] */
+    size_t len, bytes;
+    uint64_t used; /* chunk_clock at its last use */
+    jb__ev *ev[JB__CHUNK_RECORDS];
+} jb__chunk;
+
+static void chunk_empty(jb__chunk *c)
 {
-    for (size_t i = 0; i < bus->ra_len; i++)
-        jb__ev_unref(bus->ra[i]);
-    bus->ra_len = 0;
+    for (size_t i = 0; i < c->len; i++)
+        jb__ev_unref(c->ev[i]);
+    c->len = c->bytes = 0;
 }
 
-static int readahead_visit(const jb_store_record *rec, void *userdata)
+void jb__readahead_clear(jb_bus *bus)
 {
-    jb_bus *bus = userdata;
-    if (rec->seq != bus->ra_first + bus->ra_len)
-        return 1; /* a gap: the read-ahead stays contiguous */
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        if (bus->chunks[i] != NULL)
+            chunk_empty(bus->chunks[i]);
+        free(bus->chunks[i]);
+        bus->chunks[i] = NULL;
+    }
+}
+
+static int chunk_visit(const jb_store_record *rec, void *userdata)
+{
+    jb__chunk *c = userdata;
+    if (rec->seq != c->first + c->len || c->len == JB__CHUNK_RECORDS)
+        return 1; /* a gap: a chunk stays contiguous */
     jb__ev *e = jb__ev_from_record(rec->seq, rec->payload, rec->len, NULL);
     if (e == NULL)
         return 1;
-    bus->ra[bus->ra_len++] = e;
-    return 0;
+    c->ev[c->len++] = e;
+    c->bytes += e->size;
+    return c->bytes >= JB__CHUNK_BYTES;
+}
+
+/* The chunk holding @seq, or NULL. */
+static jb__chunk *chunk_find(jb_bus *bus, uint64_t seq)
+{
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        jb__chunk *c = bus->chunks[i];
+        if (c != NULL && seq >= c->first && seq < c->first + c->len)
+            return c;
+    }
+    return NULL;
+}
+
+/* An empty slot, else the least recently used chunk, emptied; NULL if out of memory. */
+static jb__chunk *chunk_victim(jb_bus *bus)
+{
+    size_t v = 0;
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        if (bus->chunks[i] == NULL || bus->chunks[i]->len == 0) {
+            v = i;
+            break;
+        }
+        if (bus->chunks[i]->used < bus->chunks[v]->used)
+            v = i;
+    }
+    if (bus->chunks[v] == NULL && (bus->chunks[v] = calloc(1, sizeof(jb__chunk))) == NULL)
+        return NULL;
+    chunk_empty(bus->chunks[v]);
+    return bus->chunks[v];
+}
+
+/*
+ * Reads the chunk that holds @seq from the log, aligned to JB__CHUNK_RECORDS
+ * so that groups a little apart share it. NULL with @err set if nothing of
+ * it could be read.
+ */
+static jb__chunk *chunk_load(jb_bus *bus, uint64_t seq, jb_error *err)
+{
+    jb__chunk *c = chunk_victim(bus);
+    if (c == NULL)
+        return NULL;
+    uint64_t start = seq - (seq - 1) % JB__CHUNK_RECORDS;
+    uint64_t first = jb_store_first_seq(bus->store);
+    c->first = start >= first ? start : first <= seq ? first : seq;
+    size_t n = 0;
+    bus->stats.log_reads++;
+    jb_status st = jb_store_read(bus->store, c->first, JB__CHUNK_RECORDS, JB__CHUNK_BYTES,
+                                 chunk_visit, c, &n, err);
+    if (st != JB_OK && c->len == 0)
+        return NULL;
+    return c;
 }
 
 /*
  * The event with sequence @seq (a new reference): from the cache of recent
- * events, else from the shared read-ahead, refilled from the log at @seq
- * when it does not hold it. NULL with @err set (JB_ENOENT: not in the log).
+ * events, else from the shared read-ahead, loaded from the log when no chunk
+ * holds it. NULL with @err set (JB_ENOENT: not in the log).
  */
 static jb__ev *read_event(jb_bus *bus, uint64_t seq, jb_error *err)
 {
     if (bus->cache_len > 0 && seq >= bus->cache_first && seq < bus->cache_first + bus->cache_len)
         return jb__bus_fetch(bus, seq, err);
-    if (bus->ra_len == 0 || seq < bus->ra_first || seq >= bus->ra_first + bus->ra_len) {
-        if (bus->ra == NULL && (bus->ra = malloc(RA_RECORDS * sizeof(*bus->ra))) == NULL)
-            return jb__bus_fetch(bus, seq, err);
-        jb__readahead_clear(bus);
-        bus->ra_first = seq;
-        size_t n = 0;
-        jb_status st =
-            jb_store_read(bus->store, seq, RA_RECORDS, RA_BYTES, readahead_visit, bus, &n, err);
-        if (st != JB_OK && bus->ra_len == 0)
-            return NULL;
-    }
-    if (bus->ra_len > 0 && seq >= bus->ra_first && seq < bus->ra_first + bus->ra_len)
-        return jb__ev_ref(bus->ra[seq - bus->ra_first]);
-    return jb__bus_fetch(bus, seq, err); /* not readable in bulk: one record, with its error */
+    jb__chunk *c = chunk_find(bus, seq);
+    if (c == NULL && chunk_load(bus, seq, err) != NULL)
+        c = chunk_find(bus, seq);
+    if (c == NULL)
+        return jb__bus_fetch(bus, seq, err); /* not readable in bulk: one record, with its error */
+    c->used = ++bus->chunk_clock;
+    return jb__ev_ref(c->ev[seq - c->first]);
 }
 
 /* What the state file says of @seq: NULL, or its restored acks and attempts. */

@@ -1045,6 +1045,58 @@ static void test_groups_cost_nothing_per_pending_event(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/*
+ * Groups behind the cache share their reads of the log: after a restart
+ * (an empty cache), 50 groups catching up on 5,000 events read the log in
+ * a handful of bulk reads, not once per group (nor once per event).
+ */
+static void test_lagging_groups_share_log_reads(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {
+        .store = store, .state_path = state_path, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    enum { GROUPS = 50, EVENTS = 5000 };
+    static received r[GROUPS];
+    memset(r, 0, sizeof(r));
+    char names[GROUPS][16];
+    for (int i = 0; i < GROUPS; i++) {
+        snprintf(names[i], sizeof(names[i]), "lag%d", i);
+        jb_bus_unsubscribe(subscribe(bus, "game_events.>", names[i], &r[i], 0));
+    }
+    publish_many(&loop, bus, EVENTS);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    for (int i = 0; i < GROUPS; i++) {
+        r[i] = (received){.auto_ack = 1};
+        subscribe(bus, "game_events.>", names[i], &r[i], EVENTS);
+    }
+    for (int i = 0; i < GROUPS; i++)
+        run_until(&loop, &r[i].events, EVENTS);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    print_message("%d groups caught up on %d events in %llu reads of the log\n", GROUPS, EVENTS,
+                  (unsigned long long)st.log_reads);
+    assert_true(st.log_reads <= 2 * (EVENTS / 1024 + 1));
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
 /* A named group with no member for group_idle_expiry_ms is deleted and counted. */
 static void test_idle_group_expires(void **state)
 {
@@ -1244,6 +1296,7 @@ int main(void)
         cmocka_unit_test(test_retention_waits_for_the_slowest_group),
         cmocka_unit_test(test_slow_consumer_bounded_memory),
         cmocka_unit_test(test_groups_cost_nothing_per_pending_event),
+        cmocka_unit_test(test_lagging_groups_share_log_reads),
         cmocka_unit_test(test_idle_group_expires),
         cmocka_unit_test(test_group_cap_and_delete),
         cmocka_unit_test(test_attempts_survive_restart),
