@@ -409,6 +409,34 @@ static void skip_if_nothing_new(jb__group *g)
 }
 
 /*
+ * Every event from the cursor to the end matches: all of them are counted
+ * pending and not taken yet (one topic per group, the common case), so
+ * taking them needs no read of the log.
+ */
+static int all_match(const jb__group *g)
+{
+    uint64_t last = g->bus->stats.last_sequence;
+    return g->cursor >= g->boundary && g->cursor <= last && g->pending >= g->open &&
+           g->pending - g->open == last - g->cursor + 1;
+}
+
+/* The event at the cursor could not be read: 1 to go on (retention moved the cursor), 0 to stop. */
+static int unreadable(jb__group *g, const jb_error *err)
+{
+    uint64_t first = jb_store_first_seq(g->bus->store);
+    if (err->code == JB_ENOENT && g->cursor < first) {
+        jb_log(JB_LOG_WARN, "bus", "events removed by retention before the group read them",
+               "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
+               (unsigned long long)(first - 1));
+        g->cursor = first;
+        return 1;
+    }
+    jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s", g->name,
+           (unsigned long long)g->cursor, err->message);
+    return 0;
+}
+
+/*
  * Takes up to @want new matching events at the cursor into the ring (DUE),
  * within the round's budget of log records. Returns how many.
  */
@@ -423,34 +451,26 @@ static size_t take_new(jb__group *g, size_t want)
             break;
         }
         bus->scan_budget--;
-        jb_error err;
-        jb_error_clear(&err);
-        jb__ev *e = read_event(bus, g->cursor, &err);
-        if (e == NULL) {
-            uint64_t first = jb_store_first_seq(bus->store);
-            if (err.code == JB_ENOENT && g->cursor < first) {
-                jb_log(JB_LOG_WARN, "bus", "events removed by retention before the group read them",
-                       "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
-                       (unsigned long long)(first - 1));
-                g->cursor = first;
-                continue;
-            }
-            jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s",
-                   g->name, (unsigned long long)g->cursor, err.message);
-            break;
-        }
         const jb__restored *r = NULL;
-        int wanted = jb_pattern_matches(g->pattern, e->ev.topic) &&
+        int wanted = all_match(g);
+        if (!wanted) {
+            jb_error err;
+            jb_error_clear(&err);
+            jb__ev *e = read_event(bus, g->cursor, &err);
+            if (e == NULL && unreadable(g, &err))
+                continue;
+            if (e == NULL)
+                break;
+            wanted = jb_pattern_matches(g->pattern, e->ev.topic) &&
                      ((r = restored_at(g, g->cursor)) == NULL || r->attempts > 0);
-        if (wanted && !ring_push(g, g->cursor, r != NULL ? r->attempts : 0)) {
-            jb__ev_unref(e); /* out of memory: try again next round */
-            break;
+            jb__ev_unref(e);
         }
+        if (wanted && !ring_push(g, g->cursor, r != NULL ? r->attempts : 0))
+            break; /* out of memory: try again next round */
         if (wanted && g->cursor < g->boundary)
             g->pending++;
         g->cursor++;
         got += wanted;
-        jb__ev_unref(e);
     }
     note_caught_up(g);
     return got;
@@ -823,6 +843,7 @@ static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
         bus->scratch_ptrs[out++] = copy;
     }
     bus->stats.delivered += out;
+    jb__bus_mark_dirty(bus); /* the attempts are saved */
     ring_pop_done(g);
 
     int group_alive = 1;
