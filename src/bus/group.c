@@ -22,6 +22,11 @@
  * the read-ahead and the rings (at most JB__RING_CAP entries each, in
  * practice the subscribers' credits).
  *
+ * Life cycle: a named group outlives its members; one idle for
+ * group_idle_expiry_ms, or deleted without members, is marked doomed and
+ * freed outside delivery, like a private group whose subscriber left.
+ * Creation stops at max_groups. Every time here is the monotonic clock.
+ *
  * Re-entrancy: deliver callbacks may ack, nack, subscribe and unsubscribe.
  * A nested delivery round is folded into the running one (in_deliver), and
  * subscribers and private groups that go away during a callback are freed
@@ -37,9 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCAN_BUDGET   8192 /* log records all groups examine per delivery round */
-#define DLQ_RETRY_MS  1000
-#define MAX_GROUP_LEN 128
+#define SCAN_BUDGET     8192 /* log records all groups examine per delivery round */
+#define DLQ_RETRY_MS    1000
+#define MAX_GROUP_LEN   128
+#define EXPIRY_CHECK_MS 1000 /* how often idle groups are looked for */
 
 static jb__entry *at(const jb__group *g, size_t i)
 {
@@ -217,8 +223,6 @@ void jb__bus_reap_groups(jb_bus *bus)
         jb__group_free(doomed);
     }
 }
-
-#define EXPIRY_CHECK_MS 1000
 
 static void doom(jb__group *g)
 {
