@@ -271,8 +271,8 @@ void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out);
  */
 typedef struct jb_bus_group_info {
     uint64_t ack_floor; /* every matching event below it is handled */
-    /* Matching events stored but not yet handled; after a restart the
-     * backlog counts in as the group reads it (see lag). */
+    /* Matching events stored but not yet handled; just after a restart it
+     * is still growing while a pass over the log counts the backlog. */
     uint64_t pending;
     uint64_t in_flight;   /* delivered and unacked */
     uint64_t outstanding; /* taken from the log and tracked in memory */

@@ -94,6 +94,7 @@ typedef struct jb__group {
     jb_bus_sub *subs; /* the next one to serve */
     uint32_t n_subs;
     int64_t idle_since_ms; /* monotonic: when its last member left (may be < 0) */
+    int in_pass;           /* saved: its backlog is counted by the bus's pass */
     int doomed;            /* to remove once delivery is over */
     jb_bus *bus;
 } jb__group;
@@ -159,6 +160,9 @@ struct jb_bus {
      * cache: chunks of consecutive events, least recently used replaced. */
     struct jb__chunk *chunks[JB__CHUNKS];
     uint64_t chunk_clock;
+    /* After a restart, one pass over the backlog [counted_to, count_end]
+     * counts each saved group's pending events (state.c starts it). */
+    uint64_t counted_to, count_end;
     jb_event *scratch; /* per-delivery copies of events */
     const jb_event **scratch_ptrs;
     jb__ev **scratch_evs;
@@ -197,6 +201,8 @@ uint64_t jb__group_floor(const jb__group *g);
 
 /* Frees groups marked doomed (private groups whose subscriber left, expired, deleted). */
 void jb__bus_reap_groups(jb_bus *bus);
+/* Counts a slice of the backlog into the saved groups' pending; 1 while more remains. */
+int jb__bus_count_backlog(jb_bus *bus);
 /* Deletes the named groups idle for longer than group_idle_expiry_ms (housekeeping). */
 void jb__bus_expire_groups(jb_bus *bus);
 /* Asks for a delivery round soon, from the loop, not from the caller's stack. */

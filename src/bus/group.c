@@ -471,13 +471,61 @@ static size_t take_new(jb__group *g, size_t want)
         }
         if (wanted && !ring_push(g, g->cursor, r != NULL ? r->attempts : 0))
             break; /* out of memory: try again next round */
-        if (wanted && g->cursor < g->boundary)
-            g->pending++;
+        if (wanted && g->cursor < g->boundary && !(g->in_pass && g->cursor < bus->counted_to))
+            g->pending++; /* (what the backlog pass went over it counted) */
         g->cursor++;
         got += wanted;
     }
     note_caught_up(g);
     return got;
+}
+
+/* ---- counting the backlog after a restart ------------------------------ */
+
+#define COUNT_SLICE 4096 /* backlog records counted per loop turn */
+
+static int restored_acked(const jb__group *g, uint64_t seq)
+{
+    size_t lo = 0, hi = g->n_restored;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g->restored[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < g->n_restored && g->restored[lo].seq == seq && g->restored[lo].attempts == 0;
+}
+
+typedef struct count_ctx {
+    uint64_t seq;
+} count_ctx;
+
+/* A group the event matched counts it if it has not read that far yet (take_new counts the rest).
+ */
+static void count_one(void *item, void *userdata)
+{
+    jb__group *g = item;
+    uint64_t seq = ((count_ctx *)userdata)->seq;
+    if (g->in_pass && seq >= g->cursor && seq < g->boundary && !restored_acked(g, seq))
+        g->pending++;
+}
+
+int jb__bus_count_backlog(jb_bus *bus)
+{
+    if (bus->count_end == 0)
+        return 0;
+    for (size_t k = 0; k < COUNT_SLICE && bus->counted_to <= bus->count_end; k++) {
+        jb_error err;
+        jb__ev *e = read_event(bus, bus->counted_to, &err);
+        if (e != NULL) {
+            count_ctx ctx = {bus->counted_to};
+            jb__sublist_match(bus->routes, e->ev.topic, count_one, &ctx);
+            jb__ev_unref(e);
+        }
+        bus->counted_to++;
+    }
+    return bus->counted_to <= bus->count_end;
 }
 
 /* ---- dead letters ------------------------------------------------------- */
@@ -943,6 +991,8 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
     }
     bus->in_deliver = 0;
     jb__bus_reap_groups(bus);
+    if (jb__bus_count_backlog(bus))
+        bus->scan_more = 1;
     if (bus->scan_more) {
         bus->scan_more = 0;
         jb__bus_kick(bus); /* more to read: on the next loop turn, after I/O */

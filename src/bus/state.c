@@ -18,7 +18,9 @@
  * counting from where it was. IDLE_SINCE_MS is the wall-clock time its last
  * member left (0: it had members), turned into the monotonic clock at load
  * so that idle expiry survives a restart. Private groups are not saved.
- * Version 1 files (no attempts, no idle time) are still read.
+ * Version 1 files (no attempts, no idle time) are still read. The groups'
+ * backlog (floor to the end of the log) is counted into their pending by
+ * one pass over the log in slices, after the start (group.c).
  *
  * Loading checks every number against the line it came from (a count
  * cannot exceed what the line can hold, a line is at most MAX_LINE bytes):
@@ -431,6 +433,10 @@ static jb_status load_group(loader *l)
     g->restored = r;
     g->n_restored = n ? tidy_restored(r, n, gl.floor, last) : 0;
     g->cursor = gl.floor;
+    g->in_pass = 1;
+    if (bus->count_end == 0 || gl.floor < bus->counted_to)
+        bus->counted_to = gl.floor;
+    bus->count_end = last;
     g->idle_since_ms = idle_since_mono(bus, gl.idle_wall);
     return JB_OK;
 }

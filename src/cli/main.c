@@ -591,9 +591,9 @@ static void groups_usage(FILE *out)
     fprintf(out, "usage: jimbotctl groups [--json]\n"
                  "\n"
                  "Lists the consumer groups (EventBus/ListGroups), one a line: NAME, PATTERN,\n"
-                 "MEMBERS (subscribers now), PENDING (unhandled events; after a restart the\n"
-                 "backlog counts in as the group reads it), LAG (log sequences past its read\n"
-                 "position), ACK_FLOOR (everything matching below it is handled), IN_FLIGHT,\n"
+                 "MEMBERS (subscribers now), PENDING (unhandled matching events), LAG (log\n"
+                 "sequences past its read position), ACK_FLOOR (everything matching below it\n"
+                 "is handled), IN_FLIGHT,\n"
                  "IDLE (seconds without a member; a named group idle for\n"
                  "event_bus.group_idle_expiry is deleted). Private groups show as '(private)'.\n"
                  "--json prints the ListGroupsResponse as one line of JSON.\n");

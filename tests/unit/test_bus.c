@@ -1097,6 +1097,79 @@ static void test_lagging_groups_share_log_reads(void **state)
     rm_tree(dir);
 }
 
+/* Runs @loop until @group's pending count reaches @want (with a generous deadline). */
+static void run_until_pending(uv_loop_t *loop, jb_bus *bus, const char *group, uint64_t want)
+{
+    int expired = 0;
+    uv_timer_t deadline;
+    uv_timer_init(loop, &deadline);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, on_deadline, 20000, 0);
+    jb_bus_group_info gi = {0};
+    while (jb_bus_group_info_get(bus, group, &gi) == JB_OK && gi.pending < want && !expired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (gi.pending < want)
+        fail_msg("group '%s' pending %llu, wanted %llu", group, (unsigned long long)gi.pending,
+                 (unsigned long long)want);
+}
+
+/*
+ * After a restart a saved group's backlog is counted into its pending by
+ * one pass over the log in slices, members or not, without counting an
+ * event twice when the group reads it too.
+ */
+static void test_backlog_counted_after_restart(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {
+        .store = store, .state_path = state_path, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0};
+    jb_bus_sub *sub = subscribe(bus, "game_events.>", "counted", &r, 0);
+    received idle = {0};
+    jb_bus_unsubscribe(subscribe(bus, "game_events.>", "idle", &idle, 0));
+    publish_many(&loop, bus, 100);
+    run_until(&loop, &r.events, 100);
+    uint64_t acks[30];
+    for (int i = 0; i < 30; i++)
+        acks[i] = i < 20 ? (uint64_t)i + 1 : (uint64_t)i + 30; /* 1-20 and 50-59 */
+    assert_int_equal(jb_bus_ack(bus, "counted", acks, 30, NULL, NULL, NULL), JB_OK);
+    jb_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    run_until_pending(&loop, bus, "counted", 70);
+    run_until_pending(&loop, bus, "idle", 100);
+    received again = {.auto_ack = 1};
+    subscribe(bus, "game_events.>", "counted", &again, 0);
+    run_until(&loop, &again.events, 70);
+    run_for(&loop, 100);
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "counted", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(again.events, 70);
+    assert_int_equal(jb_bus_group_info_get(bus, "idle", &gi), JB_OK);
+    assert_int_equal(gi.pending, 100);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
 /* A named group with no member for group_idle_expiry_ms is deleted and counted. */
 static void test_idle_group_expires(void **state)
 {
@@ -1297,6 +1370,7 @@ int main(void)
         cmocka_unit_test(test_slow_consumer_bounded_memory),
         cmocka_unit_test(test_groups_cost_nothing_per_pending_event),
         cmocka_unit_test(test_lagging_groups_share_log_reads),
+        cmocka_unit_test(test_backlog_counted_after_restart),
         cmocka_unit_test(test_idle_group_expires),
         cmocka_unit_test(test_group_cap_and_delete),
         cmocka_unit_test(test_attempts_survive_restart),
