@@ -1002,6 +1002,13 @@ void jb__bus_kick(jb_bus *bus)
         uv_timer_start(&bus->kick, on_kick, 0, 0);
 }
 
+/* libuv runs a 0 ms timer started from a timer callback in the same turn: 1 ms yields to I/O. */
+void jb__bus_kick_next_turn(jb_bus *bus)
+{
+    if (!bus->closing)
+        uv_timer_start(&bus->kick, on_kick, 1, 0);
+}
+
 void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)
 {
     if (bus->in_deliver)

@@ -207,6 +207,8 @@ int jb__bus_count_backlog(jb_bus *bus);
 void jb__bus_expire_groups(jb_bus *bus);
 /* Asks for a delivery round soon, from the loop, not from the caller's stack. */
 void jb__bus_kick(jb_bus *bus);
+/* Asks for a delivery round on a later loop turn, after the loop has polled for I/O. */
+void jb__bus_kick_next_turn(jb_bus *bus);
 
 /* bus.c, used by group.c for dead letters. */
 jb_status jb__bus_publish_internal(jb_bus *bus, const jb_event *ev, jb_bus_publish_cb cb,

@@ -42,7 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCAN_BUDGET     8192 /* log records all groups examine per delivery round */
+#define SCAN_BUDGET     65536 /* log records all groups examine per delivery round */
 #define DLQ_RETRY_MS    1000
 #define MAX_GROUP_LEN   128
 #define EXPIRY_CHECK_MS 1000 /* how often idle groups are looked for */
@@ -482,7 +482,8 @@ static size_t take_new(jb__group *g, size_t want)
 
 /* ---- counting the backlog after a restart ------------------------------ */
 
-#define COUNT_SLICE 4096 /* backlog records counted per loop turn */
+/* Work per loop turn of the backlog pass: records read plus groups they matched. */
+#define COUNT_SLICE 65536
 
 static int restored_acked(const jb__group *g, uint64_t seq)
 {
@@ -499,6 +500,7 @@ static int restored_acked(const jb__group *g, uint64_t seq)
 
 typedef struct count_ctx {
     uint64_t seq;
+    size_t work;
 } count_ctx;
 
 /* A group the event matched counts it if it has not read that far yet (take_new counts the rest).
@@ -506,7 +508,9 @@ typedef struct count_ctx {
 static void count_one(void *item, void *userdata)
 {
     jb__group *g = item;
-    uint64_t seq = ((count_ctx *)userdata)->seq;
+    count_ctx *ctx = userdata;
+    uint64_t seq = ctx->seq;
+    ctx->work++;
     if (g->in_pass && seq >= g->cursor && seq < g->boundary && !restored_acked(g, seq))
         g->pending++;
 }
@@ -515,15 +519,15 @@ int jb__bus_count_backlog(jb_bus *bus)
 {
     if (bus->count_end == 0)
         return 0;
-    for (size_t k = 0; k < COUNT_SLICE && bus->counted_to <= bus->count_end; k++) {
+    count_ctx ctx = {0, 0};
+    while (ctx.work < COUNT_SLICE && bus->counted_to <= bus->count_end) {
         jb_error err;
         jb__ev *e = read_event(bus, bus->counted_to, &err);
-        if (e != NULL) {
-            count_ctx ctx = {bus->counted_to};
+        ctx.seq = bus->counted_to++;
+        ctx.work++;
+        if (e != NULL)
             jb__sublist_match(bus->routes, e->ev.topic, count_one, &ctx);
-            jb__ev_unref(e);
-        }
-        bus->counted_to++;
+        jb__ev_unref(e);
     }
     return bus->counted_to <= bus->count_end;
 }
@@ -995,7 +999,7 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
         bus->scan_more = 1;
     if (bus->scan_more) {
         bus->scan_more = 0;
-        jb__bus_kick(bus); /* more to read: on the next loop turn, after I/O */
+        jb__bus_kick_next_turn(bus); /* more to read: after the loop has served I/O */
     }
 }
 
