@@ -928,7 +928,7 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
     bus->timer.data = bus;
     uint64_t period = bus->opts.batch_window_ms ? bus->opts.batch_window_ms : HOUSEKEEPING_MS;
     uv_timer_start(&bus->timer, on_timer, period, period);
-    uv_timer_init(loop, &bus->kick);
+    uv_idle_init(loop, &bus->kick);
     bus->kick.data = bus;
     bus->handles_open = 2;
     *out = bus;
@@ -990,23 +990,22 @@ void jb__bus_maybe_finish_close(jb_bus *bus)
         finish_close(bus);
 }
 
-static void on_kick(uv_timer_t *t)
+static void on_kick(uv_idle_t *h)
 {
-    jb_bus *bus = t->data;
+    jb_bus *bus = h->data;
+    uv_idle_stop(h);
     jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
 }
 
+/*
+ * An idle handle, not a 0 ms timer: libuv (1.44) runs a timer started from
+ * a timer callback again in the same turn, so a round that asks for
+ * another would never let the loop poll; an idle callback runs once a turn.
+ */
 void jb__bus_kick(jb_bus *bus)
 {
     if (!bus->closing && !uv_is_active((uv_handle_t *)&bus->kick))
-        uv_timer_start(&bus->kick, on_kick, 0, 0);
-}
-
-/* libuv runs a 0 ms timer started from a timer callback in the same turn: 1 ms yields to I/O. */
-void jb__bus_kick_next_turn(jb_bus *bus)
-{
-    if (!bus->closing)
-        uv_timer_start(&bus->kick, on_kick, 1, 0);
+        uv_idle_start(&bus->kick, on_kick);
 }
 
 void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)

@@ -149,7 +149,7 @@ struct jb_bus {
     struct jb__state_job *state_job;
 
     uv_timer_t timer; /* window close and housekeeping */
-    uv_timer_t kick;  /* delivery soon, outside the caller's stack */
+    uv_idle_t kick;   /* delivery on the next loop turn, outside the caller's stack */
     int in_deliver, deliver_again, deliver_again_closed, any_doomed;
     jb__group **snapshot; /* the groups being delivered to */
     size_t snapshot_cap;
@@ -205,10 +205,8 @@ void jb__bus_reap_groups(jb_bus *bus);
 int jb__bus_count_backlog(jb_bus *bus);
 /* Deletes the named groups idle for longer than group_idle_expiry_ms (housekeeping). */
 void jb__bus_expire_groups(jb_bus *bus);
-/* Asks for a delivery round soon, from the loop, not from the caller's stack. */
+/* Asks for a delivery round on the next loop turn, not from the caller's stack. */
 void jb__bus_kick(jb_bus *bus);
-/* Asks for a delivery round on a later loop turn, after the loop has polled for I/O. */
-void jb__bus_kick_next_turn(jb_bus *bus);
 
 /* bus.c, used by group.c for dead letters. */
 jb_status jb__bus_publish_internal(jb_bus *bus, const jb_event *ev, jb_bus_publish_cb cb,

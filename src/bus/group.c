@@ -999,7 +999,7 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
         bus->scan_more = 1;
     if (bus->scan_more) {
         bus->scan_more = 0;
-        jb__bus_kick_next_turn(bus); /* more to read: after the loop has served I/O */
+        jb__bus_kick(bus); /* more to read: on the next loop turn, after I/O */
     }
 }
 
