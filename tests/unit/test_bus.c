@@ -1118,8 +1118,9 @@ static void test_lagging_groups_share_log_reads(void **state)
                   GROUPS, EVENTS, (unsigned long long)st.log_reads, meter.max_per_turn);
     assert_true(st.log_reads <= 2 * (EVENTS / 1024 + 1));
     /* 500,000 records to examine, 65,536 a round (a turn may run a round from
-     * each of the window timer, the kick and a flush): I/O is polled in between. */
-    assert_true(meter.max_per_turn <= 3 * 65536);
+     * each of the housekeeping timer, the kick and flushes): the loop polls
+     * for I/O in between, instead of doing it all in one turn. */
+    assert_true(meter.max_per_turn <= 4 * 65536);
     close_bus(&loop, bus);
     close_store(&loop, store);
     assert_int_equal(uv_loop_close(&loop), 0);
@@ -1279,14 +1280,18 @@ static void test_attempts_survive_restart(void **state)
                         .nack_backoff_ms = 1};
     jb_bus *bus;
     assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
-    received r = {.nack = 1}; /* nacks every delivery */
+    received r = {0};
     jb_bus_sub_options sub_opts = {.pattern = "jobs", .group = "worker", .max_deliver = 3};
     jb_bus_sub *sub;
     r.bus = bus;
     assert_int_equal(jb_bus_subscribe(bus, &sub_opts, on_deliver, &r, &sub, NULL), JB_OK);
     publish_result res = {0};
     publish_one(bus, "jobs", "t", NULL, &res);
-    run_until(&loop, &r.events, 2); /* delivered twice, nacked twice */
+    run_until(&loop, &r.events, 1);
+    uint64_t seq = r.seqs[0];
+    assert_int_equal(jb_bus_nack(bus, "worker", &seq, 1, 1, NULL, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 2); /* delivered twice; the second is held */
+    assert_int_equal(r.attempts[1], 2);
     jb_bus_unsubscribe(sub);
     close_bus(&loop, bus);
     close_store(&loop, store);
@@ -1300,8 +1305,8 @@ static void test_attempts_survive_restart(void **state)
     assert_int_equal(jb_bus_subscribe(bus, &sub_opts, on_deliver, &again, &sub, NULL), JB_OK);
     run_until(&loop, &dlq.events, 1);
     assert_true(again.events >= 1);
-    assert_int_equal(again.attempts[0], r.attempts[r.events - 1] + 1);
-    assert_true(r.attempts[r.events - 1] + again.events <= 3); /* max_deliver in all */
+    assert_int_equal(again.events, 1);
+    assert_int_equal(again.attempts[0], 3); /* not 1: max_deliver goes on counting */
     assert_non_null(strstr(dlq.last_headers, "jimbot-dlq-attempts=3;"));
     close_bus(&loop, bus);
     close_store(&loop, store);
