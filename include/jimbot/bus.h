@@ -103,15 +103,31 @@ typedef struct jb_bus_options {
     uint32_t nack_backoff_ms;       /* 100: first redelivery delay, doubling */
     uint32_t max_backoff_ms;        /* 30000 */
     size_t cache_bytes;             /* 64 MiB of recent events kept in memory */
+    uint32_t max_groups;            /* 10000 groups (private ones included) */
+    /* A named group with no member for this long is deleted: 7 days;
+     * JB_BUS_EXPIRY_NEVER keeps groups until they are deleted. */
+    uint64_t group_idle_expiry_ms;
     const jb_aggregate_rule *rules; /* copied */
     size_t n_rules;
     /* Test mode: an in-memory log owned by the bus, window 0, and a record
      * of every event published (jb_bus_published()). */
     int test_mode;
+    /*
+     * The wall clock, in milliseconds since the epoch; NULL for the
+     * system's. It stamps events, resolves JB_DELIVER_FROM_TIME and dates
+     * what the state file keeps across a restart; every deadline, backoff
+     * and expiry runs on the loop's monotonic clock (uv_now) instead, so a
+     * step of the wall clock moves none of them. A seam for tests.
+     */
+    int64_t (*wall_clock_ms)(void *userdata);
+    void *clock_userdata;
 } jb_bus_options;
 
 /* batch_window_ms value for immediate delivery (0 means "the default"). */
 #define JB_BUS_WINDOW_IMMEDIATE UINT32_MAX
+
+/* group_idle_expiry_ms value that never expires groups (0 means "the default"). */
+#define JB_BUS_EXPIRY_NEVER UINT64_MAX
 
 /* dedup_window_ms value that turns deduplication off (0 means "the default"). */
 #define JB_BUS_DEDUP_OFF UINT32_MAX
@@ -238,8 +254,9 @@ typedef struct jb_bus_sub_options {
 /*
  * Subscribes: joins (or creates) the group and starts delivering to
  * @deliver. A group's pattern is fixed when it is created: joining with
- * another pattern fails with JB_EINVAL. The options' strings are copied.
- * End it with jb_bus_unsubscribe().
+ * another pattern fails with JB_EINVAL. Creating a group beyond max_groups
+ * fails with JB_EBACKPRESSURE. The options' strings are copied. End it with
+ * jb_bus_unsubscribe().
  */
 jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_deliver_fn deliver,
                            void *userdata, jb_bus_sub **out, jb_error *err);
@@ -285,6 +302,9 @@ typedef struct jb_bus_stats {
     uint64_t dead_lettered;
     uint64_t aggregated_out; /* events left out by aggregation rules */
     uint64_t backpressured;  /* publishes refused with JB_EBACKPRESSURE */
+    uint64_t groups_expired; /* named groups deleted after group_idle_expiry_ms without members */
+    uint64_t groups_deleted; /* by jb_bus_delete_group() */
+    uint64_t log_reads;      /* bulk reads of the log for groups behind the cache */
     uint64_t groups;
     uint64_t subscriptions;
     uint64_t pending_publishes; /* publishes waiting for durability */
@@ -301,11 +321,19 @@ void jb_bus_get_stats(const jb_bus *bus, jb_bus_stats *out);
  * unknown group.
  */
 typedef struct jb_bus_group_info {
-    uint64_t ack_floor;   /* every matching event below it is handled */
-    uint64_t pending;     /* matching events stored but not yet handled */
+    uint64_t ack_floor; /* every matching event below it is handled */
+    /* Matching events stored but not yet handled; just after a restart it
+     * is still growing while a pass over the log counts the backlog. */
+    uint64_t pending;
     uint64_t in_flight;   /* delivered and unacked */
-    uint64_t outstanding; /* tracked in memory (in flight + due + waiting) */
+    uint64_t outstanding; /* taken from the log and tracked in memory */
     uint32_t subscribers;
+    uint64_t lag;        /* log sequences past its read position, not yet examined */
+    uint64_t idle_ms;    /* how long it has had no member; 0 while it has one */
+    const char *pattern; /* borrowed: valid until the group is removed */
+    uint32_t ack_wait_ms;
+    uint32_t max_deliver;
+    int private_group;
 } jb_bus_group_info;
 
 jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_group_info *out);
@@ -317,6 +345,15 @@ jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_gro
  */
 typedef void (*jb_bus_group_fn)(const char *group, const jb_bus_group_info *info, void *userdata);
 void jb_bus_foreach_group(const jb_bus *bus, jb_bus_group_fn fn, void *userdata);
+
+/*
+ * Deletes the named group @group: its position, acks and attempts are
+ * forgotten, and it no longer holds back retention. JB_ENOENT for an
+ * unknown group, JB_EINVAL for a private one, JB_EUNAVAILABLE while it has
+ * members (end their subscriptions first: a group in use is never deleted
+ * from under its consumers).
+ */
+jb_status jb_bus_delete_group(jb_bus *bus, const char *group, jb_error *err);
 
 /*
  * Test mode only: the events published so far (in order, duplicates not

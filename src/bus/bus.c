@@ -7,8 +7,9 @@
  *   validate every event -> answer duplicates from the dedup index ->
  *   match topics against the routes (the subscription trie) -> refuse if a
  *   matched group is full -> append the envelopes to the store (all or
- *   none) -> keep each event in the cache and offer it to the live groups
- *   it matched -> queue the publish until the store reports it durable.
+ *   none) -> keep each event in the cache and count it pending for the
+ *   groups it matched (they read it at delivery) -> queue the publish until
+ *   the store reports it durable.
  *
  * Durability: each publish asks the store for a flush; the store runs one
  * write job at a time and the flushes asked for meanwhile ride the next one
@@ -50,12 +51,20 @@ typedef struct jb__dedup_item {
     char id[];
 } jb__dedup_item;
 
+/* Monotonic: every deadline, backoff and expiry; a step of the wall clock moves none. */
 uint64_t jb__bus_now_ms(const jb_bus *bus)
 {
-    (void)bus;
+    return uv_now(bus->loop);
+}
+
+/* The wall clock: event timestamps, time-based replay and saved times only. */
+int64_t jb__bus_wall_ms(const jb_bus *bus)
+{
+    if (bus->opts.wall_clock_ms != NULL)
+        return bus->opts.wall_clock_ms(bus->opts.clock_userdata);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* ---- events in memory ---------------------------------------------------- */
@@ -268,15 +277,26 @@ static void dedup_add(jb_bus *bus, const char *id, uint64_t seq, uint64_t at_ms)
     jb__strmap_put(&bus->dedup, id, (void *)(uintptr_t)seq);
 }
 
+typedef struct rebuild_ctx {
+    jb_bus *bus;
+    int64_t wall;
+    uint64_t mono;
+} rebuild_ctx;
+
+/* A record's wall-clock age becomes a monotonic time, clamped to the window. */
 static int dedup_rebuild_visit(const jb_store_record *rec, void *userdata)
 {
-    jb_bus *bus = userdata;
+    rebuild_ctx *ctx = userdata;
     jb__envelope *env;
     const jb_event *ev;
     if (jb__envelope_decode(rec->payload, rec->len, &env, &ev, NULL) != JB_OK)
         return 0;
+    int64_t age = ctx->wall - rec->timestamp_ms;
+    uint64_t a = age < 0 ? 0 : (uint64_t)age;
+    if (a > ctx->bus->opts.dedup_window_ms)
+        a = ctx->bus->opts.dedup_window_ms;
     if (ev->id != NULL && ev->id[0] != '\0')
-        dedup_add(bus, ev->id, rec->seq, (uint64_t)rec->timestamp_ms);
+        dedup_add(ctx->bus, ev->id, rec->seq, ctx->mono > a ? ctx->mono - a : 0);
     jb__envelope_free(env);
     return 0;
 }
@@ -285,13 +305,13 @@ static void dedup_rebuild(jb_bus *bus)
 {
     if (bus->opts.dedup_window_ms == JB_BUS_DEDUP_OFF)
         return;
-    uint64_t now = jb__bus_now_ms(bus);
+    rebuild_ctx ctx = {bus, jb__bus_wall_ms(bus), jb__bus_now_ms(bus)};
     uint64_t seq;
-    if (jb_store_seek_time(bus->store, (int64_t)(now - bus->opts.dedup_window_ms), &seq, NULL) !=
+    if (jb_store_seek_time(bus->store, ctx.wall - (int64_t)bus->opts.dedup_window_ms, &seq, NULL) !=
         JB_OK)
         return;
     size_t n = 0;
-    jb_store_read(bus->store, seq, 0, 0, dedup_rebuild_visit, bus, &n, NULL);
+    jb_store_read(bus->store, seq, 0, 0, dedup_rebuild_visit, &ctx, &n, NULL);
     if (bus->dedup.len > 0)
         jb_log(JB_LOG_INFO, "bus", "dedup index rebuilt", "ids=%zu from_sequence=%llu",
                bus->dedup.len, (unsigned long long)seq);
@@ -487,13 +507,13 @@ static void collect_match(void *item, void *userdata)
 
 /* Phase 1: copies each event (timestamp filled in) and checks it. */
 static jb_status stage_events(jb_bus *bus, publish_call *c, const jb_event *events, size_t n,
-                              uint64_t now, jb_error *err)
+                              int64_t wall, jb_error *err)
 {
     for (size_t i = 0; i < n; i++) {
         staged *s = &c->st[i];
         s->ev = events[i];
         if (s->ev.timestamp_ms == 0)
-            s->ev.timestamp_ms = (int64_t)now;
+            s->ev.timestamp_ms = wall;
         s->size = jb__envelope_size(&s->ev);
         s->e = NULL;
         s->dup_of = SIZE_MAX;
@@ -618,8 +638,8 @@ static jb_status store_events(jb_bus *bus, publish_call *c, size_t n, uint64_t *
 
 /*
  * Phase 5, once stored (nothing can fail from here on): gives every event its
- * sequence (a duplicate the original's), remembers its id, caches it and offers
- * it to the live groups it matched.
+ * sequence (a duplicate the original's), remembers its id, caches it and counts
+ * it pending for the groups it matched.
  */
 static void commit_events(jb_bus *bus, publish_call *c, size_t n, uint64_t first_seq, uint64_t now)
 {
@@ -641,11 +661,8 @@ static void commit_events(jb_bus *bus, publish_call *c, size_t n, uint64_t first
                 record_published(bus, e);
             cache_push(bus, e);
             size_t end = i + 1 < n ? c->st[i + 1].g_start : c->matched.n;
-            for (size_t k = s->g_start; k < end; k++) {
-                jb__group *g = c->matched.v[k];
-                g->pending++;
-                jb__group_offer(g, e);
-            }
+            for (size_t k = s->g_start; k < end; k++)
+                c->matched.v[k]->pending++; /* the group reads it at delivery */
             seq++;
         }
         /* A publish is answered once every sequence it names is durable. */
@@ -693,7 +710,7 @@ static jb_status publish_call_init(publish_call *c, size_t n, jb_bus_publish_cb 
 /*
  * The shared publish path, in the phases above: stage and check every event;
  * find duplicates; route and check the groups' limits; append all or none;
- * then commit (cache, offer to live groups) and queue for durability.
+ * then commit (cache, count for the groups) and queue for durability.
  * @internal: dead letters, which skip the groups' pending limit (refusing
  * them would keep the original stuck).
  */
@@ -711,7 +728,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     size_t n_store = 0;
     jb_status st = publish_call_init(&c, n, cb, userdata, err);
     if (st == JB_OK)
-        st = stage_events(bus, &c, events, n, now, err);
+        st = stage_events(bus, &c, events, n, jb__bus_wall_ms(bus), err);
     if (st == JB_OK) {
         dedup_expire(bus, now);
         find_duplicates(bus, &c, events, n);
@@ -754,6 +771,7 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = jb__bus_now_ms(bus);
     dedup_expire(bus, now);
     jb__bus_deliver_all(bus, 1);
+    jb__bus_expire_groups(bus);
     /* Retention never removes what a group still needs. */
     uint64_t floor = UINT64_MAX;
     size_t it = 0;
@@ -798,6 +816,8 @@ static void apply_defaults(jb_bus_options *o)
     DEFAULT(nack_backoff_ms, 100);
     DEFAULT(max_backoff_ms, 30000);
     DEFAULT(cache_bytes, (size_t)64 * 1024 * 1024);
+    DEFAULT(max_groups, 10000);
+    DEFAULT(group_idle_expiry_ms, (uint64_t)7 * 24 * 3600 * 1000);
 #undef DEFAULT
     if (o->batch_window_ms == JB_BUS_WINDOW_IMMEDIATE || o->test_mode)
         o->batch_window_ms = 0;
@@ -814,6 +834,7 @@ static void bus_free(jb_bus *bus)
     jb__sublist_free(bus->routes);
     cache_evict_to(bus, 0);
     free(bus->cache);
+    jb__readahead_clear(bus);
     while (bus->dedup_head != NULL) {
         jb__dedup_item *d = bus->dedup_head;
         bus->dedup_head = d->next;
@@ -885,7 +906,7 @@ jb_status jb_bus_new(uv_loop_t *loop, const jb_bus_options *opts, jb_bus **out, 
     bus->timer.data = bus;
     uint64_t period = bus->opts.batch_window_ms ? bus->opts.batch_window_ms : HOUSEKEEPING_MS;
     uv_timer_start(&bus->timer, on_timer, period, period);
-    uv_timer_init(loop, &bus->kick);
+    uv_idle_init(loop, &bus->kick);
     bus->kick.data = bus;
     jb__policy_start(bus);
     bus->handles_open = 3;
@@ -955,16 +976,22 @@ void jb__bus_maybe_finish_close(jb_bus *bus)
         finish_close(bus);
 }
 
-static void on_kick(uv_timer_t *t)
+static void on_kick(uv_idle_t *h)
 {
-    jb_bus *bus = t->data;
+    jb_bus *bus = h->data;
+    uv_idle_stop(h);
     jb__bus_deliver_all(bus, bus->opts.batch_window_ms == 0);
 }
 
+/*
+ * An idle handle, not a 0 ms timer: libuv (1.44) runs a timer started from
+ * a timer callback again in the same turn, so a round that asks for
+ * another would never let the loop poll; an idle callback runs once a turn.
+ */
 void jb__bus_kick(jb_bus *bus)
 {
     if (!bus->closing && !uv_is_active((uv_handle_t *)&bus->kick))
-        uv_timer_start(&bus->kick, on_kick, 0, 0);
+        uv_idle_start(&bus->kick, on_kick);
 }
 
 void jb_bus_close(jb_bus *bus, jb_bus_close_cb cb, void *userdata)

@@ -7,7 +7,8 @@
  *   - jb__ev: one allocation per event held in memory, refcounted; held by
  *     the cache (at most cache_bytes), by group rings and by the test-mode
  *     record;
- *   - a group's ring holds at most JB__RING_CAP outstanding events;
+ *   - a group's ring holds at most JB__RING_CAP taken events, 32 bytes each;
+ *   - the read-ahead of the log holds at most JB__CHUNKS chunks;
  *   - pending publishes are bounded by the store's unflushed-bytes limit.
  */
 #ifndef JB_BUS_INTERNAL_H
@@ -37,22 +38,33 @@ jb__ev *jb__ev_from_record(uint64_t seq, const void *data, size_t len, jb_error 
 jb__ev *jb__bus_fetch(jb_bus *bus, uint64_t seq, jb_error *err);
 
 enum jb__entry_state {
-    JB__DUE = 0, /* waiting for delivery (not before due_ms) */
+    JB__DUE = 0, /* waiting for delivery (not before when_ms) */
     JB__IN_FLIGHT = 1,
     JB__DONE = 2,  /* acked, aggregated out or dead-lettered */
     JB__DYING = 3, /* its dead-letter copy is being stored */
 };
 
+/* An event a group has taken from the log: 32 bytes, no copy of the event. */
 typedef struct jb__entry {
     uint64_t seq;
-    jb__ev *ev; /* a reference; NULL once DONE */
+    uint64_t when_ms; /* monotonic; DUE: not before; IN_FLIGHT: ack deadline */
     jb_bus_sub *holder;
-    uint64_t when_ms; /* DUE: not before; IN_FLIGHT: ack deadline */
     uint32_t attempts;
     uint8_t state;
 } jb__entry;
 
+/* From the state file: an acked sequence (attempts 0) or one delivered before. */
+typedef struct jb__restored {
+    uint64_t seq;
+    uint32_t attempts;
+} jb__restored;
+
 #define JB__RING_CAP 16384
+
+/* The read-ahead: at most JB__CHUNKS chunks of JB__CHUNK_RECORDS events and 1 MiB each. */
+#define JB__CHUNKS        16
+#define JB__CHUNK_RECORDS 1024
+#define JB__CHUNK_BYTES   (1u << 20)
 
 typedef struct jb__group {
     char *name;
@@ -60,28 +72,30 @@ typedef struct jb__group {
     int private_group;
     uint32_t ack_wait_ms;
     uint32_t max_deliver;
-    /* Outstanding events in sequence order: ring[(head + i) % cap]. */
+    /* Taken events, in sequence order: ring[(head + i) % cap], all below
+     * `cursor`. Events not yet taken cost nothing here: delivery reads them
+     * from the cache or the log when a subscriber has credits. */
     jb__entry *ring;
     size_t cap; /* a power of two, at most JB__RING_CAP */
     size_t head, count;
+    size_t open;      /* entries not DONE */
     size_t first_due; /* offset from head below which nothing is DUE */
-    /* Live: caught up; new matching events enter the ring at publish.
-     * Lagging: `cursor` is the next sequence to scan from the log. */
-    int live;
-    uint64_t cursor;
+    uint64_t cursor;  /* the next sequence to examine */
     /* Events at or after `boundary` were counted in `pending` at publish;
-     * older ones (history, or from before a restart) when scanned. */
+     * older ones (history, or from before a restart) when taken. */
     uint64_t boundary;
     uint64_t pending;
     uint64_t publish_tally; /* matches in the publish being checked (bus.c) */
     uint64_t in_flight;
-    /* Acked sequences above the saved floor, from the state file. */
-    uint64_t *restored_acked;
+    /* Acks and delivery attempts above the saved floor, from the state file. */
+    jb__restored *restored;
     size_t n_restored, restored_pos;
     /* Subscribers, in a circular list for round-robin. */
     jb_bus_sub *subs; /* the next one to serve */
     uint32_t n_subs;
-    int doomed; /* a private group to remove once delivery is over */
+    int64_t idle_since_ms; /* monotonic: when its last member left (may be < 0) */
+    int in_pass;           /* saved: its backlog is counted by the bus's pass */
+    int doomed;            /* to remove once delivery is over */
     jb_bus *bus;
 } jb__group;
 
@@ -130,16 +144,27 @@ struct jb_bus {
     jb__strmap groups; /* name -> jb__group */
     jb__sublist *routes;
     uint64_t private_counter;
+    uint64_t next_expiry_check; /* monotonic */
     int state_dirty;
     int state_saving;
     uv_work_t state_work;
     struct jb__state_job *state_job;
 
     uv_timer_t timer; /* window close and housekeeping */
-    uv_timer_t kick;  /* delivery soon, outside the caller's stack */
+    uv_idle_t kick;   /* delivery on the next loop turn, outside the caller's stack */
     int in_deliver, deliver_again, deliver_again_closed, any_doomed;
     jb__group **snapshot; /* the groups being delivered to */
     size_t snapshot_cap;
+    size_t round_start; /* rotates, so that no group always comes first */
+    size_t scan_budget; /* log records the groups may still examine this round */
+    int scan_more;      /* the budget ran out: go on next loop turn */
+    /* Read-ahead from the log, shared by all the groups reading behind the
+     * cache: chunks of consecutive events, least recently used replaced. */
+    struct jb__chunk *chunks[JB__CHUNKS];
+    uint64_t chunk_clock;
+    /* After a restart, one pass over the backlog [counted_to, count_end]
+     * counts each saved group's pending events (state.c starts it). */
+    uint64_t counted_to, count_end;
     jb_event *scratch; /* per-delivery copies of events */
     const jb_event **scratch_ptrs;
     jb__ev **scratch_evs;
@@ -158,7 +183,10 @@ struct jb_bus {
     int handles_open;
 };
 
+/* Monotonic milliseconds (the loop's uv_now): every deadline, backoff and expiry. */
 uint64_t jb__bus_now_ms(const jb_bus *bus);
+/* Wall-clock milliseconds since the epoch: timestamps, replay by time, saved times. */
+int64_t jb__bus_wall_ms(const jb_bus *bus);
 
 /* group.c */
 jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uint32_t ack_wait_ms,
@@ -166,16 +194,20 @@ jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uin
 void jb__group_free(jb__group *g);
 /* Frees the group's subscriptions without calling anyone (bus close). */
 void jb__group_drop_subs(jb__group *g);
-/* A new durable-pending event for a live group (it matched at publish). */
-void jb__group_offer(jb__group *g, jb__ev *e);
-/* Scans lagging groups, delivers what is due, handles deadlines. */
+/* Drops the shared read-ahead (bus close). */
+void jb__readahead_clear(jb_bus *bus);
+/* Delivers what is due (reading the log in bounded slices), handles deadlines. */
 void jb__bus_deliver_all(jb_bus *bus, int window_closed);
 /* The lowest sequence the group still needs. */
 uint64_t jb__group_floor(const jb__group *g);
 
-/* Frees groups marked doomed (private groups whose subscriber left). */
+/* Frees groups marked doomed (private groups whose subscriber left, expired, deleted). */
 void jb__bus_reap_groups(jb_bus *bus);
-/* Asks for a delivery round soon, from the loop, not from the caller's stack. */
+/* Counts a slice of the backlog into the saved groups' pending; 1 while more remains. */
+int jb__bus_count_backlog(jb_bus *bus);
+/* Deletes the named groups idle for longer than group_idle_expiry_ms (housekeeping). */
+void jb__bus_expire_groups(jb_bus *bus);
+/* Asks for a delivery round on the next loop turn, not from the caller's stack. */
 void jb__bus_kick(jb_bus *bus);
 
 /* bus.c, used by group.c for dead letters. */
@@ -198,6 +230,8 @@ size_t jb__bus_max_batch(const jb_bus *bus);
  * its window's max_batch_size and sets *@closed when its window has closed
  * (@default_closed: the bus's own window has).
  */
+/* Whether windows per pattern are set (else the bus's one window applies to every event). */
+int jb__bus_has_windows(const jb_bus *bus);
 void jb__bus_window_take(const jb_bus *bus, const char *topic, int default_closed, size_t *size_cap,
                          int *closed);
 /* Window closes last one delivery round: forget them, or (bus close) close all. */

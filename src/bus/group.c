@@ -2,19 +2,30 @@
  * Consumer groups: subscribers, delivery in batches, aggregation, acks,
  * redelivery and dead letters (include/jimbot/bus.h).
  *
- * A group keeps its outstanding events in a ring ordered by sequence; each
- * entry is DUE (waiting, maybe not before a backoff time), IN_FLIGHT (held
- * by one subscriber until an ack deadline), DYING (its dead-letter copy is
- * being stored) or DONE. Handled entries leave the ring from its head, so
- * the head's sequence is the group's ack floor: everything below it that
- * matched the group is handled, which is what state.c saves.
+ * A group keeps, in a ring ordered by sequence, only the events it has
+ * taken from the log (32 bytes each, no copy of the event): DUE (waiting,
+ * maybe not before a backoff time), IN_FLIGHT (held by one subscriber until
+ * an ack deadline), DYING (its dead-letter copy is being stored) or DONE.
+ * Handled entries leave the ring from its head, so the head's sequence (or
+ * the cursor, when the ring is empty) is the group's ack floor: everything
+ * below it that matched the group is handled, which is what state.c saves.
  *
- * A live group gets new events straight from publish (bus.c offers each
- * event to the live groups whose pattern matched it, found by the trie);
- * a group whose ring filled up, or that starts from history, lags: it scans
- * the log from its cursor with the direct matcher until it catches up and
- * goes live again. So memory per group is bounded by the ring, and a slow
- * group costs nothing to the others.
+ * Events not yet taken cost the group nothing: publish only counts them
+ * (`pending`), and a group reads them at its `cursor` when a subscriber has
+ * credits, from the cache of recent events or, behind it, from a read-ahead
+ * of the log that all the groups reading the same range share. A group
+ * with nothing pending jumps its cursor to the end without reading. Reading
+ * is bounded per delivery round (SCAN_BUDGET records for all groups
+ * together); a round that used it up asks for another on the next loop
+ * turn, so a long backlog never holds the loop, and a group without
+ * subscribers reads nothing at all. Memory is thus bounded by the cache,
+ * the read-ahead and the rings (at most JB__RING_CAP entries each, in
+ * practice the subscribers' credits).
+ *
+ * Life cycle: a named group outlives its members; one idle for
+ * group_idle_expiry_ms, or deleted without members, is marked doomed and
+ * freed outside delivery, like a private group whose subscriber left.
+ * Creation stops at max_groups. Every time here is the monotonic clock.
  *
  * Re-entrancy: deliver callbacks may ack, nack, subscribe and unsubscribe.
  * A nested delivery round is folded into the running one (in_deliver), and
@@ -31,9 +42,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SCAN_BUDGET   4096 /* log records a lagging group reads per round */
-#define DLQ_RETRY_MS  1000
-#define MAX_GROUP_LEN 128
+#define SCAN_BUDGET     65536 /* log records all groups examine per delivery round */
+#define DLQ_RETRY_MS    1000
+#define MAX_GROUP_LEN   128
+#define EXPIRY_CHECK_MS 1000 /* how often idle groups are looked for */
 
 static jb__entry *at(const jb__group *g, size_t i)
 {
@@ -50,7 +62,7 @@ static uint64_t backoff_ms(const jb_bus *bus, uint32_t attempts)
 
 /* ---- the ring ----------------------------------------------------------- */
 
-static int ring_push(jb__group *g, uint64_t seq, jb__ev *e)
+static int ring_push(jb__group *g, uint64_t seq, uint32_t attempts)
 {
     if (g->count == g->cap) {
         if (g->cap >= JB__RING_CAP)
@@ -66,8 +78,9 @@ static int ring_push(jb__group *g, uint64_t seq, jb__ev *e)
         g->cap = cap;
         g->head = 0;
     }
-    *at(g, g->count) = (jb__entry){.seq = seq, .ev = jb__ev_ref(e), .state = JB__DUE};
+    *at(g, g->count) = (jb__entry){.seq = seq, .attempts = attempts, .state = JB__DUE};
     g->count++;
+    g->open++;
     return 1;
 }
 
@@ -98,6 +111,11 @@ static void ring_pop_done(jb__group *g)
             g->first_due--;
         popped = 1;
     }
+    if (g->count == 0 && g->cap > 1024) {
+        free(g->ring); /* A burst's ring goes back once it is handled. */
+        g->ring = NULL;
+        g->cap = g->head = g->first_due = 0;
+    }
     if (popped)
         jb__bus_mark_dirty(g->bus);
 }
@@ -122,17 +140,14 @@ static void mark_done(jb__group *g, jb__entry *en)
     }
     en->state = JB__DONE;
     en->holder = NULL;
-    jb__ev_unref(en->ev);
-    en->ev = NULL;
+    g->open--;
     if (g->pending > 0)
         g->pending--;
 }
 
 uint64_t jb__group_floor(const jb__group *g)
 {
-    if (g->count > 0)
-        return at(g, 0)->seq;
-    return g->live ? g->bus->stats.last_sequence + 1 : g->cursor;
+    return g->count > 0 ? at(g, 0)->seq : g->cursor;
 }
 
 /* ---- groups ------------------------------------------------------------- */
@@ -157,7 +172,7 @@ jb__group *jb__group_new(jb_bus *bus, const char *name, const char *pattern, uin
     g->max_deliver = max_deliver;
     g->boundary = bus->stats.last_sequence + 1;
     g->cursor = g->boundary;
-    g->live = 1;
+    g->idle_since_ms = jb__bus_now_ms(bus);
     jb__strmap_put(&bus->groups, name, g);
     return g;
 }
@@ -178,11 +193,9 @@ void jb__group_free(jb__group *g)
 {
     jb_bus *bus = g->bus;
     jb__sublist_remove(bus->routes, g->pattern, g);
-    for (size_t i = 0; i < g->count; i++)
-        jb__ev_unref(at(g, i)->ev);
     jb__group_drop_subs(g);
     free(g->ring);
-    free(g->restored_acked);
+    free(g->restored);
     free(g->name);
     free(g->pattern);
     free(g);
@@ -211,68 +224,323 @@ void jb__bus_reap_groups(jb_bus *bus)
     }
 }
 
-void jb__group_offer(jb__group *g, jb__ev *e)
+static void doom(jb__group *g)
 {
-    if (!g->live)
-        return; /* It will find the event when its scan gets there. */
-    if (!ring_push(g, e->ev.sequence, e)) {
-        g->live = 0;
-        g->cursor = e->ev.sequence;
+    g->doomed = 1;
+    g->bus->any_doomed = 1;
+    if (!g->private_group)
+        jb__bus_mark_dirty(g->bus);
+}
+
+void jb__bus_expire_groups(jb_bus *bus)
+{
+    uint64_t expiry = bus->opts.group_idle_expiry_ms;
+    uint64_t now = jb__bus_now_ms(bus);
+    if (expiry == JB_BUS_EXPIRY_NEVER || bus->in_deliver || now < bus->next_expiry_check)
+        return;
+    bus->next_expiry_check = now + EXPIRY_CHECK_MS;
+    size_t it = 0;
+    const char *name;
+    void *value;
+    while (jb__strmap_next(&bus->groups, &it, &name, &value)) {
+        jb__group *g = value;
+        int64_t idle = (int64_t)now - g->idle_since_ms;
+        if (g->private_group || g->doomed || g->n_subs > 0 || idle < 0 || (uint64_t)idle < expiry)
+            continue;
+        jb_log(JB_LOG_INFO, "bus", "group deleted after being idle",
+               "group=%s idle_s=%lld floor=%llu", g->name, (long long)(idle / 1000),
+               (unsigned long long)jb__group_floor(g));
+        bus->stats.groups_expired++;
+        doom(g);
+    }
+    jb__bus_reap_groups(bus);
+}
+
+jb_status jb_bus_delete_group(jb_bus *bus, const char *group, jb_error *err)
+{
+    jb__group *g = group != NULL ? jb__strmap_get(&bus->groups, group) : NULL;
+    if (g == NULL || g->doomed)
+        return jb_error_set(err, JB_ENOENT, "unknown group '%s'", group ? group : "");
+    if (g->private_group)
+        return jb_error_set(err, JB_EINVAL,
+                            "'%s' is a private group: it ends with its subscription", group);
+    if (g->n_subs > 0)
+        return jb_error_set(err, JB_EUNAVAILABLE,
+                            "group '%s' has %u member(s); end their subscriptions first", group,
+                            g->n_subs);
+    jb_log(JB_LOG_INFO, "bus", "group deleted", "group=%s floor=%llu", g->name,
+           (unsigned long long)jb__group_floor(g));
+    bus->stats.groups_deleted++;
+    doom(g);
+    jb__bus_reap_groups(bus);
+    return JB_OK;
+}
+
+/* ---- reading the log -------------------------------------------------- */
+
+typedef struct jb__chunk {
+    uint64_t first; /* the sequence of ev[0] */
+    size_t len, bytes;
+    uint64_t used; /* chunk_clock at its last use */
+    jb__ev *ev[JB__CHUNK_RECORDS];
+} jb__chunk;
+
+static void chunk_empty(jb__chunk *c)
+{
+    for (size_t i = 0; i < c->len; i++)
+        jb__ev_unref(c->ev[i]);
+    c->len = c->bytes = 0;
+}
+
+void jb__readahead_clear(jb_bus *bus)
+{
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        if (bus->chunks[i] != NULL)
+            chunk_empty(bus->chunks[i]);
+        free(bus->chunks[i]);
+        bus->chunks[i] = NULL;
     }
 }
 
-static int restored_acked(jb__group *g, uint64_t seq)
+static int chunk_visit(const jb_store_record *rec, void *userdata)
 {
-    while (g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] < seq)
-        g->restored_pos++;
-    return g->restored_pos < g->n_restored && g->restored_acked[g->restored_pos] == seq;
+    jb__chunk *c = userdata;
+    if (rec->seq != c->first + c->len || c->len == JB__CHUNK_RECORDS)
+        return 1; /* a gap: a chunk stays contiguous */
+    jb__ev *e = jb__ev_from_record(rec->seq, rec->payload, rec->len, NULL);
+    if (e == NULL)
+        return 1;
+    c->ev[c->len++] = e;
+    c->bytes += e->size;
+    return c->bytes >= JB__CHUNK_BYTES;
 }
 
-/* A lagging group reads the log from its cursor, bounded by @budget records. */
-static void scan(jb__group *g, size_t budget)
+/* The chunk holding @seq, or NULL. */
+static jb__chunk *chunk_find(jb_bus *bus, uint64_t seq)
+{
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        jb__chunk *c = bus->chunks[i];
+        if (c != NULL && seq >= c->first && seq < c->first + c->len)
+            return c;
+    }
+    return NULL;
+}
+
+/* An empty slot, else the least recently used chunk, emptied; NULL if out of memory. */
+static jb__chunk *chunk_victim(jb_bus *bus)
+{
+    size_t v = 0;
+    for (size_t i = 0; i < JB__CHUNKS; i++) {
+        if (bus->chunks[i] == NULL || bus->chunks[i]->len == 0) {
+            v = i;
+            break;
+        }
+        if (bus->chunks[i]->used < bus->chunks[v]->used)
+            v = i;
+    }
+    if (bus->chunks[v] == NULL && (bus->chunks[v] = calloc(1, sizeof(jb__chunk))) == NULL)
+        return NULL;
+    chunk_empty(bus->chunks[v]);
+    return bus->chunks[v];
+}
+
+/*
+ * Reads the chunk that holds @seq from the log, aligned to JB__CHUNK_RECORDS
+ * so that groups a little apart share it. NULL with @err set if nothing of
+ * it could be read.
+ */
+static jb__chunk *chunk_load(jb_bus *bus, uint64_t seq, jb_error *err)
+{
+    jb__chunk *c = chunk_victim(bus);
+    if (c == NULL)
+        return NULL;
+    uint64_t start = seq - (seq - 1) % JB__CHUNK_RECORDS;
+    uint64_t first = jb_store_first_seq(bus->store);
+    c->first = start >= first ? start : first <= seq ? first : seq;
+    size_t n = 0;
+    bus->stats.log_reads++;
+    jb_status st = jb_store_read(bus->store, c->first, JB__CHUNK_RECORDS, JB__CHUNK_BYTES,
+                                 chunk_visit, c, &n, err);
+    if (st != JB_OK && c->len == 0)
+        return NULL;
+    return c;
+}
+
+/*
+ * The event with sequence @seq (a new reference): from the cache of recent
+ * events, else from the shared read-ahead, loaded from the log when no chunk
+ * holds it. NULL with @err set (JB_ENOENT: not in the log).
+ */
+static jb__ev *read_event(jb_bus *bus, uint64_t seq, jb_error *err)
+{
+    if (bus->cache_len > 0 && seq >= bus->cache_first && seq < bus->cache_first + bus->cache_len)
+        return jb__bus_fetch(bus, seq, err);
+    jb__chunk *c = chunk_find(bus, seq);
+    if (c == NULL && chunk_load(bus, seq, err) != NULL)
+        c = chunk_find(bus, seq);
+    if (c == NULL)
+        return jb__bus_fetch(bus, seq, err); /* not readable in bulk: one record, with its error */
+    c->used = ++bus->chunk_clock;
+    return jb__ev_ref(c->ev[seq - c->first]);
+}
+
+/* What the state file says of @seq: NULL, or its restored acks and attempts. */
+static const jb__restored *restored_at(jb__group *g, uint64_t seq)
+{
+    while (g->restored_pos < g->n_restored && g->restored[g->restored_pos].seq < seq)
+        g->restored_pos++;
+    if (g->restored_pos < g->n_restored && g->restored[g->restored_pos].seq == seq)
+        return &g->restored[g->restored_pos];
+    return NULL;
+}
+
+/* Past the end of the log the restored acks are no longer needed. */
+static void note_caught_up(jb__group *g)
+{
+    if (g->cursor > g->bus->stats.last_sequence && g->restored != NULL) {
+        free(g->restored);
+        g->restored = NULL;
+        g->n_restored = g->restored_pos = 0;
+    }
+}
+
+/* With nothing pending beyond its ring, a group has nothing to read: it jumps to the end. */
+static void skip_if_nothing_new(jb__group *g)
+{
+    if (g->cursor >= g->boundary && g->pending == g->open)
+        g->cursor = g->bus->stats.last_sequence + 1;
+    note_caught_up(g);
+}
+
+/*
+ * Every event from the cursor to the end matches: all of them are counted
+ * pending and not taken yet (one topic per group, the common case), so
+ * taking them needs no read of the log.
+ */
+static int all_match(const jb__group *g)
+{
+    uint64_t last = g->bus->stats.last_sequence;
+    return g->cursor >= g->boundary && g->cursor <= last && g->pending >= g->open &&
+           g->pending - g->open == last - g->cursor + 1;
+}
+
+/* The event at the cursor could not be read: 1 to go on (retention moved the cursor), 0 to stop. */
+static int unreadable(jb__group *g, const jb_error *err)
+{
+    uint64_t first = jb_store_first_seq(g->bus->store);
+    if (err->code == JB_ENOENT && g->cursor < first) {
+        jb_log(JB_LOG_WARN, "bus", "events removed by retention before the group read them",
+               "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
+               (unsigned long long)(first - 1));
+        g->cursor = first;
+        return 1;
+    }
+    jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s", g->name,
+           (unsigned long long)g->cursor, err->message);
+    return 0;
+}
+
+/* The log skips sequences that a repair dropped (gone for every reader): so does the cursor. */
+static void skip_repaired(jb__group *g, uint64_t next)
+{
+    jb_log(JB_LOG_WARN, "bus", "sequences dropped by a log repair skipped",
+           "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
+           (unsigned long long)(next - 1));
+    g->cursor = next;
+}
+
+/*
+ * Takes up to @want new matching events at the cursor into the ring (DUE),
+ * within the round's budget of log records. Returns how many.
+ */
+static size_t take_new(jb__group *g, size_t want)
 {
     jb_bus *bus = g->bus;
-    while (!g->live && budget-- > 0) {
-        if (g->cursor > bus->stats.last_sequence) {
-            g->live = 1;
-            free(g->restored_acked);
-            g->restored_acked = NULL;
-            g->n_restored = g->restored_pos = 0;
+    size_t got = 0;
+    skip_if_nothing_new(g);
+    while (got < want && g->cursor <= bus->durable_seq && g->count < JB__RING_CAP) {
+        if (bus->scan_budget == 0) {
+            bus->scan_more = 1;
             break;
         }
-        if (g->count >= JB__RING_CAP)
-            break;
-        jb_error err;
-        jb_error_clear(&err);
-        jb__ev *e = jb__bus_fetch(bus, g->cursor, &err);
-        if (e == NULL) {
-            uint64_t first = jb_store_first_seq(bus->store);
-            if (err.code == JB_ENOENT && g->cursor < first) {
-                jb_log(JB_LOG_WARN, "bus", "events removed by retention before the group read them",
-                       "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
-                       (unsigned long long)(first - 1));
-                g->cursor = first;
+        bus->scan_budget--;
+        const jb__restored *r = NULL;
+        int wanted = all_match(g);
+        if (!wanted) {
+            jb_error err;
+            jb_error_clear(&err);
+            jb__ev *e = read_event(bus, g->cursor, &err);
+            if (e == NULL && unreadable(g, &err))
                 continue;
-            }
-            jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s",
-                   g->name, (unsigned long long)g->cursor, err.message);
-            break;
+            if (e == NULL)
+                break;
+            if (e->ev.sequence > g->cursor)
+                skip_repaired(g, e->ev.sequence);
+            wanted = jb_pattern_matches(g->pattern, e->ev.topic) &&
+                     ((r = restored_at(g, g->cursor)) == NULL || r->attempts > 0);
+            jb__ev_unref(e);
         }
-        if (e->ev.sequence > g->cursor) {
-            /* The log skips sequences that a repair dropped: gone for every reader. */
-            jb_log(JB_LOG_WARN, "bus", "sequences dropped by a log repair skipped",
-                   "group=%s from=%llu to=%llu", g->name, (unsigned long long)g->cursor,
-                   (unsigned long long)(e->ev.sequence - 1));
-            g->cursor = e->ev.sequence;
-        }
-        if (jb_pattern_matches(g->pattern, e->ev.topic) && !restored_acked(g, g->cursor)) {
-            if (g->cursor < g->boundary)
-                g->pending++;
-            ring_push(g, g->cursor, e);
-        }
-        jb__ev_unref(e);
+        if (wanted && !ring_push(g, g->cursor, r != NULL ? r->attempts : 0))
+            break; /* out of memory: try again next round */
+        if (wanted && g->cursor < g->boundary && !(g->in_pass && g->cursor < bus->counted_to))
+            g->pending++; /* (what the backlog pass went over it counted) */
         g->cursor++;
+        got += wanted;
     }
+    note_caught_up(g);
+    return got;
+}
+
+/* ---- counting the backlog after a restart ------------------------------ */
+
+/* Work per loop turn of the backlog pass: records read plus groups they matched. */
+#define COUNT_SLICE 65536
+
+static int restored_acked(const jb__group *g, uint64_t seq)
+{
+    size_t lo = 0, hi = g->n_restored;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (g->restored[mid].seq < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < g->n_restored && g->restored[lo].seq == seq && g->restored[lo].attempts == 0;
+}
+
+typedef struct count_ctx {
+    uint64_t seq;
+    size_t work;
+} count_ctx;
+
+/* A group the event matched counts it if it has not read that far yet (take_new counts the rest).
+ */
+static void count_one(void *item, void *userdata)
+{
+    jb__group *g = item;
+    count_ctx *ctx = userdata;
+    uint64_t seq = ctx->seq;
+    ctx->work++;
+    if (g->in_pass && seq >= g->cursor && seq < g->boundary && !restored_acked(g, seq))
+        g->pending++;
+}
+
+int jb__bus_count_backlog(jb_bus *bus)
+{
+    if (bus->count_end == 0)
+        return 0;
+    count_ctx ctx = {0, 0};
+    while (ctx.work < COUNT_SLICE && bus->counted_to <= bus->count_end) {
+        jb_error err;
+        jb__ev *e = read_event(bus, bus->counted_to, &err);
+        ctx.seq = bus->counted_to++;
+        ctx.work++;
+        if (e != NULL)
+            jb__sublist_match(bus->routes, e->ev.topic, count_one, &ctx);
+        jb__ev_unref(e);
+    }
+    return bus->counted_to <= bus->count_end;
 }
 
 /* ---- dead letters ------------------------------------------------------- */
@@ -319,7 +587,16 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
     en->holder = NULL;
     en->when_ms = 0;
 
-    const jb_event *src = &en->ev->ev;
+    jb_error rerr;
+    jb__ev *orig = read_event(bus, en->seq, &rerr);
+    if (orig == NULL) {
+        en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
+        jb_log(JB_LOG_WARN, "bus", "dead letter not stored; will retry",
+               "group=%s sequence=%llu error=%s", g->name, (unsigned long long)en->seq,
+               rerr.message);
+        return;
+    }
+    const jb_event *src = &orig->ev;
     char topic[JB_TOPIC_MAX_BYTES + 1];
     if ((size_t)snprintf(topic, sizeof(topic), "dlq.%s", src->topic) >= sizeof(topic))
         snprintf(topic, sizeof(topic), "dlq._topic_too_long");
@@ -332,6 +609,7 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
     if (headers == NULL || ctx == NULL) {
         free(headers);
         free(ctx);
+        jb__ev_unref(orig);
         en->when_ms = jb__bus_now_ms(bus) + DLQ_RETRY_MS;
         return;
     }
@@ -358,6 +636,7 @@ static void dead_letter(jb__group *g, jb__entry *en, const char *reason)
         free(ctx);
     }
     free(headers);
+    jb__ev_unref(orig);
 }
 
 /* Ack deadlines and dead-letter retries: run at each window close or housekeeping tick. */
@@ -526,35 +805,97 @@ static int scratch_reserve(jb_bus *bus, size_t n)
     return 1;
 }
 
+/* Restored attempts can reach max_deliver: such an entry is dead-lettered, not delivered. */
+static int spent(jb__group *g, jb__entry *en)
+{
+    if (en->attempts < g->max_deliver)
+        return 0;
+    char reason[64];
+    snprintf(reason, sizeof(reason), "%u deliveries before a restart", en->attempts);
+    dead_letter(g, en, reason);
+    return 1;
+}
+
 /*
- * Collects up to @limit deliverable entries (DUE, due now, durable) into
- * bus->scratch_idx (ring positions), and fewer when their windows allow a
- * smaller batch (policy.c). Returns how many; *@ready says whether they go
- * now: a full batch, or the window of one of them closed (@window_closed:
- * the bus's own window).
+ * Collects up to @limit deliverable entries into bus->scratch_idx (ring
+ * positions): the DUE entries of the ring first, then new events taken at
+ * the cursor. Returns how many.
  */
-static size_t collect_due(jb__group *g, uint64_t now, size_t limit, int window_closed, int *ready)
+static size_t collect(jb__group *g, uint64_t now, size_t limit)
 {
     jb_bus *bus = g->bus;
     while (g->first_due < g->count && at(g, g->first_due)->state != JB__DUE)
         g->first_due++;
-    size_t n = 0, size_cap = SIZE_MAX;
-    int closed = 0;
-    for (size_t i = g->first_due; i < g->count && n < limit && n < size_cap; i++) {
+    size_t n = 0;
+    for (size_t i = g->first_due; i < g->count && n < limit; i++) {
         jb__entry *en = at(g, i);
-        if (en->seq > bus->durable_seq)
-            break;
-        if (en->state == JB__DUE && en->when_ms <= now) {
+        if (en->state == JB__DUE && en->when_ms <= now && !spent(g, en))
             bus->scratch_idx[n++] = i;
-            jb__bus_window_take(bus, en->ev->ev.topic, window_closed, &size_cap, &closed);
-        }
     }
-    *ready = closed || n >= size_cap;
+    if (n == limit)
+        return n;
+    size_t from = g->count;
+    size_t got = take_new(g, limit - n);
+    for (size_t k = 0; k < got; k++) {
+        if (!spent(g, at(g, from + k)))
+            bus->scratch_idx[n++] = from + k;
+    }
     return n;
 }
 
 /*
- * Delivers one batch of @n entries (positions in bus->scratch_idx) to @s.
+ * Reads the events of the @n collected entries into bus->scratch_evs
+ * (references); an entry whose event cannot be read now is retried later.
+ * Returns how many remain.
+ */
+static size_t read_collected(jb__group *g, size_t n, uint64_t now)
+{
+    jb_bus *bus = g->bus;
+    size_t m = 0;
+    for (size_t k = 0; k < n; k++) {
+        jb__entry *en = at(g, bus->scratch_idx[k]);
+        jb_error err;
+        jb__ev *e = read_event(bus, en->seq, &err);
+        if (e == NULL) {
+            jb_log(JB_LOG_ERROR, "bus", "cannot read the log", "group=%s sequence=%llu error=%s",
+                   g->name, (unsigned long long)en->seq, err.message);
+            en->when_ms = now + DLQ_RETRY_MS;
+            continue;
+        }
+        bus->scratch_idx[m] = bus->scratch_idx[k];
+        bus->scratch_evs[m++] = e;
+    }
+    return m;
+}
+
+/* Drops the references read_collected() took. */
+static void drop_read(jb_bus *bus, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        jb__ev_unref(bus->scratch_evs[k]);
+}
+
+/*
+ * With windows per pattern (policy.c), a batch holds at most the smallest
+ * max_batch_size among its events and goes once the window of any of them
+ * closed (@window_closed: the bus's own). Cuts the @n read events to that
+ * size (dropping the rest, which stay due) and says whether the batch goes.
+ */
+static int fit_windows(jb_bus *bus, size_t *n, int window_closed)
+{
+    size_t cap = SIZE_MAX, k = 0;
+    int closed = 0;
+    while (k < *n && k < cap)
+        jb__bus_window_take(bus, bus->scratch_evs[k++]->ev.topic, window_closed, &cap, &closed);
+    for (size_t j = k; j < *n; j++)
+        jb__ev_unref(bus->scratch_evs[j]);
+    *n = k;
+    return closed || k >= cap;
+}
+
+/*
+ * Delivers one batch of @n entries (positions in bus->scratch_idx, their
+ * events read into bus->scratch_evs by read_collected()) to @s.
  * Returns 0 when the group went away during the callback.
  */
 static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
@@ -573,7 +914,6 @@ static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
         g->in_flight++;
         if (en->attempts > 1)
             bus->stats.redelivered++;
-        evs[k] = jb__ev_ref(en->ev);
         keep[k] = 1;
         summary[k] = NULL;
     }
@@ -595,6 +935,7 @@ static int deliver_batch(jb__group *g, jb_bus_sub *s, size_t n, uint64_t now)
         bus->scratch_ptrs[out++] = copy;
     }
     bus->stats.delivered += out;
+    jb__bus_mark_dirty(bus); /* the attempts are saved */
     ring_pop_done(g);
 
     int group_alive = 1;
@@ -630,12 +971,17 @@ static void deliver_group(jb__group *g, uint64_t now, int window_closed)
         }
         if (!scratch_reserve(bus, batch))
             return;
-        int ready;
-        size_t n = collect_due(g, now, limit, window_closed, &ready);
+        size_t n = collect(g, now, limit);
         if (n == 0)
             return; /* Nothing due for anyone. */
-        if (!ready)
+        int per_pattern = jb__bus_has_windows(bus);
+        if (!per_pattern && !window_closed && n < bus->opts.max_batch_size)
+            return; /* A partial batch waits for the window to close (nothing read). */
+        n = read_collected(g, n, now);
+        if (per_pattern && !fit_windows(bus, &n, window_closed)) {
+            drop_read(bus, n);
             return; /* A partial batch waits for a window to close. */
+        }
         idle = 0;
         if (!deliver_batch(g, s, n, now))
             return;
@@ -658,14 +1004,17 @@ static void deliver_round(jb_bus *bus, int window_closed)
     void *value;
     while (k < n && jb__strmap_next(&bus->groups, &it, &name, &value))
         bus->snapshot[k++] = value;
-    for (size_t i = 0; i < k && !bus->closing; i++) {
-        jb__group *g = bus->snapshot[i];
+    bus->scan_budget = SCAN_BUDGET;
+    size_t start = k > 0 ? bus->round_start++ % k : 0;
+    for (size_t j = 0; j < k && !bus->closing; j++) {
+        jb__group *g = bus->snapshot[(start + j) % k];
         if (g->doomed)
             continue;
-        scan(g, SCAN_BUDGET);
+        skip_if_nothing_new(g);
         if (window_closed)
             check_deadlines(g, now);
-        deliver_group(g, now, window_closed);
+        if (g->n_subs > 0)
+            deliver_group(g, now, window_closed);
     }
 }
 
@@ -689,6 +1038,12 @@ void jb__bus_deliver_all(jb_bus *bus, int window_closed)
     bus->in_deliver = 0;
     jb__bus_windows_reset(bus);
     jb__bus_reap_groups(bus);
+    if (jb__bus_count_backlog(bus))
+        bus->scan_more = 1;
+    if (bus->scan_more) {
+        bus->scan_more = 0;
+        jb__bus_kick(bus); /* more to read: on the next loop turn, after I/O */
+    }
 }
 
 /* ---- subscriptions ------------------------------------------------------ */
@@ -735,10 +1090,7 @@ static void set_start(jb_bus *bus, jb__group *g, const jb_bus_sub_options *o)
         break;
     }
     }
-    if (start <= bus->stats.last_sequence) {
-        g->live = 0;
-        g->cursor = start;
-    }
+    g->cursor = start;
 }
 
 jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_deliver_fn deliver,
@@ -773,6 +1125,12 @@ jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_d
         return jb_error_set(err, JB_EINVAL,
                             "group '%s' already exists with pattern '%s' (a group has one pattern)",
                             name, g->pattern);
+    if (g == NULL && bus->groups.len >= bus->opts.max_groups)
+        return jb_error_set(err, JB_EBACKPRESSURE,
+                            "cannot create group '%s': %zu groups exist, the limit "
+                            "(event_bus.max_groups) is %u; delete unused ones (jimbotctl group "
+                            "delete NAME)",
+                            name, bus->groups.len, bus->opts.max_groups);
     jb_bus_sub *s = calloc(1, sizeof(*s));
     if (s == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory subscribing");
@@ -789,7 +1147,7 @@ jb_status jb_bus_subscribe(jb_bus *bus, const jb_bus_sub_options *opts, jb_bus_d
         if (!private_group)
             jb__bus_mark_dirty(bus);
         jb_log(JB_LOG_INFO, "bus", "group created", "group=%s pattern=%s from=%llu", g->name,
-               g->pattern, (unsigned long long)(g->live ? g->boundary : g->cursor));
+               g->pattern, (unsigned long long)g->cursor);
     }
     s->group = g;
     s->deliver = deliver;
@@ -836,10 +1194,10 @@ void jb_bus_unsubscribe(jb_bus_sub *s)
     }
     g->n_subs--;
     bus->stats.subscriptions--;
-    if (g->private_group && g->n_subs == 0) {
-        g->doomed = 1;
-        bus->any_doomed = 1;
-    }
+    if (g->n_subs == 0)
+        g->idle_since_ms = now;
+    if (g->private_group && g->n_subs == 0)
+        doom(g);
     int others = g->n_subs > 0; /* read now: reaping may free a private group */
     if (s->delivering) {
         s->dead = 1; /* freed by deliver_batch() once the callback returns */
@@ -947,11 +1305,20 @@ jb_status jb_bus_group_info_get(const jb_bus *bus, const char *group, jb_bus_gro
     const jb__group *g = group != NULL ? jb__strmap_get(&bus->groups, group) : NULL;
     if (g == NULL)
         return JB_ENOENT;
+    uint64_t end = bus->stats.last_sequence + 1;
+    int nothing_new = g->cursor >= g->boundary && g->pending == g->open;
+    int64_t idle = (int64_t)jb__bus_now_ms(bus) - g->idle_since_ms;
     out->ack_floor = jb__group_floor(g);
     out->pending = g->pending;
     out->in_flight = g->in_flight;
     out->outstanding = g->count;
     out->subscribers = g->n_subs;
+    out->lag = nothing_new || g->cursor >= end ? 0 : end - g->cursor;
+    out->idle_ms = g->n_subs == 0 && idle > 0 ? (uint64_t)idle : 0;
+    out->pattern = g->pattern;
+    out->ack_wait_ms = g->ack_wait_ms;
+    out->max_deliver = g->max_deliver;
+    out->private_group = g->private_group;
     return JB_OK;
 }
 

@@ -78,6 +78,11 @@ static uint32_t window_max(const jb_bus *bus, const jb__window *w)
     return w->max_batch ? w->max_batch : bus->opts.max_batch_size;
 }
 
+int jb__bus_has_windows(const jb_bus *bus)
+{
+    return bus->policy != NULL && bus->policy->n_windows > 0;
+}
+
 size_t jb__bus_max_batch(const jb_bus *bus)
 {
     size_t max = bus->opts.max_batch_size;

@@ -19,6 +19,7 @@
 #include "rpc/pb_json.h"
 
 #include "jimbot/client.h"
+#include "jimbot/infra/v1/event_bus.pb-c.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -48,6 +49,8 @@ static void usage(FILE *out)
             "                     print matching events as JSON lines\n"
             "  health             SERVING or not (exit 0 only when SERVING)\n"
             "  status             resource status (GPU, API budget, queues, breakers)\n"
+            "  groups [--json]    consumer groups: pattern, members, pending, lag, ack floor\n"
+            "  group delete NAME  delete a consumer group that has no members\n"
             "  version            print the version\n"
             "\n"
             "Options:\n"
@@ -598,6 +601,109 @@ static int cmd_status(jb_client **client, const jb_client_options *copts, int ar
     return rc;
 }
 
+/* ---- groups, group delete ------------------------------------------------ */
+
+static void groups_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl groups [--json]\n"
+                 "\n"
+                 "Lists the consumer groups (EventBus/ListGroups), one a line: NAME, PATTERN,\n"
+                 "MEMBERS (subscribers now), PENDING (unhandled matching events), LAG (log\n"
+                 "sequences past its read position), ACK_FLOOR (everything matching below it\n"
+                 "is handled), IN_FLIGHT,\n"
+                 "IDLE (seconds without a member; a named group idle for\n"
+                 "event_bus.group_idle_expiry is deleted). Private groups show as '(private)'.\n"
+                 "--json prints the ListGroupsResponse as one line of JSON.\n");
+}
+
+static void print_groups(const Jimbot__Infra__V1__ListGroupsResponse *r)
+{
+    printf("%-24s %-24s %7s %9s %9s %10s %9s %8s\n", "NAME", "PATTERN", "MEMBERS", "PENDING", "LAG",
+           "ACK_FLOOR", "IN_FLIGHT", "IDLE_S");
+    for (size_t i = 0; i < r->n_groups; i++) {
+        const Jimbot__Infra__V1__GroupInfo *g = r->groups[i];
+        printf("%-24s %-24s %7u %9" PRIu64 " %9" PRIu64 " %10" PRIu64 " %9" PRIu64 " %8" PRIu64
+               "%s\n",
+               g->name, g->pattern, g->members, g->pending, g->lag, g->ack_floor, g->in_flight,
+               g->idle_ms / 1000, g->private_group ? " (private)" : "");
+    }
+}
+
+static int cmd_groups(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const char *const flags[] = {"--json", NULL};
+    int json = 0;
+    int rc = no_args(argc, argv, groups_usage, flags, &json);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    jb_error err;
+    void *resp = NULL;
+    size_t len = 0;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_call(*client, "/jimbot.infra.v1.EventBus/ListGroups", "", 0, &resp, &len,
+                            &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    jb__buf out;
+    jb__buf_init(&out);
+    Jimbot__Infra__V1__ListGroupsResponse *r =
+        jimbot__infra__v1__list_groups_response__unpack(NULL, len, resp);
+    if (r == NULL) {
+        rc = fail(EXIT_FAILED, "malformed ListGroupsResponse (%zu bytes)", len);
+    } else if (json) {
+        jb__pb_to_json(&r->base, &out);
+        printf("%s\n", out.data);
+    } else {
+        print_groups(r);
+    }
+    if (r != NULL)
+        jimbot__infra__v1__list_groups_response__free_unpacked(r, NULL);
+    jb__buf_release(&out);
+    free(resp);
+    return rc;
+}
+
+static void group_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl group delete NAME\n"
+                 "\n"
+                 "Deletes the named consumer group (EventBus/DeleteGroup): its position, acks\n"
+                 "and delivery attempts are forgotten and it no longer holds back retention.\n"
+                 "A group that has members is not deleted (FAILED_PRECONDITION): stop its\n"
+                 "subscribers first.\n");
+}
+
+static int cmd_group(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            group_usage(stdout);
+            return 0;
+        }
+    }
+    if (argc != 3 || strcmp(argv[1], "delete") != 0)
+        return bad_usage("expected 'group delete NAME'");
+    Jimbot__Infra__V1__DeleteGroupRequest req = JIMBOT__INFRA__V1__DELETE_GROUP_REQUEST__INIT;
+    req.group = argv[2];
+    size_t n = jimbot__infra__v1__delete_group_request__get_packed_size(&req);
+    uint8_t *buf = jb__xmalloc(n ? n : 1);
+    jimbot__infra__v1__delete_group_request__pack(&req, buf);
+    jb_error err;
+    void *resp = NULL;
+    size_t len = 0;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_call(*client, "/jimbot.infra.v1.EventBus/DeleteGroup", buf, n, &resp, &len,
+                            &err);
+    free(buf);
+    free(resp);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    printf("deleted group %s\n", argv[2]);
+    return 0;
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 /*
@@ -684,6 +790,10 @@ int main(int argc, char **argv)
         rc = cmd_health(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "status") == 0) {
         rc = cmd_status(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "groups") == 0) {
+        rc = cmd_groups(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "group") == 0) {
+        rc = cmd_group(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "version") == 0) {
         printf("jimbotctl %s\n", JB_VERSION);
         rc = 0;

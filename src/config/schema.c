@@ -193,6 +193,12 @@ static const jb_config_key builtin_keys[] = {
     {"event_bus.max_group_pending", JB_CONFIG_INT, 0, "1000000", 1, 100000000, NULL, NULL,
      "Unhandled events one consumer group may hold; publishes reaching a fuller group get "
      "RESOURCE_EXHAUSTED."},
+    {"event_bus.max_groups", JB_CONFIG_INT, 0, "10000", 1, 1000000, NULL, NULL,
+     "Consumer groups that may exist at once (private ones included); a Subscribe that would "
+     "create one more gets RESOURCE_EXHAUSTED."},
+    {"event_bus.group_idle_expiry", JB_CONFIG_INT, 0, "604800", 0, 315360000, NULL, NULL,
+     "A named consumer group with no subscriber for this many seconds is deleted, which lets "
+     "retention go past it (0: never)."},
     {"event_bus.slow_consumer_bytes", JB_CONFIG_INT, 0, "67108864", 65536, 1073741824, NULL, NULL,
      "Bytes queued for one Subscribe stream above which its client is a slow consumer and the "
      "stream is cancelled with RESOURCE_EXHAUSTED."},

@@ -455,6 +455,7 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
     snprintf(path, sizeof(path), "%s/groups.state", d->opts.data_dir);
     d->state_path = strdup(path);
     uint32_t dedup = cfg_u32(cfg, "event_bus.dedup_window_ms");
+    int64_t idle_expiry = jb_config_get_int(cfg, "event_bus.group_idle_expiry", NULL, NULL);
     jb_bus_options bo = {
         .store = d->store,
         .state_path = d->state_path,
@@ -467,6 +468,8 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .max_headers = cfg_u32(cfg, "event_bus.max_headers_per_event"),
         .max_in_flight = cfg_u32(cfg, "event_bus.max_in_flight"),
         .max_group_pending = cfg_u32(cfg, "event_bus.max_group_pending"),
+        .max_groups = cfg_u32(cfg, "event_bus.max_groups"),
+        .group_idle_expiry_ms = idle_expiry ? (uint64_t)idle_expiry * 1000 : JB_BUS_EXPIRY_NEVER,
     };
     if (jb_bus_new(&d->loop, &bo, &d->bus, &err) != JB_OK ||
         jb_bus_apply_config(d->bus, cfg, &err) != JB_OK) {

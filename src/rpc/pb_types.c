@@ -39,6 +39,11 @@ static const ProtobufCMessageDescriptor *const top_level[] = {
     &jimbot__infra__v1__ack_response__descriptor,
     &jimbot__infra__v1__nack_request__descriptor,
     &jimbot__infra__v1__nack_response__descriptor,
+    &jimbot__infra__v1__list_groups_request__descriptor,
+    &jimbot__infra__v1__group_info__descriptor,
+    &jimbot__infra__v1__list_groups_response__descriptor,
+    &jimbot__infra__v1__delete_group_request__descriptor,
+    &jimbot__infra__v1__delete_group_response__descriptor,
     /* infrastructure.proto */
     &jimbot__infra__v1__get_resource_status_request__descriptor,
     &jimbot__infra__v1__resource_status__descriptor,

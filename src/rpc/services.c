@@ -1,8 +1,8 @@
 /*
  * The methods jimbotd serves (docs/grpc.md): jimbot.infra.v1.EventBus over
- * the jb_bus, grpc.health.v1.Health, and Infrastructure.GetResourceStatus.
- * server.c owns the calls' life; this file turns requests into engine calls
- * and engine results into responses and status codes.
+ * the jb_bus (ListGroups and DeleteGroup for operators), grpc.health.v1.Health, and
+ * Infrastructure.GetResourceStatus. server.c owns the calls' life; this file turns requests into
+ * engine calls and engine results into responses and status codes.
  *
  * Invariants:
  *   - Every request is decoded first, by protobuf-c or, for Publish, by
@@ -394,6 +394,111 @@ static void nack_start(jb__call *c)
     ack_or_nack(c, 1);
 }
 
+/* ---- EventBus.ListGroups and DeleteGroup ---------------------------------- */
+
+typedef struct group_list {
+    Jimbot__Infra__V1__GroupInfo *v;
+    size_t n, cap;
+    int oom;
+} group_list;
+
+static void add_group(const char *group, const jb_bus_group_info *info, void *userdata)
+{
+    group_list *l = userdata;
+    if (l->oom)
+        return;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        void *v = realloc(l->v, cap * sizeof(*l->v));
+        if (v == NULL) {
+            l->oom = 1;
+            return;
+        }
+        l->v = v;
+        l->cap = cap;
+    }
+    Jimbot__Infra__V1__GroupInfo gi = JIMBOT__INFRA__V1__GROUP_INFO__INIT;
+    gi.name = strdup(group);
+    gi.pattern = strdup(info->pattern);
+    gi.members = info->subscribers;
+    gi.pending = info->pending;
+    gi.lag = info->lag;
+    gi.ack_floor = info->ack_floor;
+    gi.in_flight = info->in_flight;
+    gi.ack_wait_ms = info->ack_wait_ms;
+    gi.max_deliver = info->max_deliver;
+    gi.idle_ms = info->idle_ms;
+    gi.private_group = info->private_group != 0;
+    l->v[l->n++] = gi;
+    if (gi.name == NULL || gi.pattern == NULL)
+        l->oom = 1;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp((*(Jimbot__Infra__V1__GroupInfo *const *)a)->name,
+                  (*(Jimbot__Infra__V1__GroupInfo *const *)b)->name);
+}
+
+static void list_groups_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    ProtobufCMessage *req = unpack_request(c, &jimbot__infra__v1__list_groups_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "ListGroupsRequest");
+        return;
+    }
+    protobuf_c_message_free_unpacked(req, NULL);
+    group_list l = {0};
+    jb_bus_foreach_group(jb__server_bus(c->srv), add_group, &l);
+    Jimbot__Infra__V1__GroupInfo **ptrs = l.n > 0 ? malloc(l.n * sizeof(*ptrs)) : NULL;
+    if (l.oom || (l.n > 0 && ptrs == NULL)) {
+        jb__call_fail(c, JB_ENOMEM, "out of memory listing groups", 0);
+    } else {
+        for (size_t i = 0; i < l.n; i++)
+            ptrs[i] = &l.v[i];
+        if (l.n > 1)
+            qsort(ptrs, l.n, sizeof(*ptrs), by_name);
+        Jimbot__Infra__V1__ListGroupsResponse resp = JIMBOT__INFRA__V1__LIST_GROUPS_RESPONSE__INIT;
+        resp.n_groups = l.n;
+        resp.groups = ptrs;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    }
+    for (size_t i = 0; i < l.n; i++) {
+        free(l.v[i].name);
+        free(l.v[i].pattern);
+    }
+    free(ptrs);
+    free(l.v);
+}
+
+static void delete_group_start(jb__call *c)
+{
+    if (refuse_if_draining(c))
+        return;
+    Jimbot__Infra__V1__DeleteGroupRequest *req =
+        (Jimbot__Infra__V1__DeleteGroupRequest *)unpack_request(
+            c, &jimbot__infra__v1__delete_group_request__descriptor);
+    if (req == NULL) {
+        malformed(c, "DeleteGroupRequest");
+        return;
+    }
+    jb_error err;
+    jb_status st = jb_bus_delete_group(jb__server_bus(c->srv), req->group, &err);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (st == JB_EUNAVAILABLE) {
+        /* A group with members is never deleted from under them. */
+        jb__call_finish(c, NULL, GRPC_STATUS_FAILED_PRECONDITION, err.message, 0);
+    } else if (st != JB_OK) {
+        jb__call_fail(c, st, err.message, 0);
+    } else {
+        Jimbot__Infra__V1__DeleteGroupResponse resp =
+            JIMBOT__INFRA__V1__DELETE_GROUP_RESPONSE__INIT;
+        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    }
+}
+
 /* ---- grpc.health.v1.Health ------------------------------------------------ */
 
 static const char *const known_services[] = {
@@ -570,6 +675,8 @@ const jb__method jb__methods[] = {
      free_state},
     {"/jimbot.infra.v1.EventBus/Ack", ack_start, NULL, NULL, NULL},
     {"/jimbot.infra.v1.EventBus/Nack", nack_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.EventBus/ListGroups", list_groups_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.EventBus/DeleteGroup", delete_group_start, NULL, NULL, NULL},
     {"/grpc.health.v1.Health/Check", health_check_start, NULL, NULL, NULL},
     {"/grpc.health.v1.Health/Watch", health_watch_start, NULL, health_watch_drain,
      health_watch_release},

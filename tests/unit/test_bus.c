@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- harness ------------------------------------------------------------ */
@@ -784,6 +785,63 @@ static void test_ack_deadline_redelivers(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The wall clock seen by the bus: the system's plus a step the test sets. */
+static int64_t stepped_wall(void *userdata)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + *(int64_t *)userdata;
+}
+
+static jb_bus_sub *subscribe_wait(jb_bus *bus, const char *pattern, const char *group,
+                                  uint32_t ack_wait_ms, received *r)
+{
+    jb_bus_sub_options so = {.pattern = pattern, .group = group, .ack_wait_ms = ack_wait_ms};
+    jb_bus_sub *sub;
+    r->bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, r, &sub, NULL), JB_OK);
+    r->sub = sub;
+    return sub;
+}
+
+/*
+ * Ack deadlines run on the monotonic clock: a step of the wall clock by an
+ * hour forward redelivers nothing early (which would burn max_deliver), and
+ * a step back an hour does not freeze redelivery.
+ */
+static void test_wall_clock_steps_move_no_deadline(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    int64_t step = 0;
+    jb_bus_options o = {.test_mode = 1,
+                        .nack_backoff_ms = 1,
+                        .wall_clock_ms = stepped_wall,
+                        .clock_userdata = &step};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received patient = {0}, quick = {0}; /* neither acks */
+    subscribe_wait(bus, "a", "patient", 600000, &patient);
+    publish_result res = {0};
+    for (int i = 0; i < 10; i++)
+        publish_one(bus, "a", "t", NULL, &res);
+    run_until(&loop, &patient.events, 10);
+    step = 3600 * 1000; /* +1 hour: the 10-minute deadlines are still far away */
+    run_for(&loop, 500);
+    assert_int_equal(patient.events, 10);
+
+    subscribe_wait(bus, "b", "quick", 100, &quick);
+    publish_one(bus, "b", "t", NULL, &res);
+    run_until(&loop, &quick.events, 1);
+    step = -3600 * 1000; /* -1 hour from the start: the 100 ms deadline still passes */
+    run_until(&loop, &quick.events, 2);
+    assert_int_equal(quick.attempts[1], 2);
+    assert_int_equal(patient.events, 10);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void test_unsubscribe_returns_in_flight_to_group(void **state)
 {
     (void)state;
@@ -1162,6 +1220,413 @@ static void test_slow_consumer_bounded_memory(void **state)
     log_bus_close(&lb);
 }
 
+/* Runs @loop until @group no longer exists (with a generous deadline). */
+static void run_until_gone(uv_loop_t *loop, jb_bus *bus, const char *group)
+{
+    int expired = 0;
+    uv_timer_t deadline;
+    uv_timer_init(loop, &deadline);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, on_deadline, 20000, 0);
+    jb_bus_group_info gi;
+    while (jb_bus_group_info_get(bus, group, &gi) == JB_OK && !expired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (expired)
+        fail_msg("timed out waiting for group '%s' to go", group);
+}
+
+/*
+ * Pending events cost a group nothing: 5,000 groups without members and
+ * 8,000 events matching all of them take no ring entry (before, each group
+ * held a 40-byte entry and a reference per event: 1.6 GB), and a member
+ * that joins later still gets every event, read at its cursor.
+ */
+static void test_groups_cost_nothing_per_pending_event(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    long rss_before = max_rss_kb();
+    enum { GROUPS = 5000, EVENTS = 8000, PER_PUBLISH = 100 };
+    for (int i = 0; i < GROUPS; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "g%d", i);
+        received r = {0};
+        jb_bus_unsubscribe(subscribe(bus, "game_events.>", name, &r, 0));
+    }
+    publish_result res = {0};
+    jb_event evs[PER_PUBLISH];
+    for (int i = 0; i < PER_PUBLISH; i++)
+        evs[i] =
+            (jb_event){.topic = "game_events.hand", .type = "t", .payload = "x", .payload_len = 1};
+    for (size_t i = 0; i < EVENTS / PER_PUBLISH; i++)
+        assert_int_equal(jb_bus_publish(bus, evs, PER_PUBLISH, on_published, &res, NULL, NULL),
+                         JB_OK);
+    run_until(&loop, &res.done, EVENTS / PER_PUBLISH);
+    run_for(&loop, 250); /* housekeeping rounds pass over every group */
+    long rss_after = max_rss_kb();
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "g4999", &gi), JB_OK);
+    assert_int_equal(gi.pending, EVENTS);
+    assert_int_equal(gi.outstanding, 0);
+    assert_int_equal(gi.lag, EVENTS);
+    print_message("5,000 groups, 8,000 events: peak RSS %ld KiB -> %ld KiB\n", rss_before,
+                  rss_after);
+#ifndef __SANITIZE_ADDRESS__
+    assert_true(rss_after - rss_before < 64 * 1024);
+#endif
+    received late = {.auto_ack = 1};
+    subscribe(bus, "game_events.>", "g17", &late, 0);
+    run_until(&loop, &late.events, EVENTS);
+    assert_int_equal(late.seqs[0], 1);
+    assert_int_equal(jb_bus_group_info_get(bus, "g17", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(gi.lag, 0);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Per loop turn (after its poll for I/O): the most events delivered in one turn. */
+typedef struct turn_meter {
+    const received *r;
+    size_t n_r;
+    size_t last_total, max_per_turn;
+} turn_meter;
+
+static void count_turn(uv_check_t *h)
+{
+    turn_meter *m = h->data;
+    size_t total = 0;
+    for (size_t i = 0; i < m->n_r; i++)
+        total += m->r[i].events;
+    if (total - m->last_total > m->max_per_turn)
+        m->max_per_turn = total - m->last_total;
+    m->last_total = total;
+}
+
+/*
+ * Groups behind the cache share their reads of the log: after a restart
+ * (an empty cache), 100 groups catching up on 5,000 events read the log in
+ * a handful of bulk reads, not once per group (nor once per event), and in
+ * slices: the loop polls for I/O between them.
+ */
+static void test_lagging_groups_share_log_reads(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {
+        .store = store, .state_path = state_path, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    enum { GROUPS = 100, EVENTS = 5000 };
+    static received r[GROUPS];
+    memset(r, 0, sizeof(r));
+    char names[GROUPS][16];
+    for (int i = 0; i < GROUPS; i++) {
+        snprintf(names[i], sizeof(names[i]), "lag%d", i);
+        jb_bus_unsubscribe(subscribe(bus, "game_events.>", names[i], &r[i], 0));
+    }
+    publish_many(&loop, bus, EVENTS);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    turn_meter meter = {.r = r, .n_r = GROUPS};
+    uv_check_t counter;
+    uv_check_init(&loop, &counter);
+    counter.data = &meter;
+    uv_check_start(&counter, count_turn);
+    for (int i = 0; i < GROUPS; i++) {
+        r[i] = (received){.auto_ack = 1};
+        subscribe(bus, "game_events.>", names[i], &r[i], EVENTS);
+    }
+    for (int i = 0; i < GROUPS; i++)
+        run_until(&loop, &r[i].events, EVENTS);
+    uv_close((uv_handle_t *)&counter, NULL);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    print_message("%d groups caught up on %d events in %llu reads of the log, at most %zu "
+                  "deliveries per loop turn\n",
+                  GROUPS, EVENTS, (unsigned long long)st.log_reads, meter.max_per_turn);
+    assert_true(st.log_reads <= 2 * (EVENTS / 1024 + 1));
+    /* 500,000 records to examine, 65,536 a round (a turn may run a round from
+     * each of the housekeeping timer, the kick and flushes): the loop polls
+     * for I/O in between, instead of doing it all in one turn. */
+    assert_true(meter.max_per_turn <= 4 * 65536);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+/* Runs @loop until @group's pending count reaches @want (with a generous deadline). */
+static void run_until_pending(uv_loop_t *loop, jb_bus *bus, const char *group, uint64_t want)
+{
+    int expired = 0;
+    uv_timer_t deadline;
+    uv_timer_init(loop, &deadline);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, on_deadline, 20000, 0);
+    jb_bus_group_info gi = {0};
+    while (jb_bus_group_info_get(bus, group, &gi) == JB_OK && gi.pending < want && !expired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (gi.pending < want)
+        fail_msg("group '%s' pending %llu, wanted %llu", group, (unsigned long long)gi.pending,
+                 (unsigned long long)want);
+}
+
+/*
+ * After a restart a saved group's backlog is counted into its pending by
+ * one pass over the log in slices, members or not, without counting an
+ * event twice when the group reads it too.
+ */
+static void test_backlog_counted_after_restart(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir, .fsync = JB_STORE_FSYNC_NONE};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {
+        .store = store, .state_path = state_path, .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0};
+    jb_bus_sub *sub = subscribe(bus, "game_events.>", "counted", &r, 0);
+    received idle = {0};
+    jb_bus_unsubscribe(subscribe(bus, "game_events.>", "idle", &idle, 0));
+    publish_many(&loop, bus, 100);
+    run_until(&loop, &r.events, 100);
+    uint64_t acks[30];
+    for (int i = 0; i < 30; i++)
+        acks[i] = i < 20 ? (uint64_t)i + 1 : (uint64_t)i + 30; /* 1-20 and 50-59 */
+    assert_int_equal(jb_bus_ack(bus, "counted", acks, 30, NULL, NULL, NULL), JB_OK);
+    jb_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    run_until_pending(&loop, bus, "counted", 70);
+    run_until_pending(&loop, bus, "idle", 100);
+    received again = {.auto_ack = 1};
+    subscribe(bus, "game_events.>", "counted", &again, 0);
+    run_until(&loop, &again.events, 70);
+    run_for(&loop, 100);
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "counted", &gi), JB_OK);
+    assert_int_equal(gi.pending, 0);
+    assert_int_equal(again.events, 70);
+    assert_int_equal(jb_bus_group_info_get(bus, "idle", &gi), JB_OK);
+    assert_int_equal(gi.pending, 100);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+/* A named group with no member for group_idle_expiry_ms is deleted and counted. */
+static void test_idle_group_expires(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .group_idle_expiry_ms = 300};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received gone = {0}, kept = {0};
+    jb_bus_unsubscribe(subscribe(bus, "a", "gone", &gone, 0));
+    subscribe(bus, "a", "kept", &kept, 0);
+    run_until_gone(&loop, bus, "gone");
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "kept", &gi), JB_OK); /* it has a member */
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.groups_expired, 1);
+    assert_int_equal(st.groups, 1);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* max_groups caps creation (JB_EBACKPRESSURE); deleting an unused group frees a place. */
+static void test_group_cap_and_delete(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .max_groups = 3};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r[5] = {{0}};
+    subscribe(bus, "a", "one", &r[0], 0);
+    subscribe(bus, "a", "two", &r[1], 0);
+    jb_bus_sub *three = subscribe(bus, "a", "three", &r[2], 0);
+    jb_bus_sub_options so = {.pattern = "a", .group = "four"};
+    jb_bus_sub *sub;
+    jb_error err;
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r[3], &sub, &err), JB_EBACKPRESSURE);
+    assert_non_null(strstr(err.message, "event_bus.max_groups"));
+    so.group = NULL; /* a private group counts too */
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r[3], &sub, &err), JB_EBACKPRESSURE);
+    so.group = "one"; /* joining an existing group is fine */
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r[3], &sub, &err), JB_OK);
+
+    assert_int_equal(jb_bus_delete_group(bus, "three", &err), JB_EUNAVAILABLE);
+    assert_non_null(strstr(err.message, "1 member"));
+    assert_int_equal(jb_bus_delete_group(bus, "nope", &err), JB_ENOENT);
+    jb_bus_unsubscribe(three);
+    assert_int_equal(jb_bus_delete_group(bus, "three", &err), JB_OK);
+    jb_bus_group_info gi;
+    assert_int_equal(jb_bus_group_info_get(bus, "three", &gi), JB_ENOENT);
+    so.group = "four";
+    assert_int_equal(jb_bus_subscribe(bus, &so, on_deliver, &r[4], &sub, &err), JB_OK);
+    jb_bus_stats st;
+    jb_bus_get_stats(bus, &st);
+    assert_int_equal(st.groups_deleted, 1);
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Delivery attempts are saved: after a restart max_deliver goes on counting, not from 1. */
+static void test_attempts_survive_restart(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store,
+                        .state_path = state_path,
+                        .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE,
+                        .nack_backoff_ms = 1};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received r = {0};
+    jb_bus_sub_options sub_opts = {.pattern = "jobs", .group = "worker", .max_deliver = 3};
+    jb_bus_sub *sub;
+    r.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &sub_opts, on_deliver, &r, &sub, NULL), JB_OK);
+    publish_result res = {0};
+    publish_one(bus, "jobs", "t", NULL, &res);
+    run_until(&loop, &r.events, 1);
+    uint64_t seq = r.seqs[0];
+    assert_int_equal(jb_bus_nack(bus, "worker", &seq, 1, 1, NULL, NULL, NULL), JB_OK);
+    run_until(&loop, &r.events, 2); /* delivered twice; the second is held */
+    assert_int_equal(r.attempts[1], 2);
+    jb_bus_unsubscribe(sub);
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    o.store = store;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received again = {.nack = 1}, dlq = {.auto_ack = 1};
+    subscribe(bus, "dlq.>", "dlq-watch", &dlq, 0);
+    again.bus = bus;
+    assert_int_equal(jb_bus_subscribe(bus, &sub_opts, on_deliver, &again, &sub, NULL), JB_OK);
+    run_until(&loop, &dlq.events, 1);
+    assert_true(again.events >= 1);
+    assert_int_equal(again.events, 1);
+    assert_int_equal(again.attempts[0], 3); /* not 1: max_deliver goes on counting */
+    assert_non_null(strstr(dlq.last_headers, "jimbot-dlq-attempts=3;"));
+    close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    rm_tree(dir);
+}
+
+/* Opens a bus over @state_path holding @text; returns jb_bus_new's status, detail in @err. */
+static jb_status open_with_state(const char *dir, const char *text, size_t len, jb_error *err)
+{
+    char state_path[256];
+    snprintf(state_path, sizeof(state_path), "%s/groups.state", dir);
+    FILE *f = fopen(state_path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, len, f), len);
+    fclose(f);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_store_options so = {.dir = dir};
+    jb_store *store;
+    assert_int_equal(jb_store_open(&loop, &so, &store, NULL), JB_OK);
+    jb_bus_options o = {.store = store, .state_path = state_path};
+    jb_bus *bus;
+    jb_status st = jb_bus_new(&loop, &o, &bus, err);
+    if (st == JB_OK)
+        close_bus(&loop, bus);
+    close_store(&loop, store);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    return st;
+}
+
+/* A truncated or hostile groups.state is refused with a reason: no crash, no huge allocation. */
+static void test_damaged_state_file_refused(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    static const char *const bad[] = {
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 0 0 0\nacked\nattempts\n", /* no end */
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 4611686018427387904 0 0\nacked 1\n"
+        "attempts\nend\n",                                                          /* huge count */
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 2 0 0\nacked 5\nattempts\nend\n", /* short */
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 1 0 0\nacked 5 6\nattempts\nend\n", /* long */
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 0 1 0\nacked\nattempts 5\nend\n",   /* no :N */
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 0 0 0\nacked\nattempts\n"
+        "group g a 30000 5 1 0 0 0\nacked\nattempts\nend\n", /* twice */
+        "jimbot-bus-groups 2\ngroup g a.. 30000 5 1 0 0 0\nacked\nattempts\nend\n",
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 0 0 0 extra\nacked\nattempts\nend\n",
+        "jimbot-bus-groups 2\ngroup g a 30000 5 1 0 0\n", /* a truncated line */
+        "garbage\n",
+    };
+    jb_error err;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        jb_error_clear(&err);
+        jb_status st = open_with_state(dir, bad[i], strlen(bad[i]), &err);
+        if (st != JB_ECORRUPT)
+            fail_msg("case %zu: %s (%s)", i, jb_status_name(st), err.message);
+        assert_non_null(strstr(err.message, "groups.state:"));
+    }
+    /* A line longer than any valid one (8 MiB of digits). */
+    size_t big = 8u << 20;
+    char *text = malloc(big + 128);
+    assert_non_null(text);
+    int head = snprintf(text, 128, "jimbot-bus-groups 2\ngroup g a 30000 5 1 1 0 0\nacked ");
+    memset(text + head, '7', big);
+    memcpy(text + head + big, "\nattempts\nend\n", 15);
+    assert_int_equal(open_with_state(dir, text, strlen(text), &err), JB_ECORRUPT);
+    assert_non_null(strstr(err.message, "too long"));
+    free(text);
+    /* Version 1 files still load. */
+    const char *v1 = "jimbot-bus-groups 1\ngroup old a 30000 5 1 0\nacked\nend\n";
+    assert_int_equal(open_with_state(dir, v1, strlen(v1), &err), JB_OK);
+    rm_tree(dir);
+}
+
 int main(void)
 {
     jb_log_set_level(JB_LOG_WARN);
@@ -1178,6 +1643,7 @@ int main(void)
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
         cmocka_unit_test(test_ack_deadline_redelivers),
+        cmocka_unit_test(test_wall_clock_steps_move_no_deadline),
         cmocka_unit_test(test_unsubscribe_returns_in_flight_to_group),
         cmocka_unit_test(test_duplicate_ids_stored_once),
         cmocka_unit_test(test_dedup_can_be_turned_off),
@@ -1186,6 +1652,13 @@ int main(void)
         cmocka_unit_test(test_restart_keeps_positions_and_acks),
         cmocka_unit_test(test_retention_waits_for_the_slowest_group),
         cmocka_unit_test(test_slow_consumer_bounded_memory),
+        cmocka_unit_test(test_groups_cost_nothing_per_pending_event),
+        cmocka_unit_test(test_lagging_groups_share_log_reads),
+        cmocka_unit_test(test_backlog_counted_after_restart),
+        cmocka_unit_test(test_idle_group_expires),
+        cmocka_unit_test(test_group_cap_and_delete),
+        cmocka_unit_test(test_attempts_survive_restart),
+        cmocka_unit_test(test_damaged_state_file_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
