@@ -87,6 +87,7 @@ typedef struct inbox {
 struct jb_server {
     uv_loop_t *loop;
     jb_server_options opts;
+    size_t unary_max_bytes; /* the largest request protobuf-c decodes (not Publish's) */
     char *listen;
     char *address;
     grpc_server *server;
@@ -146,6 +147,11 @@ int jb__server_draining(const jb_server *srv)
 jb_config_watcher *jb__server_config(const jb_server *srv)
 {
     return srv->opts.config;
+}
+
+size_t jb__server_unary_max_bytes(const jb_server *srv)
+{
+    return srv->unary_max_bytes;
 }
 
 size_t jb__server_max_stream_bytes(const jb_server *srv)
@@ -910,6 +916,8 @@ jb_status jb_server_new(uv_loop_t *loop, const jb_server_options *opts, jb_serve
     size_t max_in = srv->opts.max_receive_bytes;
     size_t loop_bytes = max_in + jb__publish_decode_bound(max_in, &limits);
     size_t need = loop_bytes + 2 * max_in;
+    /* Other requests, decoded by protobuf-c (up to 8 bytes per byte), use the same share. */
+    srv->unary_max_bytes = loop_bytes / 9;
     if (srv->opts.max_request_memory_bytes < need) {
         jb_error_set(err, JB_EINVAL,
                      "max_request_memory_bytes (event_bus.max_request_memory_bytes) is %zu; "

@@ -97,6 +97,9 @@ jb_config_watcher *jb__server_config(const jb_server *srv);
 size_t jb__server_max_stream_bytes(const jb_server *srv);
 /* The limits a PublishRequest is decoded with (from the server's options). */
 jb__decode_limits jb__server_publish_limits(const jb_server *srv);
+
+/* The largest request of the other methods (decoded by protobuf-c) the server accepts. */
+size_t jb__server_unary_max_bytes(const jb_server *srv);
 uint64_t jb__now_ms(void);
 
 /* Keeps @c alive while the engine holds it (a publish in progress). */

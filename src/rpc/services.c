@@ -44,24 +44,39 @@
 /* The hint sent with it: about the time a supervisor takes to restart us. */
 #define DRAIN_RETRY_MS 1000
 
-/* Decodes the call's payload with @desc; NULL when missing or malformed. */
-static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
-{
-    size_t len = 0;
-    uint8_t *buf = jb__call_read_payload(c, &len);
-    if (buf == NULL)
-        return NULL;
-    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, buf);
-    free(buf);
-    return msg;
-}
-
 /* Answers a missing or malformed request. */
 static void malformed(jb__call *c, const char *what)
 {
     char msg[96];
     snprintf(msg, sizeof(msg), "malformed %s", what);
     jb__call_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg, 0);
+}
+
+/*
+ * Decodes the call's payload with @desc (protobuf-c). On failure the call is
+ * answered INVALID_ARGUMENT here and NULL returned: a missing or malformed
+ * request, or one over jb__server_unary_max_bytes(), refused before it is
+ * decoded (protobuf-c takes up to 8 bytes per byte for repeated varints, so
+ * the bytes and what they decode to stay within the loop's share of
+ * event_bus.max_request_memory_bytes).
+ */
+static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
+{
+    size_t len = 0, max = jb__server_unary_max_bytes(c->srv);
+    uint8_t *buf = jb__call_read_payload(c, &len);
+    if (buf != NULL && len > max) {
+        free(buf);
+        char msg[160];
+        snprintf(msg, sizeof(msg), "%s of %zu bytes: over the limit of %zu bytes", desc->short_name,
+                 len, max);
+        jb__call_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg, 0);
+        return NULL;
+    }
+    ProtobufCMessage *msg = buf != NULL ? protobuf_c_message_unpack(desc, NULL, len, buf) : NULL;
+    free(buf);
+    if (msg == NULL)
+        malformed(c, desc->short_name);
+    return msg;
 }
 
 static int refuse_if_draining(jb__call *c)
@@ -255,10 +270,8 @@ static void subscribe_start(jb__call *c)
     Jimbot__Infra__V1__SubscribeRequest *req =
         (Jimbot__Infra__V1__SubscribeRequest *)unpack_request(
             c, &jimbot__infra__v1__subscribe_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "SubscribeRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     const char *why = NULL;
     if (req->pattern[0] == '\0')
         why = "a subscription needs a pattern";
@@ -332,10 +345,8 @@ static void ack_or_nack(jb__call *c, int nack)
     if (nack) {
         Jimbot__Infra__V1__NackRequest *r = (Jimbot__Infra__V1__NackRequest *)unpack_request(
             c, &jimbot__infra__v1__nack_request__descriptor);
-        if (r == NULL) {
-            malformed(c, "NackRequest");
-            return;
-        }
+        if (r == NULL)
+            return; /* unpack_request() answered */
         msg = &r->base;
         group = r->group;
         seqs = r->sequences;
@@ -344,10 +355,8 @@ static void ack_or_nack(jb__call *c, int nack)
     } else {
         Jimbot__Infra__V1__AckRequest *r = (Jimbot__Infra__V1__AckRequest *)unpack_request(
             c, &jimbot__infra__v1__ack_request__descriptor);
-        if (r == NULL) {
-            malformed(c, "AckRequest");
-            return;
-        }
+        if (r == NULL)
+            return; /* unpack_request() answered */
         msg = &r->base;
         group = r->group;
         seqs = r->sequences;
@@ -445,10 +454,8 @@ static void list_groups_start(jb__call *c)
     if (refuse_if_draining(c))
         return;
     ProtobufCMessage *req = unpack_request(c, &jimbot__infra__v1__list_groups_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "ListGroupsRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     protobuf_c_message_free_unpacked(req, NULL);
     group_list l = {0};
     jb_bus_foreach_group(jb__server_bus(c->srv), add_group, &l);
@@ -480,10 +487,8 @@ static void delete_group_start(jb__call *c)
     Jimbot__Infra__V1__DeleteGroupRequest *req =
         (Jimbot__Infra__V1__DeleteGroupRequest *)unpack_request(
             c, &jimbot__infra__v1__delete_group_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "DeleteGroupRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     jb_error err;
     jb_status st = jb_bus_delete_group(jb__server_bus(c->srv), req->group, &err);
     protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -524,10 +529,8 @@ static void health_check_start(jb__call *c)
     Grpc__Health__V1__HealthCheckRequest *req =
         (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
             c, &grpc__health__v1__health_check_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "HealthCheckRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     int status = health_of(c, req->service);
     if (status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
         char msg[320];
@@ -565,10 +568,8 @@ static void health_watch_start(jb__call *c)
     Grpc__Health__V1__HealthCheckRequest *req =
         (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
             c, &grpc__health__v1__health_check_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "HealthCheckRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     watch_state *w = calloc(1, sizeof(*w));
     char *service = strdup(req->service);
     protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -636,10 +637,8 @@ static void resource_status_start(jb__call *c)
         return;
     ProtobufCMessage *req =
         unpack_request(c, &jimbot__infra__v1__get_resource_status_request__descriptor);
-    if (req == NULL) {
-        malformed(c, "GetResourceStatusRequest");
-        return;
-    }
+    if (req == NULL)
+        return; /* unpack_request() answered */
     protobuf_c_message_free_unpacked(req, NULL);
     int64_t limit = 100;
     jb_config_watcher *w = jb__server_config(c->srv);

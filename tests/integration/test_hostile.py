@@ -20,7 +20,8 @@ limits, one request of empty events alone took about 900 MB. Under
 AddressSanitizer (make SANITIZE=1) the bound is not checked: its quarantine
 and redzones make the RSS its own; the refusals are.
 
-Also: with event_bus.max_concurrent_streams 1 a second call on a connection
+Also: an Ack too large for the loop's share is refused before protobuf-c decodes
+it; with event_bus.max_concurrent_streams 1 a second call on a connection
 waits for the first to end, and a max_request_memory_bytes too small for two
 requests of the largest size refuses to start, saying the least it needs.
 
@@ -233,6 +234,23 @@ class HostileRequests(unittest.TestCase):
         self.assertFalse(waiting.done())
         c.cancel()
         self.assertEqual(list(waiting.result(timeout=60).sequences), [2])
+        self.assertEqual(self.d.stop(), 0)
+
+
+    def test_a_large_ack_is_refused_before_decoding(self):
+        """protobuf-c decodes an Ack's packed sequences to 8 bytes per byte: one over the
+        loop's share (a ninth of it) is refused unread; a small one is decoded as before."""
+        self.start(CONFIG)
+        ack = self.ch.unary_unary("/jimbot.infra.v1.EventBus/Ack")
+        big = field(1, b"g") + field(2, b"\x01" * (6 * MIB))
+        with self.assertRaises(grpc.RpcError) as cm:
+            ack(big, timeout=120)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertRegex(cm.exception.details(),
+                         rf"^AckRequest of {len(big)} bytes: over the limit of \d+ bytes$")
+        with self.assertRaises(grpc.RpcError) as cm:
+            ack(field(1, b"g") + field(2, b"\x01\x02"), timeout=120)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)  # decoded: no group g
         self.assertEqual(self.d.stop(), 0)
 
 
