@@ -12,10 +12,11 @@ alone gets jimbotd's own message, and valid publishes still work.
 
 The bound: the daemon's peak resident memory (VmHWM in /proc/PID/status) may
 exceed the peak it had after a first valid publish (the baseline) by at most
-event_bus.max_request_memory_bytes plus MARGIN. MARGIN is a quarter of that
-setting: gRPC 1.51's quota is soft (memory is read into before it is
-reserved, about one read buffer per connection, see docs/grpc.md) and the
-allocator keeps some freed pages. Before the decoder held requests to
+event_bus.max_request_memory_bytes plus MARGIN. MARGIN is one request of the
+largest size per connection: gRPC 1.51's quota is soft (memory is read into
+before it is reserved, see docs/grpc.md), so each busy connection can be
+reading one message beyond it; on a quiet machine the peak stays near the
+setting, on a loaded one (slower reads overlap more) it went 60 MiB past it. Before the decoder held requests to
 limits, one request of empty events alone took about 900 MB. Under
 AddressSanitizer (make SANITIZE=1) the bound is not checked: its quarantine
 and redzones make the RSS its own; the refusals are.
@@ -46,8 +47,8 @@ from jimbot.infra.v1 import event_bus_pb2 as eb  # noqa: E402
 MIB = 1024 * 1024
 MAX_RECEIVE = 16 * MIB  # jimbotd's default largest request
 REQUEST_MEMORY = 128 * MIB
-MARGIN = REQUEST_MEMORY // 4
 THREADS = 6
+MARGIN = THREADS * MAX_RECEIVE
 ROUNDS = 2
 CONFIG = f"""event_bus:
   batch_window_ms: 10
