@@ -91,19 +91,19 @@ typedef struct jb_bus_options {
     jb_store *store;
     /* Where group positions and acks are kept; NULL keeps them in memory. */
     const char *state_path;
-    uint32_t batch_window_ms;       /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
-    uint32_t max_batch_size;        /* 1000 */
-    uint32_t ack_wait_ms;           /* 30000 */
-    uint32_t max_deliver;           /* 5 */
-    uint32_t dedup_window_ms;       /* 120000 */
-    uint32_t max_event_bytes;       /* 1 MiB: payload plus envelope */
-    uint32_t max_headers;           /* JB_EVENT_MAX_HEADERS: headers per event */
-    uint32_t max_in_flight;         /* 1000: a subscriber's default credits */
-    uint32_t max_group_pending;     /* 1000000: unhandled events per group */
-    uint32_t nack_backoff_ms;       /* 100: first redelivery delay, doubling */
-    uint32_t max_backoff_ms;        /* 30000 */
-    size_t cache_bytes;             /* 64 MiB of recent events kept in memory */
-    uint32_t max_groups;            /* 10000 groups (private ones included) */
+    uint32_t batch_window_ms;   /* 100; JB_BUS_WINDOW_IMMEDIATE for 0 */
+    uint32_t max_batch_size;    /* 1000 */
+    uint32_t ack_wait_ms;       /* 30000 */
+    uint32_t max_deliver;       /* 5 */
+    uint32_t dedup_window_ms;   /* 120000 */
+    uint32_t max_event_bytes;   /* 1 MiB: payload plus envelope */
+    uint32_t max_headers;       /* JB_EVENT_MAX_HEADERS: headers per event */
+    uint32_t max_in_flight;     /* 1000: a subscriber's default credits */
+    uint32_t max_group_pending; /* 1000000: unhandled events per group */
+    uint32_t nack_backoff_ms;   /* 100: first redelivery delay, doubling */
+    uint32_t max_backoff_ms;    /* 30000 */
+    size_t cache_bytes;         /* 64 MiB of recent events kept in memory */
+    uint32_t max_groups;        /* 10000 groups (private ones included) */
     /* A named group with no member for this long is deleted: 7 days;
      * JB_BUS_EXPIRY_NEVER keeps groups until they are deleted. */
     uint64_t group_idle_expiry_ms;
