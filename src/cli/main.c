@@ -571,6 +571,21 @@ static void print_indented(const char *s)
     putchar('\n');
 }
 
+/*
+ * Connects and calls @method with an empty request (all of whose fields are
+ * optional); *@resp (malloc'd, the caller frees it) holds the answer. Returns 0,
+ * or the exit status after printing why.
+ */
+static int call_empty(jb_client **client, const jb_client_options *copts, const char *method,
+                      void **resp, size_t *len)
+{
+    jb_error err;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_call(*client, method, "", 0, resp, len, &err);
+    return st == JB_OK ? 0 : fail_status(st, &err);
+}
+
 static int cmd_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
     static const char *const flags[] = {"--json", NULL};
@@ -578,15 +593,11 @@ static int cmd_status(jb_client **client, const jb_client_options *copts, int ar
     int rc = no_args(argc, argv, status_usage, flags, &json);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
-    jb_error err;
     void *resp = NULL;
     size_t len = 0;
-    jb_status st = jb_client_new(copts, client, &err);
-    if (st == JB_OK)
-        st = jb_client_call(*client, "/jimbot.infra.v1.Infrastructure/GetResourceStatus", "", 0,
-                            &resp, &len, &err);
-    if (st != JB_OK)
-        return fail_status(st, &err);
+    if ((rc = call_empty(client, copts, "/jimbot.infra.v1.Infrastructure/GetResourceStatus", &resp,
+                         &len)) != 0)
+        return rc;
     jb__buf out;
     jb__buf_init(&out);
     if (jb__pb_bytes_to_json("jimbot.infra.v1.ResourceStatus", resp, len, &out) != JB_OK) {
@@ -636,15 +647,10 @@ static int cmd_groups(jb_client **client, const jb_client_options *copts, int ar
     int rc = no_args(argc, argv, groups_usage, flags, &json);
     if (rc != 0)
         return rc < 0 ? 0 : rc;
-    jb_error err;
     void *resp = NULL;
     size_t len = 0;
-    jb_status st = jb_client_new(copts, client, &err);
-    if (st == JB_OK)
-        st = jb_client_call(*client, "/jimbot.infra.v1.EventBus/ListGroups", "", 0, &resp, &len,
-                            &err);
-    if (st != JB_OK)
-        return fail_status(st, &err);
+    if ((rc = call_empty(client, copts, "/jimbot.infra.v1.EventBus/ListGroups", &resp, &len)) != 0)
+        return rc;
     jb__buf out;
     jb__buf_init(&out);
     Jimbot__Infra__V1__ListGroupsResponse *r =
