@@ -460,21 +460,16 @@ void jb__call_fail(jb__call *c, jb_status st, const char *details, uint32_t retr
     jb__call_finish(c, NULL, jb__grpc_code(st), details, retry_after_ms);
 }
 
-uint8_t *jb__call_read_payload(jb__call *c, size_t *len)
+int jb__call_take_payload(jb__call *c, grpc_slice *out)
 {
-    if (c->payload == NULL)
-        return NULL;
     grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, c->payload))
-        return NULL;
-    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+    if (c->payload == NULL || !grpc_byte_buffer_reader_init(&r, c->payload))
+        return -1;
+    *out = grpc_byte_buffer_reader_readall(&r);
     grpc_byte_buffer_reader_destroy(&r);
-    *len = GRPC_SLICE_LENGTH(s);
-    uint8_t *out = malloc(*len + 1);
-    if (out != NULL && *len > 0)
-        memcpy(out, GRPC_SLICE_START_PTR(s), *len);
-    grpc_slice_unref(s);
-    return out;
+    grpc_byte_buffer_destroy(c->payload);
+    c->payload = NULL;
+    return 0;
 }
 
 void jb__call_send_initial(jb__call *c, const char *key, const char *value)

@@ -107,10 +107,11 @@ void jb__call_hold(jb__call *c);
 void jb__call_unhold(jb__call *c);
 
 /*
- * Reads the request payload into one contiguous buffer (malloc'd, caller
- * frees); NULL when there is none. *@len gets the length.
+ * Takes the request's bytes as one slice (the caller unrefs it) and frees
+ * the call's byte buffer at once, so that a request is held in one copy
+ * only while it is decoded. -1 when there is no payload.
  */
-uint8_t *jb__call_read_payload(jb__call *c, size_t *len);
+int jb__call_take_payload(jb__call *c, grpc_slice *out);
 
 /*
  * Ends a unary call: initial metadata, @msg (packed, may be NULL) and the

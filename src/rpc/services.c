@@ -62,18 +62,22 @@ static void malformed(jb__call *c, const char *what)
  */
 static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
 {
-    size_t len = 0, max = jb__server_unary_max_bytes(c->srv);
-    uint8_t *buf = jb__call_read_payload(c, &len);
-    if (buf != NULL && len > max) {
-        free(buf);
+    grpc_slice buf;
+    if (jb__call_take_payload(c, &buf) != 0) {
+        malformed(c, desc->short_name);
+        return NULL;
+    }
+    size_t len = GRPC_SLICE_LENGTH(buf), max = jb__server_unary_max_bytes(c->srv);
+    if (len > max) {
+        grpc_slice_unref(buf);
         char msg[160];
         snprintf(msg, sizeof(msg), "%s of %zu bytes: over the limit of %zu bytes", desc->short_name,
                  len, max);
         jb__call_finish(c, NULL, GRPC_STATUS_INVALID_ARGUMENT, msg, 0);
         return NULL;
     }
-    ProtobufCMessage *msg = buf != NULL ? protobuf_c_message_unpack(desc, NULL, len, buf) : NULL;
-    free(buf);
+    ProtobufCMessage *msg = protobuf_c_message_unpack(desc, NULL, len, GRPC_SLICE_START_PTR(buf));
+    grpc_slice_unref(buf);
     if (msg == NULL)
         malformed(c, desc->short_name);
     return msg;
@@ -120,28 +124,12 @@ static void on_published(jb_status st, const uint64_t *seqs, const uint8_t *dups
     jb__call_unhold(c);
 }
 
-/*
- * The request's bytes in one slice, the call's byte buffer freed at once: a
- * publish holds one copy of its request only while publish_start() runs.
- */
-static int take_payload(jb__call *c, grpc_slice *out)
-{
-    grpc_byte_buffer_reader r;
-    if (c->payload == NULL || !grpc_byte_buffer_reader_init(&r, c->payload))
-        return -1;
-    *out = grpc_byte_buffer_reader_readall(&r);
-    grpc_byte_buffer_reader_destroy(&r);
-    grpc_byte_buffer_destroy(c->payload);
-    c->payload = NULL;
-    return 0;
-}
-
 static void publish_start(jb__call *c)
 {
     if (refuse_if_draining(c))
         return;
     grpc_slice buf;
-    if (take_payload(c, &buf) != 0) {
+    if (jb__call_take_payload(c, &buf) != 0) {
         malformed(c, "PublishRequest");
         return;
     }
