@@ -49,8 +49,7 @@ jb__decode_limits jb__decode_limits_default(void);
 /*
  * Decodes the @len bytes at @data into @out, held to @limits (NULL: none).
  * The payloads stay valid as long as @data does; the rest until
- * jb__publish_req_release(@out). The payloads stay valid as long
- * as @data does; the rest until jb__publish_req_release(@out).
+ * jb__publish_req_release(@out).
  *
  * Returns JB_OK; JB_EPARSE "malformed PublishRequest" for bytes that
  * protobuf-c would reject (whatever else is wrong with them); else, for the

@@ -140,8 +140,11 @@ class GroupsAtScale(unittest.TestCase):
             subs = [Collector(s, "game_events.>", group=f"g{i}") for i in range(200)]
             subs[0].wait_count(1)
             self.assertEqual(self.d.stop(signal.SIGTERM), 0)
+            # Every stream is ended by the drain, none left hanging or cancelled.
             for c in subs:
-                c.wait_error()
+                e = c.wait_error()
+                self.assertIsNotNone(e, "a stream outlived the daemon")
+                self.assertEqual(e.code(), grpc.StatusCode.UNAVAILABLE, e.details())
 
     def test_jimbotctl_groups_and_delete(self):
         self.fill()
