@@ -409,10 +409,12 @@ static void request_flush(jb_bus *bus)
 
 /*
  * Checks one event; @same_topic_as_previous skips the topic check when the
- * previous event of the request had the same, already checked, topic.
+ * previous event of the request had the same, already checked, topic;
+ * @internal (a dead letter) skips the header count and size limits.
  */
 static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t index,
-                                int same_topic_as_previous, size_t envelope_size, jb_error *err)
+                                int same_topic_as_previous, size_t envelope_size, int internal,
+                                jb_error *err)
 {
     jb_error terr;
     if (!same_topic_as_previous && (jb_topic_validate(ev->topic, &terr) != JB_OK ||
@@ -427,14 +429,16 @@ static jb_status validate_event(const jb_bus *bus, const jb_event *ev, size_t in
                             JB_EVENT_MAX_NAME_BYTES);
     if (ev->payload_len > 0 && ev->payload == NULL)
         return jb_error_set(err, JB_EINVAL, "event %zu: payload_len without payload", index);
-    if (ev->n_headers > bus->opts.max_headers)
+    /* A dead letter is an accepted event plus the bus's own headers: the
+     * limits held it once, and refusing it now would keep it stuck for good. */
+    if (ev->n_headers > bus->opts.max_headers && !internal)
         return jb_error_set(err, JB_EINVAL, "event %zu: %zu headers (at most %u)", index,
                             ev->n_headers, bus->opts.max_headers);
     for (size_t i = 0; i < ev->n_headers; i++) {
         if (ev->headers[i].key == NULL || ev->headers[i].key[0] == '\0')
             return jb_error_set(err, JB_EINVAL, "event %zu: header %zu has an empty key", index, i);
     }
-    if (envelope_size > bus->opts.max_event_bytes)
+    if (envelope_size > bus->opts.max_event_bytes && !internal)
         return jb_error_set(err, JB_ETOOBIG, "event %zu: %zu bytes, over the limit of %u bytes",
                             index, envelope_size, bus->opts.max_event_bytes);
     return JB_OK;
@@ -507,7 +511,7 @@ static void collect_match(void *item, void *userdata)
 
 /* Phase 1: copies each event (timestamp filled in) and checks it. */
 static jb_status stage_events(jb_bus *bus, publish_call *c, const jb_event *events, size_t n,
-                              int64_t wall, jb_error *err)
+                              int64_t wall, int internal, jb_error *err)
 {
     for (size_t i = 0; i < n; i++) {
         staged *s = &c->st[i];
@@ -522,7 +526,7 @@ static jb_status stage_events(jb_bus *bus, publish_call *c, const jb_event *even
         c->n_staged = i + 1;
         int same_topic = i > 0 && events[i].topic != NULL && events[i - 1].topic != NULL &&
                          strcmp(events[i].topic, events[i - 1].topic) == 0;
-        jb_status st = validate_event(bus, &s->ev, i, same_topic, s->size, err);
+        jb_status st = validate_event(bus, &s->ev, i, same_topic, s->size, internal, err);
         if (st != JB_OK)
             return st;
     }
@@ -728,7 +732,7 @@ static jb_status publish(jb_bus *bus, const jb_event *events, size_t n, jb_bus_p
     size_t n_store = 0;
     jb_status st = publish_call_init(&c, n, cb, userdata, err);
     if (st == JB_OK)
-        st = stage_events(bus, &c, events, n, jb__bus_wall_ms(bus), err);
+        st = stage_events(bus, &c, events, n, jb__bus_wall_ms(bus), internal, err);
     if (st == JB_OK) {
         dedup_expire(bus, now);
         find_duplicates(bus, &c, events, n);
@@ -935,6 +939,7 @@ void jb_bus_flush_window(jb_bus *bus)
 {
     if (bus->in_deliver)
         JB_BUG("jb_bus_flush_window() called from a deliver callback");
+    jb__bus_windows_close_all(bus); /* the windows per pattern close too */
     jb__bus_deliver_all(bus, 1);
 }
 

@@ -885,8 +885,17 @@ static int fit_windows(jb_bus *bus, size_t *n, int window_closed)
 {
     size_t cap = SIZE_MAX, k = 0;
     int closed = 0;
-    while (k < *n && k < cap)
-        jb__bus_window_take(bus, bus->scratch_evs[k++]->ev.topic, window_closed, &cap, &closed);
+    while (k < *n) {
+        /* Event k joins only if the batch with it stays within its own size too. */
+        size_t cap_k = cap;
+        int closed_k = closed;
+        jb__bus_window_take(bus, bus->scratch_evs[k]->ev.topic, window_closed, &cap_k, &closed_k);
+        if (k > 0 && k + 1 > cap_k)
+            break;
+        cap = cap_k;
+        closed = closed_k;
+        k++;
+    }
     for (size_t j = k; j < *n; j++)
         jb__ev_unref(bus->scratch_evs[j]);
     *n = k;

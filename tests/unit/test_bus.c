@@ -642,6 +642,75 @@ static void test_flush_window_delivers_at_once(void **state)
     log_bus_close(&lb);
 }
 
+/* A drain's flush closes the windows per pattern too, not only the bus's own. */
+static void test_flush_window_closes_pattern_windows(void **state)
+{
+    (void)state;
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 0,
+                 (jb_bus_options){.batch_window_ms = 60000, .max_batch_size = 10});
+    jb_bus_window w = {.pattern = "slow.>", .batch_window_ms = 60000};
+    assert_int_equal(jb_bus_set_windows(lb.bus, &w, 1, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(lb.bus, ">", "g", &r, 100);
+    publish_durable(&lb, "slow.x", 2);
+    run_for(&lb.loop, 100);
+    assert_int_equal(r.events, 0);
+    jb_bus_flush_window(lb.bus);
+    assert_int_equal(r.events, 2);
+    log_bus_close(&lb);
+}
+
+/*
+ * An event whose window allows a batch of 3 does not join a batch already
+ * larger than that: the batch holds at most the smallest size of its events.
+ */
+static void test_batch_never_exceeds_an_events_size(void **state)
+{
+    (void)state;
+    log_bus lb;
+    log_bus_open(&lb, (jb_store_options){0}, 0,
+                 (jb_bus_options){.batch_window_ms = 60000, .max_batch_size = 1000});
+    jb_bus_window w = {
+        .pattern = "small.>", .batch_window_ms = JB_BUS_WINDOW_IMMEDIATE, .max_batch_size = 3};
+    assert_int_equal(jb_bus_set_windows(lb.bus, &w, 1, NULL), JB_OK);
+    received r = {.auto_ack = 1};
+    subscribe(lb.bus, ">", "g", &r, 100);
+    publish_durable(&lb, "big.x", 5);
+    publish_durable(&lb, "small.x", 1);
+    run_for(&lb.loop, 100);
+    assert_int_equal(r.events, 0); /* the five wait for their minute; small cannot join them */
+    jb_bus_flush_window(lb.bus);
+    assert_int_equal(r.events, 6);
+    assert_int_equal(r.batches, 2);
+    assert_int_equal(r.sizes[0], 5);
+    assert_int_equal(r.sizes[1], 1);
+    log_bus_close(&lb);
+}
+
+/* A dead letter carries its original's headers plus five of the bus's: never refused for them. */
+static void test_dead_letter_of_an_event_at_the_header_limit(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    jb_bus_options o = {.test_mode = 1, .max_headers = 2};
+    jb_bus *bus;
+    assert_int_equal(jb_bus_new(&loop, &o, &bus, NULL), JB_OK);
+    received bad = {.nack = 1}, dlq = {.auto_ack = 1};
+    subscribe(bus, "strategy_requests", "advisor", &bad, 0);
+    subscribe(bus, "dlq.>", "dlq-watch", &dlq, 0);
+    jb_header h[2] = {{"a", "1"}, {"b", "2"}};
+    jb_event ev = {.topic = "strategy_requests", .type = "req", .headers = h, .n_headers = 2};
+    publish_result res = {0};
+    assert_int_equal(jb_bus_publish(bus, &ev, 1, on_published, &res, NULL, NULL), JB_OK);
+    run_until(&loop, &dlq.events, 1);
+    assert_string_equal(dlq.topics[0], "dlq.strategy_requests");
+    assert_non_null(strstr(dlq.last_headers, "a=1;b=2;"));
+    close_bus(&loop, bus);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 static void count_odd_only(const jb_event *const *events, size_t n, uint8_t *keep, void *ud)
 {
     (*(int *)ud)++;
@@ -1639,6 +1708,9 @@ int main(void)
         cmocka_unit_test(test_topic_allow_list),
         cmocka_unit_test(test_rules_from_config_snapshot),
         cmocka_unit_test(test_flush_window_delivers_at_once),
+        cmocka_unit_test(test_flush_window_closes_pattern_windows),
+        cmocka_unit_test(test_batch_never_exceeds_an_events_size),
+        cmocka_unit_test(test_dead_letter_of_an_event_at_the_header_limit),
         cmocka_unit_test(test_aggregation_rules),
         cmocka_unit_test(test_count_summary_headers),
         cmocka_unit_test(test_nacked_five_times_goes_to_dead_letters),
