@@ -335,8 +335,12 @@ static int check_log(const jbd_options *o)
     jb_status st =
         o->check_log == 2 ? jb_store_repair(path, &r, &err) : jb_store_verify(path, &r, &err);
     if (st != JB_OK) {
+        /* What the audit found before the failure is still the operator's to see. */
+        if (r.n_problems > 0)
+            jb_store_report_print(&r, stderr);
         fprintf(stderr, "jimbotd: cannot %s %s: %s\n", o->check_log == 2 ? "repair" : "verify",
                 path, err.message);
+        jb_store_report_release(&r);
         return 2;
     }
     printf("log: %s\n", path);
