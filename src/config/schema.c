@@ -102,6 +102,17 @@ static const char *check_name(const char *v)
     return NULL;
 }
 
+static const char *check_devices(const char *v)
+{
+    if (strcmp(v, "auto") == 0)
+        return NULL;
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (v[0] == '\0' || *end != '\0' || n < 1 || n > 64)
+        return "expected auto or a number of devices from 1 to 64";
+    return NULL;
+}
+
 static const char *check_http_url(const char *v)
 {
     const char *host = NULL;
@@ -231,8 +242,40 @@ static const jb_config_key builtin_keys[] = {
      NULL, "Longest GPU lease; the lease ends when it expires."},
     {"resource_coordinator.gpu.priority_components", JB_CONFIG_STRLIST, R, "[training, inference]",
      0, 0, NULL, check_name, "Components served first when several wait for the GPU, in order."},
+    {"resource_coordinator.gpu.devices", JB_CONFIG_STRING, 0, "auto", 0, 0, NULL, check_devices,
+     "GPU devices leased, one lease each: auto (NVML's count, else 1) or a number from 1 to 64."},
+    {"resource_coordinator.gpu.expiry_warning_seconds", JB_CONFIG_INT, R, "30", 0, 86400, NULL,
+     NULL, "A lease's holder is sent `expiring` this long before the lease ends (0: no warning)."},
+    {"resource_coordinator.gpu.keepalive_ms", JB_CONFIG_INT, R, "5000", 100, 600000, NULL, NULL,
+     "Interval of the keepalive messages an AcquireGpu stream sends while it holds a lease."},
+    {"resource_coordinator.gpu.starvation_seconds", JB_CONFIG_INT, R, "1800", 0, 604800, NULL,
+     NULL,
+     "A GPU waiter that has waited this long goes ahead of every waiter that has not (oldest "
+     "first), so no waiter starves (0: strict priority order)."},
+    {"resource_coordinator.gpu.release_timeout_seconds", JB_CONFIG_INT, R, "30", 0, 3600, NULL,
+     NULL,
+     "With NVML: after a release, how long the device waits for its holder's processes to free "
+     "their memory before it goes to the next waiter anyway (logged)."},
+    {"resource_coordinator.gpu.reattach_grace_seconds", JB_CONFIG_INT, 0, "15", 0, 3600, NULL,
+     NULL,
+     "After a restart, how long leases found in the state file wait for their holders to "
+     "re-attach (AcquireGpu with the lease_id) before their devices are freed."},
+    {"resource_coordinator.gpu.nvml_library", JB_CONFIG_STRING, 0, "'libnvidia-ml.so.1'", 0, 0,
+     NULL, NULL,
+     "The NVML library loaded at start (dlopen) to find the devices and their memory; empty: no "
+     "NVML. Its absence is logged, never an error."},
+    {"resource_coordinator.max_waiters", JB_CONFIG_INT, 0, "1024", 1, 1000000, NULL, NULL,
+     "Requests that may wait at once for the GPU, and for budget; more get RESOURCE_EXHAUSTED."},
     {"resource_coordinator.claude.hourly_limit", JB_CONFIG_INT, R, "100", 0, 1000000, NULL, NULL,
      "Claude API requests allowed per hour, for all components together."},
+    {"resource_coordinator.claude.window_seconds", JB_CONFIG_INT, R, "3600", 1, 86400, NULL, NULL,
+     "Length of the sliding window that hourly_limit counts in (a request spent counts this "
+     "long); the API's limit is per hour, so change it only for tests."},
+    {"resource_coordinator.claude.shares", JB_CONFIG_MAP, R, "{}", 0, 0, NULL, check_name,
+     "Per-component caps within the budget: COMPONENT: {limit: N}. A component with a share "
+     "spends at most N requests per window; others have no cap of their own. Empty: off."},
+    {"resource_coordinator.claude.shares.*.limit", JB_CONFIG_INT, R, NULL, 1, 1000000, NULL, NULL,
+     "The most requests this component may spend in one window."},
     {"resource_coordinator.claude.cache_ttl", JB_CONFIG_INT, R, "3600", 0, 31536000, NULL, NULL,
      "Seconds a cached Claude response stays valid (0: no cache)."},
     {"resource_coordinator.claude.api_key", JB_CONFIG_STRING, R | S, "''", 0, 0, NULL, NULL,

@@ -1,0 +1,315 @@
+/*
+ * jimbot/coord.h: the resource coordinator engine: GPU leases and the LLM API
+ * budget (docs/coordinator.md).
+ *
+ * The engine is owned by one libuv loop, like the bus: every function here
+ * must be called on that loop's thread and every callback runs there, never
+ * from inside the call that registered it. jimbotd puts gRPC in front of it
+ * (Infrastructure.AcquireGpu, ReleaseGpu, AcquireApiQuota, GetResourceStatus).
+ *
+ * GPU leases
+ *   - One lease per device at a time. The devices come from NVML (loaded at
+ *     run time with dlopen, so neither the build nor a machine without a GPU
+ *     needs it) or from the configured count.
+ *   - Waiters are served in this order: components named in
+ *     priority_components first, in that list's order; then higher priority;
+ *     then first come. A waiter that has waited starvation_ms goes ahead of
+ *     every waiter that has not (oldest first), which bounds its wait
+ *     (docs/coordinator.md "Starvation").
+ *   - A lease lasts at most max_allocation_ms. It sends EXPIRING once,
+ *     expiry_warning_ms before the end, KEEPALIVE every keepalive_ms, and
+ *     ENDED with JB_ELEASE_EXPIRED at the end. jb_coord_gpu_release() ends it
+ *     with JB_OK; jb_coord_gpu_cancel() (the holder's stream ended) ends it
+ *     without a callback. Either way the device goes to the next waiter at
+ *     once, unless NVML shows that the holder's processes (its pid) still
+ *     hold memory on the device: then only once that memory is freed, or
+ *     after release_timeout_ms (logged).
+ *   - A grant is made only once it is durable in the state file, so a
+ *     restart never hands a device to a second holder while the first may
+ *     still compute on it: leases found in the state file at start are
+ *     restored for reattach_grace_ms, in which their holders re-attach with
+ *     jb_gpu_request.lease_id; after that (or at their expiry) they end.
+ *
+ * The API budget
+ *   - An exact sliding window: a request spent at time t counts until
+ *     t + window_ms (an hour unless configured), never a fixed window.
+ *   - A grant is answered only once the spend is durable in the state file,
+ *     so a restart never refills the budget.
+ *   - With wait_ms > 0 a request that cannot be granted now waits, at most
+ *     that long, higher priority first, then first come; it is granted as
+ *     soon as the window frees enough.
+ *   - Optional shares: a component with a share may spend at most that many
+ *     requests per window (others have no cap of their own).
+ *
+ * Persistence: one state file (jb_coord_options.state_path), written whole
+ * to a temporary file, fsync'd, renamed and the folder fsync'd, on the
+ * loop's threadpool; one write in flight at a time, the changes made
+ * meanwhile ride the next one (group commit). It carries a CRC; a damaged
+ * file stops the start (JB_ECORRUPT), never silently refills the budget.
+ *
+ * Must not depend on: gRPC, protobuf-c, the bus.
+ */
+#ifndef JIMBOT_COORD_H
+#define JIMBOT_COORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+#include "jimbot/config.h"
+#include "jimbot/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct jb_coord jb_coord;
+typedef struct jb_gpu_lease jb_gpu_lease;
+typedef struct jb_quota_wait jb_quota_wait;
+
+/* The most devices the coordinator manages. */
+#define JB_COORD_MAX_DEVICES 64
+/* Longest component name, reason and lease id accepted, in bytes. */
+#define JB_COORD_MAX_NAME   128
+#define JB_COORD_MAX_REASON 256
+
+/* Options, copied by jb_coord_new(); zero fields take the defaults shown. */
+typedef struct jb_coord_options {
+    /* The state file (jimbotd: <data-dir>/coord.state); NULL: nothing is
+     * persisted (tests, embedding). */
+    const char *state_path;
+    /* The NVML library to dlopen ("libnvidia-ml.so.1"); "" : no NVML. */
+    const char *nvml_library;
+    /* Devices: 0 = auto (NVML's count, else 1), else this many (at most
+     * JB_COORD_MAX_DEVICES; NVML, when present, names the first ones). */
+    uint32_t devices;
+    /* How long restored leases wait for their holders to re-attach: 15000. */
+    uint32_t reattach_grace_ms;
+    /* Waiters queued at once (GPU and budget each): 1024; more get
+     * JB_EBACKPRESSURE. */
+    uint32_t max_waiters;
+} jb_coord_options;
+
+/*
+ * Creates the coordinator on @loop: loads the state file (a missing file is
+ * an empty state; a damaged one is JB_ECORRUPT with the reason), opens NVML
+ * when configured and present (its absence is logged, never an error), and
+ * restores saved leases for their re-attach grace. Apply the live settings
+ * with jb_coord_apply_config() before use; until then the schema defaults
+ * hold. Free it with jb_coord_close().
+ */
+jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord **out,
+                       jb_error *err);
+
+/*
+ * Applies the reloadable settings of @cfg (resource_coordinator.gpu.*,
+ * resource_coordinator.claude.*): limits, warning, keepalive, priority
+ * components, window, shares. Running leases keep their expiry; waiters are
+ * re-ordered; a lower hourly limit does not take back what was granted.
+ * On error nothing changes.
+ */
+jb_status jb_coord_apply_config(jb_coord *co, const jb_config *cfg, jb_error *err);
+
+typedef void (*jb_coord_close_cb)(void *userdata);
+
+/*
+ * Starts closing: every waiter ends (GPU waiters with ENDED JB_ECLOSED, budget
+ * waiters with JB_ECLOSED), leases stay in the state file (a restarted daemon
+ * restores them), the state is written and fsync'd, timers and NVML are
+ * closed; then @cb (may be NULL) runs and @co is freed. Leases' callbacks are
+ * not called after this; their handles stay valid until cancelled or until
+ * @cb. NULL @co: @cb is not called.
+ */
+void jb_coord_close(jb_coord *co, jb_coord_close_cb cb, void *userdata);
+
+/* ---- GPU leases -------------------------------------------------------- */
+
+typedef struct jb_gpu_request {
+    const char *component; /* required, 1..JB_COORD_MAX_NAME bytes */
+    int32_t priority;      /* higher first, within a component class */
+    uint32_t duration_ms;  /* wanted length; 0 or above the cap: the cap */
+    const char *reason;    /* may be NULL */
+    uint32_t pid;          /* 0: unknown */
+    /* Re-attach to this lease (NULL or "": a new lease). JB_ENOENT when no
+     * such lease is held; JB_EINVAL when it belongs to another component;
+     * JB_EEXIST when a live stream holds it still. */
+    const char *lease_id;
+} jb_gpu_request;
+
+typedef enum jb_gpu_event_kind {
+    JB_GPU_QUEUED,    /* position: 1 = next in line; again when it changes */
+    JB_GPU_GRANTED,   /* lease_id, device, device_uuid, expires_ms, reattached */
+    JB_GPU_KEEPALIVE, /* expires_ms */
+    JB_GPU_EXPIRING,  /* expires_ms; once */
+    JB_GPU_ENDED,     /* status: JB_OK (released), JB_ELEASE_EXPIRED, JB_ECLOSED */
+} jb_gpu_event_kind;
+
+/* What the lease callback is told. Borrowed until the callback returns. */
+typedef struct jb_gpu_event {
+    jb_gpu_event_kind kind;
+    uint32_t position;
+    const char *lease_id;
+    uint32_t device;
+    const char *device_uuid; /* "" without NVML */
+    int64_t expires_ms;      /* wall clock, ms since epoch */
+    int reattached;
+    jb_status status;
+} jb_gpu_event;
+
+/*
+ * Runs on the loop for each event of @lease. After ENDED the handle is
+ * invalid (the engine frees it once the callback returns). The callback may
+ * call jb_coord_gpu_cancel(@lease) (then no ENDED comes) and any other
+ * function of this header.
+ */
+typedef void (*jb_gpu_cb)(jb_gpu_lease *lease, const jb_gpu_event *ev, void *userdata);
+
+/*
+ * Asks for a device. On JB_OK *@out is the handle and @cb will run (QUEUED
+ * first when the request must wait, else GRANTED once durable), never from
+ * inside this call. Fails with JB_EINVAL (empty or oversized component or
+ * reason), JB_EBACKPRESSURE (max_waiters wait already), JB_ENOENT / JB_EEXIST
+ * (a re-attach, see lease_id), JB_ECLOSED (closing); then @cb is never
+ * called and nothing changed.
+ */
+jb_status jb_coord_gpu_acquire(jb_coord *co, const jb_gpu_request *req, jb_gpu_cb cb,
+                               void *userdata, jb_gpu_lease **out, jb_error *err);
+
+/*
+ * The holder went away (its stream ended or broke): a waiter leaves the
+ * queue, a lease is released at once (the device then follows the release
+ * rules above). The callback is not called again; @lease is invalid when
+ * this returns. NULL is a no-op.
+ */
+void jb_coord_gpu_cancel(jb_gpu_lease *lease);
+
+/*
+ * The holder's stream ended because the daemon is shutting down: the lease
+ * stays held (and saved), waiting reattach_grace_ms for its holder to
+ * re-attach (jb_gpu_request.lease_id), as a lease restored at start does.
+ * A waiter simply leaves the queue. The callback is not called again;
+ * @lease is invalid when this returns. NULL is a no-op.
+ */
+void jb_coord_gpu_detach(jb_gpu_lease *lease);
+
+/* What a release reports. */
+typedef struct jb_gpu_release_info {
+    uint64_t held_ms;
+    uint32_t device;
+    /* With NVML and a pid: device memory the holder's processes still held. */
+    uint64_t memory_held_bytes;
+} jb_gpu_release_info;
+
+/*
+ * Releases lease @lease_id (ReleaseGpu): its callback gets ENDED with JB_OK,
+ * later, on the loop. JB_ENOENT for an unknown lease id, JB_EINVAL for an
+ * empty one; then nothing changed. @info may be NULL.
+ */
+jb_status jb_coord_gpu_release(jb_coord *co, const char *lease_id, jb_gpu_release_info *info,
+                               jb_error *err);
+
+/* ---- The API budget ---------------------------------------------------- */
+
+typedef struct jb_quota_request {
+    const char *component; /* required, 1..JB_COORD_MAX_NAME bytes */
+    uint32_t count;        /* 0 means 1 */
+    uint32_t wait_ms;      /* 0: answer at once */
+    int32_t priority;      /* among waiters: higher first */
+} jb_quota_request;
+
+typedef struct jb_quota_result {
+    int granted;
+    uint32_t remaining;      /* left in the window after this call */
+    uint64_t retry_after_ms; /* not granted: until enough budget frees up */
+    uint32_t limit;          /* the hourly limit in force */
+} jb_quota_result;
+
+/*
+ * The answer to a budget request, on the loop: JB_OK with @r (granted or
+ * not), or JB_ECLOSED when the coordinator closed first, or the error that
+ * kept the spend from becoming durable (nothing was spent then). Arguments
+ * are borrowed.
+ */
+typedef void (*jb_quota_cb)(jb_status status, const jb_quota_result *r, const jb_error *err,
+                            void *userdata);
+
+/*
+ * Asks for @req->count requests of budget. @cb runs exactly once, later
+ * (never inside this call), unless the wait is cancelled. *@out (may be
+ * NULL) is the handle to cancel it with. Fails with JB_EINVAL (empty or
+ * oversized component; a count above the hourly limit or the component's
+ * share, which could never be granted), JB_EBACKPRESSURE (max_waiters wait
+ * already), JB_ECLOSED; then @cb is never called and nothing was spent.
+ */
+jb_status jb_coord_quota_acquire(jb_coord *co, const jb_quota_request *req, jb_quota_cb cb,
+                                 void *userdata, jb_quota_wait **out, jb_error *err);
+
+/*
+ * The asker went away: its request is withdrawn (nothing is spent) and @cb
+ * is not called. Valid until @cb has run; NULL is a no-op. A grant already
+ * being made durable stays spent.
+ */
+void jb_coord_quota_cancel(jb_quota_wait *w);
+
+/* ---- Status ------------------------------------------------------------ */
+
+/* One device. Strings are borrowed until the next call into the engine. */
+typedef struct jb_gpu_device_info {
+    uint32_t index;
+    const char *name; /* "" without NVML */
+    const char *uuid;
+    int available;
+    const char *holder; /* component, "" when free */
+    const char *lease_id;
+    const char *reason;
+    uint32_t holder_pid;
+    int64_t granted_ms, expires_ms; /* wall clock */
+    uint64_t memory_total_bytes, memory_used_bytes;
+    int releasing; /* waiting for the holder's memory to be freed */
+    int restored;  /* waiting for the holder to re-attach */
+} jb_gpu_device_info;
+
+typedef struct jb_gpu_waiter_info {
+    uint32_t position; /* 1 = next */
+    const char *component;
+    int32_t priority;
+    int64_t since_ms; /* wall clock */
+    const char *reason;
+} jb_gpu_waiter_info;
+
+typedef struct jb_quota_info {
+    uint32_t limit;
+    uint32_t used;         /* spent in the current window */
+    uint32_t remaining;    /* limit - used, 0 at least */
+    int64_t next_slot_ms;  /* wall clock when one more frees up; 0 if remaining > 0 */
+    uint32_t waiting;      /* budget requests waiting */
+    uint32_t window_ms;
+} jb_quota_info;
+
+typedef struct jb_quota_component_info {
+    const char *component;
+    uint32_t used;
+    uint32_t share; /* 0: no share of its own */
+} jb_quota_component_info;
+
+/* "nvml" or "config". */
+const char *jb_coord_gpu_source(const jb_coord *co);
+
+/* The devices in index order, and the waiters in serving order. */
+void jb_coord_foreach_gpu(jb_coord *co, void (*fn)(const jb_gpu_device_info *d, void *ud),
+                          void *ud);
+void jb_coord_foreach_gpu_waiter(jb_coord *co,
+                                 void (*fn)(const jb_gpu_waiter_info *w, void *ud), void *ud);
+
+/* The budget now, and each component that spent or has a share. */
+void jb_coord_quota_info(jb_coord *co, jb_quota_info *out);
+void jb_coord_foreach_quota_component(jb_coord *co,
+                                      void (*fn)(const jb_quota_component_info *c, void *ud),
+                                      void *ud);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* JIMBOT_COORD_H */

@@ -1,0 +1,175 @@
+/*
+ * Internals of the resource coordinator (include/jimbot/coord.h), shared by
+ * coord.c (life, settings), gpu.c (leases and their queue), nvml.c (the NVML
+ * adapter, dlopen'd), quota.c (the sliding-window budget) and state.c (the
+ * state file and its group commit).
+ *
+ * Who owns what: struct jb_coord is coord.c's; gpu.c owns jb__gpu, quota.c
+ * jb__quota, state.c jb__state. They talk only through the functions below.
+ *
+ * Persistence: a part that changed durable state (a grant, a release, a
+ * spend) calls jb__coord_persist(); state.c then, on the loop, asks every
+ * part for its image (jb__gpu_save, jb__quota_save), writes it on the
+ * threadpool, and calls back once it is durable. At start state.c loads the
+ * file and gives each part its image (jb__gpu_restore, jb__quota_restore).
+ *
+ * Loop thread only.
+ */
+#ifndef JB_COORD_INTERNAL_H
+#define JB_COORD_INTERNAL_H
+
+#include "jimbot/coord.h"
+
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct jb__gpu jb__gpu;
+typedef struct jb__quota jb__quota;
+typedef struct jb__state jb__state;
+typedef struct jb__nvml jb__nvml;
+
+/* One component's share of the budget. */
+typedef struct jb__share {
+    char *component;
+    uint32_t limit;
+} jb__share;
+
+/* The live settings (jb_coord_apply_config); every time in milliseconds. */
+typedef struct jb__coord_settings {
+    uint64_t max_allocation_ms;
+    uint64_t expiry_warning_ms;
+    uint64_t keepalive_ms;
+    uint64_t starvation_ms; /* 0: off */
+    uint64_t release_timeout_ms;
+    char **priority_components;
+    size_t n_priority;
+    uint32_t hourly_limit;
+    uint64_t window_ms;
+    jb__share *shares;
+    size_t n_shares;
+} jb__coord_settings;
+
+struct jb_coord {
+    uv_loop_t *loop;
+    jb_coord_options opts; /* strings owned (copied) */
+    jb__coord_settings set;
+    jb__nvml *nvml; /* NULL without NVML */
+    jb__gpu *gpu;
+    jb__quota *quota;
+    jb__state *state;
+    int closing;
+    jb_coord_close_cb close_cb;
+    void *close_ud;
+};
+
+/* Wall clock, ms since the epoch (what the state file and the API carry). */
+int64_t jb__coord_wall_ms(void);
+
+/* Monotonic ms (the loop's clock, uv_now): what deadlines run on. */
+uint64_t jb__coord_now_ms(const jb_coord *co);
+
+/*
+ * The class of @component in the priority order: its index in
+ * priority_components, or n_priority when it is not named (served after
+ * every named one).
+ */
+size_t jb__coord_component_class(const jb_coord *co, const char *component);
+
+/* The share of @component, 0 when it has none. */
+uint32_t jb__coord_share(const jb_coord *co, const char *component);
+
+/* Checks a component name from a request: 1..JB_COORD_MAX_NAME bytes. */
+jb_status jb__coord_check_component(const char *component, jb_error *err);
+
+/* ---- state.c -------------------------------------------------------------- */
+
+/* A saved lease. Strings are copies owned by the image. */
+typedef struct jb__saved_lease {
+    uint32_t device;
+    char *lease_id;
+    char *component;
+    char *reason;
+    uint32_t pid;
+    int64_t granted_ms, expires_ms; /* wall clock */
+} jb__saved_lease;
+
+/* A saved spend: @count requests by @component at @at_ms (wall clock). */
+typedef struct jb__saved_spend {
+    int64_t at_ms;
+    uint32_t count;
+    char *component;
+} jb__saved_spend;
+
+/* Everything the state file holds. */
+typedef struct jb__state_image {
+    jb__saved_lease *leases;
+    size_t n_leases;
+    jb__saved_spend *spends;
+    size_t n_spends;
+} jb__state_image;
+
+void jb__state_image_release(jb__state_image *img);
+
+/* Called once the state that included the change is durable (JB_OK) or could not be written. */
+typedef void (*jb__persist_cb)(jb_status status, const jb_error *err, void *userdata);
+
+/*
+ * Opens the state: loads opts.state_path (missing: empty) into @img, which the
+ * caller hands to the parts and releases. JB_ECORRUPT on a damaged file.
+ */
+jb_status jb__state_open(jb_coord *co, jb__state_image *img, jb_error *err);
+
+/*
+ * Asks for a durable write of the whole state as it will be once the
+ * current loop iteration is over; @cb runs once it is durable (never from
+ * inside this call). Without a state path @cb runs on the next loop turn.
+ */
+void jb__coord_persist(jb_coord *co, jb__persist_cb cb, void *userdata);
+
+/* Writes what is pending, then runs @cb (closing). */
+void jb__state_close(jb__state *st, void (*cb)(void *ud), void *ud);
+
+/* ---- gpu.c ---------------------------------------------------------------- */
+
+jb_status jb__gpu_new(jb_coord *co, jb__gpu **out, jb_error *err);
+/* Takes the saved leases of @img (restored for the re-attach grace). */
+jb_status jb__gpu_restore(jb__gpu *g, const jb__state_image *img, jb_error *err);
+/* Adds the live leases to @img (their strings copied). */
+jb_status jb__gpu_save(jb__gpu *g, jb__state_image *img);
+/* The settings changed: re-order waiters, re-arm timers. */
+void jb__gpu_settings_changed(jb__gpu *g);
+/* Ends every waiter with ENDED JB_ECLOSED; leases stay (for the state file). */
+void jb__gpu_close(jb__gpu *g);
+void jb__gpu_free(jb__gpu *g);
+
+/* ---- quota.c -------------------------------------------------------------- */
+
+jb_status jb__quota_new(jb_coord *co, jb__quota **out, jb_error *err);
+jb_status jb__quota_restore(jb__quota *q, const jb__state_image *img, jb_error *err);
+jb_status jb__quota_save(jb__quota *q, jb__state_image *img);
+void jb__quota_settings_changed(jb__quota *q);
+/* Ends every waiter with JB_ECLOSED. */
+void jb__quota_close(jb__quota *q);
+void jb__quota_free(jb__quota *q);
+
+/* ---- nvml.c --------------------------------------------------------------- */
+
+typedef struct jb__nvml_device {
+    char name[96];
+    char uuid[96];
+    uint64_t memory_total, memory_used;
+} jb__nvml_device;
+
+/* Loads @library; JB_ENOENT when it cannot be loaded, JB_EIO when nvmlInit fails. */
+jb_status jb__nvml_open(const char *library, jb__nvml **out, jb_error *err);
+uint32_t jb__nvml_count(const jb__nvml *n);
+jb_status jb__nvml_device_info(jb__nvml *n, uint32_t index, jb__nvml_device *out, jb_error *err);
+/*
+ * The device memory that processes in @pids hold on device @index (compute
+ * and graphics processes), in bytes, in *@bytes.
+ */
+jb_status jb__nvml_memory_of(jb__nvml *n, uint32_t index, const uint32_t *pids, size_t n_pids,
+                             uint64_t *bytes, jb_error *err);
+void jb__nvml_close(jb__nvml *n);
+
+#endif /* JB_COORD_INTERNAL_H */
