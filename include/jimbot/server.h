@@ -2,9 +2,10 @@
  * jimbot/server.h: the gRPC front of the engine, as jimbotd runs it.
  *
  * A jb_server serves, on one address, the services of docs/grpc.md:
- * jimbot.infra.v1.EventBus over a jb_bus, grpc.health.v1.Health, and the
- * part of jimbot.infra.v1.Infrastructure that exists so far
- * (GetResourceStatus); every other method is answered UNIMPLEMENTED.
+ * jimbot.infra.v1.EventBus over a jb_bus, grpc.health.v1.Health, and
+ * jimbot.infra.v1.Infrastructure over a jb_coord (GetResourceStatus,
+ * AcquireGpu, ReleaseGpu, AcquireApiQuota; the request queue comes later);
+ * every other method is answered UNIMPLEMENTED.
  *
  * Threading: the server belongs to the loop it was created on. Every
  * function here must be called on that loop's thread. gRPC core's
@@ -43,6 +44,7 @@
 
 #include "jimbot/bus.h"
 #include "jimbot/config.h"
+#include "jimbot/coord.h"
 #include "jimbot/status.h"
 
 #ifdef __cplusplus
@@ -60,6 +62,11 @@ typedef struct jb_server_options {
     /* Read at each GetResourceStatus for the configured limits. Borrowed;
      * may be NULL (the schema defaults are reported then). */
     jb_config_watcher *config;
+    /* The resource coordinator behind Infrastructure's GPU and budget
+     * methods. Borrowed; it must stay alive until the drained callback has
+     * run (the server detaches its GPU streams and withdraws its budget
+     * waiters there). NULL: those methods answer UNIMPLEMENTED. */
+    jb_coord *coord;
     /* Largest request accepted, in bytes (16 MiB); gRPC answers a larger one
      * RESOURCE_EXHAUSTED before it reaches the engine. */
     size_t max_receive_bytes;

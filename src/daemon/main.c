@@ -13,14 +13,17 @@
  * the bus's live settings (windows, aggregation, allowed topics).
  *
  * The engine: the durable log in <data-dir>/log, the bus over it (group
- * positions in <data-dir>/groups.state) and the gRPC server in front, all
- * on the one loop. A port already taken, or a data dir in use by another
+ * positions in <data-dir>/groups.state), the resource coordinator (GPU
+ * leases and the spent API budget in <data-dir>/coord.state) and the gRPC
+ * server in front, all on the one loop. A port already taken, or a data dir in use by another
  * jimbotd, stops the start with one line and exit 1.
  *
  * Shutdown order (SIGTERM/SIGINT): the server drains (lame duck: health
  * NOT_SERVING, new calls answered UNAVAILABLE with retry-after-ms,
  * Publishes in flight answered once durable; then the open window is
- * flushed and streams end UNAVAILABLE); the bus closes (what is left is
+ * flushed and streams end UNAVAILABLE, GPU leases detached for their holders
+ * to re-attach after the restart); the coordinator closes (its state
+ * saved); the bus closes (what is left is
  * answered once durable, positions saved); the log closes (fsync); the
  * server closes once no call is live; the watcher and the signals close;
  * the loop ends; exit 0. Each wait is bounded by event_bus.drain_grace_ms.
@@ -29,6 +32,7 @@
  */
 #include "jimbot/bus.h"
 #include "jimbot/config.h"
+#include "jimbot/coord.h"
 #include "jimbot/log.h"
 #include "jimbot/server.h"
 #include "jimbot/store.h"
@@ -65,8 +69,10 @@ typedef struct jbd_daemon {
     jb_config_watcher *watcher;
     jb_store *store;
     jb_bus *bus;
+    jb_coord *coord;
     jb_server *server;
     char *state_path;
+    char *coord_path;
     int stopping;
     int forced;
     uint32_t grace_ms;
@@ -89,7 +95,9 @@ static void usage(FILE *out)
             "                       else development)\n"
             "      --listen ADDR    gRPC address, host:port or unix:PATH\n"
             "                       (default: 127.0.0.1:<event_bus.grpc_port>)\n"
-            "      --data-dir DIR   durable log and state (default: ./var)\n"
+            "      --data-dir DIR   durable log (DIR/log), consumer groups (DIR/groups.state)\n"
+            "                       and GPU leases and spent API budget (DIR/coord.state)\n"
+            "                       (default: ./var)\n"
             "      --check-config   validate the configuration, print it resolved (secrets\n"
             "                       masked) and exit 0, or print every error and exit 1\n"
             "      --log-level L    debug, info, warn or error (default: info)\n"
@@ -207,9 +215,25 @@ static void close_bus(jbd_daemon *d)
 
 static uint32_t cfg_u32(const jb_config *cfg, const char *key);
 
+static void on_coord_closed(void *userdata)
+{
+    jbd_daemon *d = userdata;
+    d->coord = NULL;
+    close_bus(d);
+}
+
+/* The coordinator first (its leases are saved for the next start), then the bus. */
+static void close_coord(jbd_daemon *d)
+{
+    if (d->coord != NULL)
+        jb_coord_close(d->coord, on_coord_closed, d);
+    else
+        close_bus(d);
+}
+
 static void on_server_drained(void *userdata)
 {
-    close_bus(userdata);
+    close_coord(userdata);
 }
 
 static void daemon_stop(jbd_daemon *d, const char *why)
@@ -224,7 +248,7 @@ static void daemon_stop(jbd_daemon *d, const char *why)
     if (d->server != NULL)
         jb_server_drain(d->server, d->grace_ms, on_server_drained, d);
     else
-        close_bus(d);
+        close_coord(d);
 }
 
 static void on_signal(uv_signal_t *handle, int signum)
@@ -381,6 +405,39 @@ static void on_config_change(const jb_config_change *change, void *userdata)
         jb_bus_apply_config(d->bus, change->config, &err) != JB_OK)
         jb_log(JB_LOG_ERROR, "daemon", "the event bus kept its previous settings", "error=%s",
                err.message);
+    if (d->coord != NULL && !d->stopping &&
+        jb_coord_apply_config(d->coord, change->config, &err) != JB_OK)
+        jb_log(JB_LOG_ERROR, "daemon", "the coordinator kept its previous settings", "error=%s",
+               err.message);
+}
+
+/* Opens the resource coordinator (<data-dir>/coord.state) from @cfg. */
+static int coord_start(jbd_daemon *d, const jb_config *cfg)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/coord.state", d->opts.data_dir);
+    d->coord_path = strdup(path);
+    const char *devices = jb_config_get_string(cfg, "resource_coordinator.gpu.devices", NULL, NULL);
+    jb_coord_options co = {
+        .state_path = d->coord_path,
+        .nvml_library =
+            jb_config_get_string(cfg, "resource_coordinator.gpu.nvml_library", NULL, NULL),
+        /* The schema allows only "auto" or a number from 1 to 64. */
+        .devices = strcmp(devices, "auto") == 0 ? 0 : (uint32_t)strtoul(devices, NULL, 10),
+        .reattach_grace_ms = cfg_u32(cfg, "resource_coordinator.gpu.reattach_grace_seconds") * 1000,
+        .max_waiters = cfg_u32(cfg, "resource_coordinator.max_waiters"),
+    };
+    jb_error err;
+    if (jb_coord_new(&d->loop, &co, &d->coord, &err) != JB_OK) {
+        d->coord = NULL;
+        fprintf(stderr, "jimbotd: cannot start the resource coordinator: %s\n", err.message);
+        return -1;
+    }
+    if (jb_coord_apply_config(d->coord, cfg, &err) != JB_OK) {
+        fprintf(stderr, "jimbotd: cannot configure the resource coordinator: %s\n", err.message);
+        return -1;
+    }
+    return 0;
 }
 
 /* Loads the configuration; on failure prints every error and returns NULL. */
@@ -480,6 +537,8 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         fprintf(stderr, "jimbotd: cannot start the event bus: %s\n", err.message);
         return -1;
     }
+    if (coord_start(d, cfg) != 0)
+        return -1;
     const char *listen = d->opts.listen;
     if (listen == NULL || listen[0] == '\0')
         listen = jb_config_get_string(cfg, "event_bus.listen", NULL, NULL);
@@ -492,6 +551,7 @@ static int engine_start(jbd_daemon *d, const jb_config *cfg)
         .listen = listen,
         .bus = d->bus,
         .config = d->watcher,
+        .coord = d->coord,
         /* A request holds at least one event of up to max_event_bytes. */
         .max_receive_bytes = max_event + (1u << 20) > (16u << 20) ? max_event + (1u << 20) : 0,
         .max_stream_bytes =
@@ -561,6 +621,7 @@ int main(int argc, char **argv)
         uv_run(&d.loop, UV_RUN_DEFAULT);
         uv_loop_close(&d.loop);
         free(d.state_path);
+        free(d.coord_path);
         return 1;
     }
     jb_log(JB_LOG_INFO, "daemon", "started",
@@ -576,6 +637,7 @@ int main(int argc, char **argv)
         return 1;
     }
     free(d.state_path);
+    free(d.coord_path);
     jb_log(JB_LOG_INFO, "daemon", "stopped", NULL);
     return d.exit_code;
 }

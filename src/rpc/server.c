@@ -144,6 +144,11 @@ int jb__server_draining(const jb_server *srv)
     return srv->draining;
 }
 
+jb_coord *jb__server_coord(const jb_server *srv)
+{
+    return srv->opts.coord;
+}
+
 jb_config_watcher *jb__server_config(const jb_server *srv)
 {
     return srv->opts.config;

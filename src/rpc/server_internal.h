@@ -94,6 +94,7 @@ struct jb__call {
 jb_bus *jb__server_bus(const jb_server *srv);
 int jb__server_draining(const jb_server *srv);
 jb_config_watcher *jb__server_config(const jb_server *srv);
+jb_coord *jb__server_coord(const jb_server *srv);
 size_t jb__server_max_stream_bytes(const jb_server *srv);
 /* The limits a PublishRequest is decoded with (from the server's options). */
 jb__decode_limits jb__server_publish_limits(const jb_server *srv);
@@ -144,6 +145,26 @@ int jb__call_send(jb__call *c, grpc_byte_buffer *bb, size_t bytes);
 void jb__call_end(jb__call *c, grpc_status_code code, const char *details, int drop);
 
 /* ---- services.c ----------------------------------------------------------- */
+
+/* Decodes the call's request with @desc; on failure answers the call
+ * (INVALID_ARGUMENT) and returns NULL. */
+ProtobufCMessage *jb__unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc);
+
+/* While draining: answers UNAVAILABLE "shutting down" with the retry hint and returns 1. */
+int jb__refuse_if_draining(jb__call *c);
+
+/* ---- services_infra.c: Infrastructure's handlers ------------------------- */
+
+void jb__resource_status_start(jb__call *c);
+void jb__acquire_gpu_start(jb__call *c);
+void jb__acquire_gpu_closed(jb__call *c);
+void jb__acquire_gpu_drain(jb__call *c);
+void jb__acquire_gpu_release(jb__call *c);
+void jb__release_gpu_start(jb__call *c);
+void jb__api_quota_start(jb__call *c);
+void jb__api_quota_closed(jb__call *c);
+void jb__api_quota_drain(jb__call *c);
+void jb__api_quota_release(jb__call *c);
 
 /* The methods served, in registration order, and their count. */
 extern const jb__method jb__methods[];

@@ -1,7 +1,8 @@
 /*
  * The methods jimbotd serves (docs/grpc.md): jimbot.infra.v1.EventBus over
- * the jb_bus (ListGroups and DeleteGroup for operators), grpc.health.v1.Health, and
- * Infrastructure.GetResourceStatus. server.c owns the calls' life; this file turns requests into
+ * the jb_bus (ListGroups and DeleteGroup for operators) and grpc.health.v1.Health;
+ * Infrastructure's handlers are in services_infra.c, registered in the table
+ * here. server.c owns the calls' life; this file turns requests into
  * engine calls and engine results into responses and status codes.
  *
  * Invariants:
@@ -60,7 +61,7 @@ static void malformed(jb__call *c, const char *what)
  * the bytes and what they decode to stay within the loop's share of
  * event_bus.max_request_memory_bytes).
  */
-static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
+ProtobufCMessage *jb__unpack_request(jb__call *c, const ProtobufCMessageDescriptor *desc)
 {
     grpc_slice buf;
     if (jb__call_take_payload(c, &buf) != 0) {
@@ -83,7 +84,7 @@ static ProtobufCMessage *unpack_request(jb__call *c, const ProtobufCMessageDescr
     return msg;
 }
 
-static int refuse_if_draining(jb__call *c)
+int jb__refuse_if_draining(jb__call *c)
 {
     if (!jb__server_draining(c->srv))
         return 0;
@@ -126,7 +127,7 @@ static void on_published(jb_status st, const uint64_t *seqs, const uint8_t *dups
 
 static void publish_start(jb__call *c)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
     grpc_slice buf;
     if (jb__call_take_payload(c, &buf) != 0) {
@@ -253,13 +254,13 @@ slow:
 
 static void subscribe_start(jb__call *c)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
     Jimbot__Infra__V1__SubscribeRequest *req =
-        (Jimbot__Infra__V1__SubscribeRequest *)unpack_request(
+        (Jimbot__Infra__V1__SubscribeRequest *)jb__unpack_request(
             c, &jimbot__infra__v1__subscribe_request__descriptor);
     if (req == NULL)
-        return; /* unpack_request() answered */
+        return; /* jb__unpack_request() answered */
     const char *why = NULL;
     if (req->pattern[0] == '\0')
         why = "a subscription needs a pattern";
@@ -323,7 +324,7 @@ static void free_state(jb__call *c)
 
 static void ack_or_nack(jb__call *c, int nack)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
     const char *group;
     const uint64_t *seqs;
@@ -331,20 +332,20 @@ static void ack_or_nack(jb__call *c, int nack)
     uint32_t delay = 0;
     ProtobufCMessage *msg;
     if (nack) {
-        Jimbot__Infra__V1__NackRequest *r = (Jimbot__Infra__V1__NackRequest *)unpack_request(
+        Jimbot__Infra__V1__NackRequest *r = (Jimbot__Infra__V1__NackRequest *)jb__unpack_request(
             c, &jimbot__infra__v1__nack_request__descriptor);
         if (r == NULL)
-            return; /* unpack_request() answered */
+            return; /* jb__unpack_request() answered */
         msg = &r->base;
         group = r->group;
         seqs = r->sequences;
         n = r->n_sequences;
         delay = r->delay_ms;
     } else {
-        Jimbot__Infra__V1__AckRequest *r = (Jimbot__Infra__V1__AckRequest *)unpack_request(
+        Jimbot__Infra__V1__AckRequest *r = (Jimbot__Infra__V1__AckRequest *)jb__unpack_request(
             c, &jimbot__infra__v1__ack_request__descriptor);
         if (r == NULL)
-            return; /* unpack_request() answered */
+            return; /* jb__unpack_request() answered */
         msg = &r->base;
         group = r->group;
         seqs = r->sequences;
@@ -439,11 +440,12 @@ static int by_name(const void *a, const void *b)
 
 static void list_groups_start(jb__call *c)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
-    ProtobufCMessage *req = unpack_request(c, &jimbot__infra__v1__list_groups_request__descriptor);
+    ProtobufCMessage *req =
+        jb__unpack_request(c, &jimbot__infra__v1__list_groups_request__descriptor);
     if (req == NULL)
-        return; /* unpack_request() answered */
+        return; /* jb__unpack_request() answered */
     protobuf_c_message_free_unpacked(req, NULL);
     group_list l = {0};
     jb_bus_foreach_group(jb__server_bus(c->srv), add_group, &l);
@@ -470,13 +472,13 @@ static void list_groups_start(jb__call *c)
 
 static void delete_group_start(jb__call *c)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
     Jimbot__Infra__V1__DeleteGroupRequest *req =
-        (Jimbot__Infra__V1__DeleteGroupRequest *)unpack_request(
+        (Jimbot__Infra__V1__DeleteGroupRequest *)jb__unpack_request(
             c, &jimbot__infra__v1__delete_group_request__descriptor);
     if (req == NULL)
-        return; /* unpack_request() answered */
+        return; /* jb__unpack_request() answered */
     jb_error err;
     jb_status st = jb_bus_delete_group(jb__server_bus(c->srv), req->group, &err);
     protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -515,10 +517,10 @@ static int health_of(const jb__call *c, const char *service)
 static void health_check_start(jb__call *c)
 {
     Grpc__Health__V1__HealthCheckRequest *req =
-        (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
+        (Grpc__Health__V1__HealthCheckRequest *)jb__unpack_request(
             c, &grpc__health__v1__health_check_request__descriptor);
     if (req == NULL)
-        return; /* unpack_request() answered */
+        return; /* jb__unpack_request() answered */
     int status = health_of(c, req->service);
     if (status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN) {
         char msg[320];
@@ -551,13 +553,13 @@ static void health_send(jb__call *c, int status)
 
 static void health_watch_start(jb__call *c)
 {
-    if (refuse_if_draining(c))
+    if (jb__refuse_if_draining(c))
         return;
     Grpc__Health__V1__HealthCheckRequest *req =
-        (Grpc__Health__V1__HealthCheckRequest *)unpack_request(
+        (Grpc__Health__V1__HealthCheckRequest *)jb__unpack_request(
             c, &grpc__health__v1__health_check_request__descriptor);
     if (req == NULL)
-        return; /* unpack_request() answered */
+        return; /* jb__unpack_request() answered */
     watch_state *w = calloc(1, sizeof(*w));
     char *service = strdup(req->service);
     protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -587,73 +589,6 @@ static void health_watch_release(jb__call *c)
     free_state(c);
 }
 
-/* ---- Infrastructure.GetResourceStatus ------------------------------------- */
-
-typedef struct depths {
-    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry *entries;
-    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry **ptrs;
-    size_t n, cap;
-    int oom;
-} depths;
-
-static void add_depth(const char *group, const jb_bus_group_info *info, void *userdata)
-{
-    depths *d = userdata;
-    if (d->oom)
-        return;
-    if (d->n == d->cap) {
-        size_t cap = d->cap ? d->cap * 2 : 16;
-        void *e = realloc(d->entries, cap * sizeof(*d->entries));
-        if (e == NULL) {
-            d->oom = 1;
-            return;
-        }
-        d->entries = e;
-        d->cap = cap;
-    }
-    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry init =
-        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
-    d->entries[d->n] = init;
-    d->entries[d->n].key = (char *)group;
-    d->entries[d->n].value = info->pending > UINT32_MAX ? UINT32_MAX : (uint32_t)info->pending;
-    d->n++;
-}
-
-static void resource_status_start(jb__call *c)
-{
-    if (refuse_if_draining(c))
-        return;
-    ProtobufCMessage *req =
-        unpack_request(c, &jimbot__infra__v1__get_resource_status_request__descriptor);
-    if (req == NULL)
-        return; /* unpack_request() answered */
-    protobuf_c_message_free_unpacked(req, NULL);
-    int64_t limit = 100;
-    jb_config_watcher *w = jb__server_config(c->srv);
-    if (w != NULL)
-        limit = jb_config_get_int(jb_config_watcher_current(w),
-                                  "resource_coordinator.claude.hourly_limit", NULL, NULL);
-    depths d = {0};
-    jb_bus_foreach_group(jb__server_bus(c->srv), add_depth, &d);
-    if (!d.oom && d.n > 0)
-        d.ptrs = malloc(d.n * sizeof(*d.ptrs));
-    if (d.oom || (d.n > 0 && d.ptrs == NULL)) {
-        jb__call_fail(c, JB_ENOMEM, "out of memory", 0);
-    } else {
-        for (size_t i = 0; i < d.n; i++)
-            d.ptrs[i] = &d.entries[i];
-        Jimbot__Infra__V1__ResourceStatus resp = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT;
-        /* No GPU coordinator yet (a later issue): nothing holds the GPU. */
-        resp.gpu_available = 1;
-        resp.claude_requests_remaining = limit < 0 ? 0 : (uint32_t)limit;
-        resp.n_queue_depths = d.n;
-        resp.queue_depths = d.ptrs;
-        jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
-    }
-    free(d.ptrs);
-    free(d.entries);
-}
-
 /* ---- the table ------------------------------------------------------------- */
 
 const jb__method jb__methods[] = {
@@ -667,7 +602,13 @@ const jb__method jb__methods[] = {
     {"/grpc.health.v1.Health/Check", health_check_start, NULL, NULL, NULL},
     {"/grpc.health.v1.Health/Watch", health_watch_start, NULL, health_watch_drain,
      health_watch_release},
-    {"/jimbot.infra.v1.Infrastructure/GetResourceStatus", resource_status_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.Infrastructure/GetResourceStatus", jb__resource_status_start, NULL, NULL,
+     NULL},
+    {"/jimbot.infra.v1.Infrastructure/AcquireGpu", jb__acquire_gpu_start, jb__acquire_gpu_closed,
+     jb__acquire_gpu_drain, jb__acquire_gpu_release},
+    {"/jimbot.infra.v1.Infrastructure/ReleaseGpu", jb__release_gpu_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.Infrastructure/AcquireApiQuota", jb__api_quota_start, jb__api_quota_closed,
+     jb__api_quota_drain, jb__api_quota_release},
 };
 
 const size_t jb__n_methods = sizeof(jb__methods) / sizeof(jb__methods[0]);
