@@ -5,7 +5,7 @@
 # folder), then starts BUILD_DIR/bin/jimbotd on a free loopback port with one
 # GPU device, no NVML and a budget that does not run out
 # (hourly_limit 1000000), runs BUILD_DIR/bench/coord_rpc against it and stops
-# it. Knobs: ROUNDS (500), THREADS (4), SECONDS (3).
+# it. Knobs: ROUNDS (500), THREADS (4), DURATION (3).
 set -euo pipefail
 build=${1:?usage: bench/coord.sh BUILD_DIR}
 tmp=$(mktemp -d)
@@ -40,4 +40,4 @@ for _ in $(seq 1 200); do
 done
 [ -n "$addr" ] || { echo "coord.sh: jimbotd did not start:" >&2; cat "$tmp/jimbotd.log" >&2; exit 1; }
 echo "== coord_rpc (jimbotd at $addr, data on $(df --output=source "$tmp" | tail -1))"
-"$build/bench/coord_rpc" --addr "$addr" -r "${ROUNDS:-500}" -t "${THREADS:-4}" -d "${SECONDS:-3}"
+"$build/bench/coord_rpc" --addr "$addr" -r "${ROUNDS:-500}" -t "${THREADS:-4}" -d "${DURATION:-3}"
