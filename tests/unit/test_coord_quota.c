@@ -128,7 +128,7 @@ static void run_until(fixture *f, const int *flag, int want)
 }
 
 /* Loads a configuration whose resource_coordinator section is @yaml. */
-__attribute__((unused)) static void load_config(fixture *f, const char *yaml)
+static void load_config(fixture *f, const char *yaml)
 {
     FILE *fp = fopen(f->config, "w");
     assert_non_null(fp);
@@ -340,6 +340,427 @@ static void test_write_failure_reported(void **state)
     close_coord(f);
 }
 
+/* ---- Budget harness ------------------------------------------------------- */
+
+typedef struct answer {
+    int done;
+    jb_status status;
+    int has_result;
+    jb_quota_result r;
+    int *order_log; /* appends its tag when answered */
+    int *order_n;
+    int tag;
+} answer;
+
+static void on_answer(jb_status status, const jb_quota_result *r, const jb_error *err, void *ud)
+{
+    answer *a = ud;
+    (void)err;
+    a->done++;
+    a->status = status;
+    a->has_result = r != NULL;
+    if (r != NULL)
+        a->r = *r;
+    if (a->order_log != NULL)
+        a->order_log[(*a->order_n)++] = a->tag;
+}
+
+static jb_status ask(fixture *f, const char *component, uint32_t count, uint32_t wait_ms,
+                     int32_t priority, answer *a, jb_quota_wait **out)
+{
+    jb_quota_request req = {component, count, wait_ms, priority};
+    return jb_coord_quota_acquire(f->co, &req, on_answer, a, out, NULL);
+}
+
+/* Asks for @count at once and waits for the answer. */
+static jb_quota_result take(fixture *f, const char *component, uint32_t count)
+{
+    answer a = {0};
+    assert_int_equal(ask(f, component, count, 0, 0, &a, NULL), JB_OK);
+    assert_int_equal(a.done, 0); /* never from inside the call */
+    run_until(f, &a.done, 1);
+    assert_int_equal(a.status, JB_OK);
+    assert_true(a.has_result);
+    return a.r;
+}
+
+static uint32_t used_now(fixture *f)
+{
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    return info.used;
+}
+
+/* ---- Budget tests --------------------------------------------------------- */
+
+static void test_spends_round_trip_in_state_file(void **state)
+{
+    fixture *f = *state;
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 2).granted);
+    assert_true(take(f, "beta", 1).granted);
+    close_coord(f);
+
+    /* Read the file back the way the coordinator does at start. */
+    jb_coord co = {.loop = &f->loop, .opts = {.state_path = f->path}};
+    jb__state_image img;
+    assert_int_equal(jb__state_open(&co, &img, NULL), JB_OK);
+    assert_int_equal(img.n_leases, 0);
+    assert_int_equal(img.n_spends, 2);
+    int64_t now = jb__coord_wall_ms();
+    uint32_t alpha = 0, beta = 0;
+    for (size_t i = 0; i < img.n_spends; i++) {
+        assert_true(img.spends[i].at_ms <= now);
+        assert_true(img.spends[i].at_ms > now - 60 * 1000);
+        if (strcmp(img.spends[i].component, "alpha") == 0)
+            alpha += img.spends[i].count;
+        if (strcmp(img.spends[i].component, "beta") == 0)
+            beta += img.spends[i].count;
+    }
+    assert_int_equal(alpha, 2);
+    assert_int_equal(beta, 1);
+    jb__state_image_release(&img);
+    jb__state_close(co.state, NULL, NULL);
+}
+
+/* A restart does not refill the budget. */
+static void test_spent_budget_survives_restart(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n");
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    jb_quota_result r = take(f, "alpha", 3);
+    assert_true(r.granted);
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(r.limit, 3);
+    close_coord(f);
+
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    assert_int_equal(used_now(f), 3);
+    r = take(f, "beta", 1);
+    assert_false(r.granted);
+    assert_true(r.retry_after_ms > 0);
+    assert_int_equal(r.remaining, 0);
+}
+
+/* A spend counts exactly window_ms after it was made, not to a fixed boundary. */
+static void test_sliding_window(void **state)
+{
+    fixture *f = *state;
+    load_config(f, SMALL_WINDOW);
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 2).granted);
+    int64_t t0 = jb__coord_wall_ms(); /* not before the first spend */
+    /* Let time pass on the wall clock, then spend the last one. */
+    int later = 0;
+    while (!later) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        later = jb__coord_wall_ms() >= t0 + 600;
+    }
+    assert_true(take(f, "alpha", 1).granted);
+
+    /* One request frees when the first two leave; three only when the last does. */
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    jb_quota_result one = take(f, "beta", 1);
+    jb_quota_result three = take(f, "beta", 3);
+    if (jb__coord_wall_ms() < t0 + 1000) {
+        /* Still inside the first spends' window (a slow machine skips this). */
+        assert_int_equal(info.used, 3);
+        assert_int_equal(info.remaining, 0);
+        assert_true(info.next_slot_ms > t0);
+        assert_true(info.next_slot_ms <= t0 + 1000);
+        assert_false(one.granted);
+        assert_false(three.granted);
+        assert_true(one.retry_after_ms <= 1000);
+        assert_true(three.retry_after_ms > one.retry_after_ms);
+    }
+    assert_int_equal(info.limit, 3);
+    assert_int_equal(info.window_ms, 1000);
+    /* Waiting long enough, the whole budget frees again. */
+    answer a = {0};
+    assert_int_equal(ask(f, "gamma", 3, 10000, 0, &a, NULL), JB_OK);
+    run_until(f, &a.done, 1);
+    assert_int_equal(a.status, JB_OK);
+    assert_true(a.r.granted);
+    assert_int_equal(a.r.remaining, 0);
+}
+
+static void test_wait_priority(void **state)
+{
+    fixture *f = *state;
+    load_config(f, SMALL_WINDOW);
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 2).granted);
+    int log[4], n = 0;
+    answer low = {.order_log = log, .order_n = &n, .tag = 1};
+    answer high = {.order_log = log, .order_n = &n, .tag = 2};
+    /* The low one came first; both need the whole budget, one is left. */
+    assert_int_equal(ask(f, "low", 3, 15000, 0, &low, NULL), JB_OK);
+    assert_int_equal(ask(f, "high", 3, 15000, 5, &high, NULL), JB_OK);
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.waiting, 2);
+    assert_int_equal(info.remaining, 1);
+    /* A request that fits the budget may not overtake them. */
+    jb_quota_result now = take(f, "small", 1);
+    assert_false(now.granted);
+    assert_int_equal(used_now(f), 2);
+    run_until(f, &n, 2);
+    assert_int_equal(log[0], 2);
+    assert_int_equal(log[1], 1);
+    assert_true(high.r.granted);
+    assert_true(low.r.granted);
+}
+
+static void test_wait_deadline(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n    window_seconds: 60\n");
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 3).granted);
+    answer a = {0};
+    assert_int_equal(ask(f, "beta", 1, 50, 0, &a, NULL), JB_OK);
+    run_until(f, &a.done, 1);
+    assert_int_equal(a.status, JB_OK);
+    assert_false(a.r.granted);
+    assert_true(a.r.retry_after_ms > 0);
+    assert_true(a.r.retry_after_ms <= 60000);
+    assert_int_equal(a.r.limit, 3);
+    assert_int_equal(used_now(f), 3);
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.waiting, 0);
+}
+
+typedef struct comps_seen {
+    int n;
+    char name[8][32];
+    uint32_t used[8], share[8];
+} comps_seen;
+
+static void on_component(const jb_quota_component_info *c, void *ud)
+{
+    comps_seen *s = ud;
+    snprintf(s->name[s->n], sizeof(s->name[0]), "%s", c->component);
+    s->used[s->n] = c->used;
+    s->share[s->n] = c->share;
+    s->n++;
+}
+
+static int seen_index(const comps_seen *s, const char *name)
+{
+    for (int i = 0; i < s->n; i++) {
+        if (strcmp(s->name[i], name) == 0)
+            return i;
+    }
+    return -1;
+}
+
+static void test_shares(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 5\n    window_seconds: 60\n"
+                   "    shares:\n      alpha:\n        limit: 2\n      idle:\n        limit: 1\n");
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    jb_error err;
+    jb_quota_request big = {"alpha", 3, 0, 0};
+    assert_int_equal(jb_coord_quota_acquire(f->co, &big, on_answer, NULL, NULL, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "share"));
+
+    jb_quota_result r = take(f, "alpha", 2);
+    assert_true(r.granted);
+    assert_int_equal(r.remaining, 0); /* its share is used up */
+    r = take(f, "alpha", 1);
+    assert_false(r.granted);
+    assert_true(r.retry_after_ms > 0);
+
+    /* A waiter held by its own share does not hold back the others. */
+    answer w = {0};
+    assert_int_equal(ask(f, "alpha", 1, 30000, 9, &w, NULL), JB_OK);
+    r = take(f, "beta", 3);
+    assert_true(r.granted);
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(used_now(f), 5);
+
+    comps_seen seen = {0};
+    jb_coord_foreach_quota_component(f->co, on_component, &seen);
+    assert_int_equal(seen.n, 3);
+    int a = seen_index(&seen, "alpha"), b = seen_index(&seen, "beta"),
+        i = seen_index(&seen, "idle");
+    assert_true(a >= 0 && b >= 0 && i >= 0);
+    assert_int_equal(seen.used[a], 2);
+    assert_int_equal(seen.share[a], 2);
+    assert_int_equal(seen.used[b], 3);
+    assert_int_equal(seen.share[b], 0);
+    assert_int_equal(seen.used[i], 0);
+    assert_int_equal(seen.share[i], 1);
+
+    /* Closing ends the waiter with JB_ECLOSED and no result. */
+    close_coord(f);
+    assert_int_equal(w.done, 1);
+    assert_int_equal(w.status, JB_ECLOSED);
+    assert_false(w.has_result);
+}
+
+static void test_bad_input(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n");
+    assert_int_equal(open_coord(f, 0, 2, NULL), JB_OK);
+    answer never = {0};
+    jb_error err;
+    jb_quota_request req = {"", 1, 0, 0};
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer, &never, NULL, &err), JB_EINVAL);
+    req.component = NULL;
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer, &never, NULL, &err), JB_EINVAL);
+    char longname[JB_COORD_MAX_NAME + 2];
+    memset(longname, 'x', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    req.component = longname;
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer, &never, NULL, &err), JB_EINVAL);
+    req = (jb_quota_request){"alpha", 4, 1000, 0};
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer, &never, NULL, &err), JB_EINVAL);
+    assert_non_null(strstr(err.message, "hourly limit"));
+    assert_int_equal(used_now(f), 0);
+
+    /* A count of 0 means 1. */
+    jb_quota_result r = take(f, "alpha", 0);
+    assert_true(r.granted);
+    assert_int_equal(r.remaining, 2);
+    assert_int_equal(used_now(f), 1);
+    assert_true(take(f, "alpha", 2).granted);
+
+    /* max_waiters (2) wait; the third is refused and nothing changes. */
+    answer w1 = {0}, w2 = {0};
+    assert_int_equal(ask(f, "alpha", 1, 30000, 0, &w1, NULL), JB_OK);
+    assert_int_equal(ask(f, "alpha", 1, 30000, 0, &w2, NULL), JB_OK);
+    req = (jb_quota_request){"alpha", 1, 30000, 0};
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer, &never, NULL, &err),
+                     JB_EBACKPRESSURE);
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.waiting, 2);
+    /* A request that does not wait is still answered. */
+    r = take(f, "alpha", 1);
+    assert_false(r.granted);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    assert_int_equal(never.done, 0);
+    close_coord(f);
+    assert_int_equal(w1.status, JB_ECLOSED);
+    assert_int_equal(w2.status, JB_ECLOSED);
+    assert_int_equal(never.done, 0);
+}
+
+static void test_cancel(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n    window_seconds: 60\n");
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    /* A grant being made durable stays spent, but its callback does not run. */
+    answer g = {0};
+    jb_quota_wait *h = NULL;
+    assert_int_equal(ask(f, "alpha", 2, 0, 0, &g, &h), JB_OK);
+    assert_non_null(h);
+    jb_coord_quota_cancel(h);
+    assert_int_equal(used_now(f), 2);
+
+    /* A waiter withdrawn spends nothing and is never answered. */
+    answer w = {0};
+    assert_int_equal(ask(f, "beta", 2, 30000, 0, &w, &h), JB_OK);
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.waiting, 1);
+    jb_coord_quota_cancel(h);
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.waiting, 0);
+
+    /* An answer not yet delivered is withdrawn too. */
+    answer n = {0};
+    assert_int_equal(ask(f, "beta", 2, 0, 0, &n, &h), JB_OK);
+    jb_coord_quota_cancel(h);
+    jb_coord_quota_cancel(NULL);
+
+    /* Later requests are served and the cancelled ones stay silent. */
+    jb_quota_result r = take(f, "gamma", 1);
+    assert_true(r.granted);
+    assert_int_equal(r.remaining, 0);
+    assert_int_equal(g.done + w.done + n.done, 0);
+    close_coord(f);
+    assert_int_equal(g.done + w.done + n.done, 0);
+}
+
+/* A lowered limit takes nothing back; a raised one serves the waiters. */
+static void test_limit_changes(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n    window_seconds: 60\n");
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 3).granted);
+    answer small = {0}, big = {0};
+    assert_int_equal(ask(f, "beta", 2, 30000, 0, &small, NULL), JB_OK);
+    assert_int_equal(ask(f, "beta", 3, 30000, 0, &big, NULL), JB_OK);
+
+    load_config(f, "  claude:\n    hourly_limit: 2\n    window_seconds: 60\n");
+    assert_int_equal(jb_coord_apply_config(f->co, f->cfg, NULL), JB_OK);
+    /* The one above the new limit can never be granted: it is answered now. */
+    run_until(f, &big.done, 1);
+    assert_false(big.r.granted);
+    assert_int_equal(used_now(f), 3);
+    jb_quota_info info;
+    jb_coord_quota_info(f->co, &info);
+    assert_int_equal(info.remaining, 0);
+    assert_int_equal(info.limit, 2);
+
+    load_config(f, "  claude:\n    hourly_limit: 10\n    window_seconds: 60\n");
+    assert_int_equal(jb_coord_apply_config(f->co, f->cfg, NULL), JB_OK);
+    run_until(f, &small.done, 1);
+    assert_true(small.r.granted);
+    assert_int_equal(small.r.remaining, 5);
+    assert_int_equal(small.r.limit, 10);
+}
+
+/* A spend whose write failed was not spent. */
+static void test_failed_spend_not_spent(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n");
+    char sub[96];
+    snprintf(sub, sizeof(sub), "%s/gone", f->dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    snprintf(f->path, sizeof(f->path), "%s/coord.state", sub);
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    assert_int_equal(rmdir(sub), 0);
+    answer a = {0};
+    assert_int_equal(ask(f, "alpha", 2, 0, 0, &a, NULL), JB_OK);
+    run_until(f, &a.done, 1);
+    assert_int_equal(a.status, JB_EIO);
+    assert_false(a.has_result);
+    assert_int_equal(used_now(f), 0);
+}
+
+/* Many grants in one turn share the writes. */
+static void test_grants_group_commit(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 1000\n");
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    int log[50], n = 0;
+    answer a[50];
+    for (int i = 0; i < 50; i++) {
+        a[i] = (answer){.order_log = log, .order_n = &n, .tag = i};
+        assert_int_equal(ask(f, "alpha", 1, 0, 0, &a[i], NULL), JB_OK);
+    }
+    run_until(f, &n, 50);
+    for (int i = 0; i < 50; i++) {
+        assert_int_equal(a[i].done, 1);
+        assert_true(a[i].r.granted);
+        assert_int_equal(log[i], i); /* answered in the order asked */
+    }
+    assert_true(jb__state_writes(f->co) < 50);
+    assert_int_equal(used_now(f), 50);
+}
+
 int main(void)
 {
     jb_log_set_level(JB_LOG_ERROR);
@@ -351,6 +772,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_without_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spends_round_trip_in_state_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spent_budget_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sliding_window, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_priority, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_deadline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shares, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limit_changes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_failed_spend_not_spent, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_grants_group_commit, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
