@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "coord/coord_internal.h"
+#include "store/crc32c.h"
 #include "jimbot/config.h"
 #include "jimbot/coord.h"
 #include "jimbot/log.h"
@@ -761,6 +762,99 @@ static void test_grants_group_commit(void **state)
     assert_int_equal(used_now(f), 50);
 }
 
+/* Little-endian writers for a file made by hand, as docs/coordinator.md describes it. */
+static unsigned char *put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        *p++ = (unsigned char)(v >> (8 * i));
+    return p;
+}
+
+static unsigned char *put64(unsigned char *p, int64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        *p++ = (unsigned char)((uint64_t)v >> (8 * i));
+    return p;
+}
+
+static unsigned char *putstr(unsigned char *p, const char *s)
+{
+    if (s == NULL)
+        return put32(p, 0xFFFFFFFFu);
+    p = put32(p, (uint32_t)strlen(s));
+    memcpy(p, s, strlen(s));
+    return p + strlen(s);
+}
+
+/* A file written by the documented format loads field for field. */
+static void test_state_format_by_hand(void **state)
+{
+    fixture *f = *state;
+    unsigned char buf[512], *p = buf;
+    memcpy(p, "JBCOORD\n", 8);
+    p = put32(p + 8, 1);
+    unsigned char *len_at = p;
+    p += 4;
+    p = put32(p, 1); /* one lease */
+    p = put32(p, 3);
+    p = put32(p, 4242);
+    p = put64(p, 1700000000000);
+    p = put64(p, 1700000300000);
+    p = putstr(p, "lease-1");
+    p = putstr(p, "training");
+    p = putstr(p, NULL);
+    p = put32(p, 1); /* one spend */
+    p = put64(p, 1700000001000);
+    p = put32(p, 7);
+    p = putstr(p, "claude");
+    put32(len_at, (uint32_t)(p - len_at - 4));
+    p = put32(p, jb__crc32c(0, buf, (size_t)(p - buf)));
+    write_bytes(f->path, buf, (size_t)(p - buf));
+
+    jb_coord co = {.loop = &f->loop, .opts = {.state_path = f->path}};
+    jb__state_image img;
+    assert_int_equal(jb__state_open(&co, &img, NULL), JB_OK);
+    assert_int_equal(img.n_leases, 1);
+    assert_int_equal(img.leases[0].device, 3);
+    assert_int_equal(img.leases[0].pid, 4242);
+    assert_true(img.leases[0].granted_ms == 1700000000000);
+    assert_true(img.leases[0].expires_ms == 1700000300000);
+    assert_string_equal(img.leases[0].lease_id, "lease-1");
+    assert_string_equal(img.leases[0].component, "training");
+    assert_null(img.leases[0].reason);
+    assert_int_equal(img.n_spends, 1);
+    assert_true(img.spends[0].at_ms == 1700000001000);
+    assert_int_equal(img.spends[0].count, 7);
+    assert_string_equal(img.spends[0].component, "claude");
+    jb__state_image_release(&img);
+    jb__state_close(co.state, NULL, NULL);
+
+    /* A version from a newer build is refused as such, not as damage. */
+    put32(buf + 8, 2);
+    size_t n = (size_t)(p - buf);
+    put32(buf + n - 4, jb__crc32c(0, buf, n - 4));
+    write_bytes(f->path, buf, n);
+    jb_error err;
+    assert_int_equal(jb__state_open(&co, &img, &err), JB_EINCOMPATIBLE);
+    assert_non_null(strstr(err.message, f->path));
+}
+
+/* Closing answers a grant still being made durable with JB_ECLOSED, yet it stays spent. */
+static void test_close_keeps_grant_in_flight(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 3\n");
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    answer g = {0};
+    assert_int_equal(ask(f, "alpha", 2, 0, 0, &g, NULL), JB_OK);
+    close_coord(f);
+    assert_int_equal(g.done, 1);
+    assert_int_equal(g.status, JB_ECLOSED);
+    assert_false(g.has_result);
+    assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
+    assert_int_equal(used_now(f), 2);
+}
+
 int main(void)
 {
     jb_log_set_level(JB_LOG_ERROR);
@@ -783,6 +877,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_limit_changes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_spend_not_spent, setup, teardown),
         cmocka_unit_test_setup_teardown(test_grants_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_format_by_hand, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_keeps_grant_in_flight, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
