@@ -570,14 +570,20 @@ static void run_all(pending_list l, jb_status status, const jb_error *err)
     }
 }
 
+static pending *pending_new(jb__persist_cb cb, void *ud)
+{
+    pending *p = malloc(sizeof(*p));
+    if (p == NULL)
+        JB_BUG("out of memory queueing a state write");
+    // cppcheck-suppress nullPointerRedundantCheck ; JB_BUG does not return
+    *p = (pending){cb, ud, NULL};
+    return p;
+}
+
 void jb__coord_persist(jb_coord *co, jb__persist_cb cb, void *userdata)
 {
     jb__state *st = co->state;
-    pending *p = calloc(1, sizeof(*p));
-    if (st == NULL || p == NULL)
-        JB_BUG("persist without a state, or out of memory");
-    p->cb = cb;
-    p->ud = userdata;
+    pending *p = pending_new(cb, userdata);
     *st->next.tail = p;
     st->next.tail = &p->next;
     arm(st);

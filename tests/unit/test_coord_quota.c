@@ -55,8 +55,10 @@ static int rm_entry(const char *path, const struct stat *st, int flag, struct FT
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return -1;
     snprintf(f->dir, sizeof(f->dir), "/tmp/jb_test_coord_quota_XXXXXX");
-    if (f == NULL || mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) != 0)
+    if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
     snprintf(f->path, sizeof(f->path), "%s/coord.state", f->dir);
     snprintf(f->config, sizeof(f->config), "%s/infrastructure.yaml", f->dir);
