@@ -78,7 +78,8 @@ const char *jb_coord_gpu_source(const jb_coord *co)
     return "config";
 }
 
-void jb_coord_foreach_gpu(jb_coord *co, void (*fn)(const jb_gpu_device_info *d, void *ud), void *ud)
+void jb_coord_foreach_gpu(jb_coord *co, void (*fn)(const jb_gpu_device_info *d, void *ud),
+                          void *ud)
 {
     (void)co, (void)fn, (void)ud;
 }
