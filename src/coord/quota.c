@@ -420,13 +420,13 @@ static void on_durable(jb_status status, const jb_error *err, void *ud)
         free(w);
         return;
     }
-    if (status != JB_OK) {
-        /* Not durable: it was not spent. */
-        spend_remove(q, w->spend_id);
-        deliver(w, status, NULL, err);
-    } else {
+    if (status == JB_OK) {
         deliver(w, JB_OK, &w->r, NULL);
+        return;
     }
+    /* Not durable: it was not spent, and the budget it held serves others. */
+    spend_remove(q, w->spend_id);
+    deliver(w, status, NULL, err);
     if (!q->closed) {
         serve(q);
         arm(q);

@@ -857,6 +857,42 @@ static void test_close_keeps_grant_in_flight(void **state)
     assert_int_equal(used_now(f), 2);
 }
 
+/* A callback may close the coordinator: the rest are answered JB_ECLOSED, none after. */
+typedef struct closer {
+    answer a;
+    fixture *f;
+} closer;
+
+static void on_answer_then_close(jb_status status, const jb_quota_result *r, const jb_error *err,
+                                 void *ud)
+{
+    closer *c = ud;
+    on_answer(status, r, err, &c->a);
+    c->f->closed = 0;
+    jb_coord_close(c->f->co, on_coord_closed, c->f);
+    c->f->co = NULL;
+}
+
+static void test_close_from_callback(void **state)
+{
+    fixture *f = *state;
+    load_config(f, "  claude:\n    hourly_limit: 1\n    window_seconds: 60\n");
+    assert_int_equal(open_coord(f, 0, 0, NULL), JB_OK);
+    assert_true(take(f, "alpha", 1).granted);
+    closer c = {.f = f};
+    answer later = {0};
+    jb_quota_request req = {"beta", 1, 20, 0};
+    assert_int_equal(jb_coord_quota_acquire(f->co, &req, on_answer_then_close, &c, NULL, NULL),
+                     JB_OK);
+    assert_int_equal(ask(f, "gamma", 1, 20, 0, &later, NULL), JB_OK);
+    run_until(f, &f->closed, 1);
+    assert_int_equal(c.a.done, 1);
+    assert_int_equal(c.a.status, JB_OK);
+    assert_false(c.a.r.granted);
+    assert_int_equal(later.done, 1);
+    assert_int_equal(later.status, JB_ECLOSED);
+}
+
 int main(void)
 {
     jb_log_set_level(JB_LOG_ERROR);
@@ -881,6 +917,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_grants_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_format_by_hand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_keeps_grant_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_callback, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
