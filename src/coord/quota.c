@@ -10,7 +10,8 @@
  * last one (a wall clock stepped back makes it count a little longer,
  * never shorter). Memory: the sum of the counts in the window is at most
  * the hourly limit in force when they were granted, so there are at most
- * that many entries. Each component that has spends has a small record
+ * that many entries (a grant of the same component in the same millisecond
+ * joins the last one). Each component that has spends has a small record
  * with its total, for shares and the status.
  *
  * Requests: one jb_quota_wait per acquire, in exactly one of these lists:
@@ -172,10 +173,11 @@ static comp *comp_get(jb__quota *q, const char *name)
     return c;
 }
 
-static void comp_put(jb__quota *q, comp *c, uint32_t count)
+/* Takes @count off @c; @drop: one of its spends is gone (the last frees it). */
+static void comp_put(jb__quota *q, comp *c, uint32_t count, int drop)
 {
     c->used -= count;
-    if (--c->n_spends > 0)
+    if (!drop || --c->n_spends > 0)
         return;
     for (comp **pp = &q->comps; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == c) {
@@ -210,12 +212,25 @@ static jb_status spends_reserve(jb__quota *q)
     return JB_OK;
 }
 
-/* Appends a spend (at_ms not before the last one); JB_ENOMEM leaves nothing changed. */
+/*
+ * Appends a spend (at_ms not before the last one; one of the same component
+ * in the same millisecond joins it) and gives its id in *@id (may be NULL).
+ * JB_ENOMEM leaves nothing changed.
+ */
 static jb_status spend_add(jb__quota *q, int64_t at_ms, uint32_t count, const char *component,
                            uint64_t *id)
 {
-    if (q->n > 0 && at_ms < spend_at(q, q->n - 1)->at_ms)
-        at_ms = spend_at(q, q->n - 1)->at_ms;
+    spend *last = q->n > 0 ? spend_at(q, q->n - 1) : NULL;
+    if (last != NULL && at_ms < last->at_ms)
+        at_ms = last->at_ms;
+    if (last != NULL && at_ms == last->at_ms && strcmp(last->c->name, component) == 0) {
+        last->count += count;
+        last->c->used += count;
+        q->used += count;
+        if (id != NULL)
+            *id = last->id;
+        return JB_OK;
+    }
     if (spends_reserve(q) != JB_OK)
         return JB_ENOMEM;
     comp *c = comp_get(q, component);
@@ -231,17 +246,22 @@ static jb_status spend_add(jb__quota *q, int64_t at_ms, uint32_t count, const ch
     return JB_OK;
 }
 
-/* Takes back the spend @id (its write failed); a no-op once it left the window. */
-static void spend_remove(jb__quota *q, uint64_t id)
+/* Takes @count back from spend @id (its write failed); a no-op once it left the window. */
+static void spend_remove(jb__quota *q, uint64_t id, uint32_t count)
 {
     for (size_t i = 0; i < q->n; i++) {
         spend *s = spend_at(q, i);
         if (s->id != id)
             continue;
-        q->used -= s->count;
-        comp_put(q, s->c, s->count);
-        memmove(s, s + 1, (q->n - i - 1) * sizeof(*s));
-        q->n--;
+        if (count > s->count)
+            count = s->count;
+        s->count -= count;
+        q->used -= count;
+        comp_put(q, s->c, count, s->count == 0);
+        if (s->count == 0) {
+            memmove(s, s + 1, (q->n - i - 1) * sizeof(*s));
+            q->n--;
+        }
         return;
     }
 }
@@ -253,7 +273,7 @@ static void expire(jb__quota *q, int64_t now)
     while (q->n > 0 && q->spends[q->first].at_ms + window <= now) {
         spend *s = &q->spends[q->first];
         q->used -= s->count;
-        comp_put(q, s->c, s->count);
+        comp_put(q, s->c, s->count, 1);
         q->first++;
         q->n--;
     }
@@ -425,7 +445,7 @@ static void on_durable(jb_status status, const jb_error *err, void *ud)
         return;
     }
     /* Not durable: it was not spent, and the budget it held serves others. */
-    spend_remove(q, w->spend_id);
+    spend_remove(q, w->spend_id, w->count);
     deliver(w, status, NULL, err);
     if (!q->closed) {
         serve(q);

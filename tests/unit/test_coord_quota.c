@@ -734,11 +734,16 @@ static void test_failed_spend_not_spent(void **state)
     snprintf(f->path, sizeof(f->path), "%s/coord.state", sub);
     assert_int_equal(open_coord(f, 1, 0, NULL), JB_OK);
     assert_int_equal(rmdir(sub), 0);
-    answer a = {0};
+    /* Two grants in one turn (one record in the window), both lost. */
+    answer a = {0}, b = {0};
     assert_int_equal(ask(f, "alpha", 2, 0, 0, &a, NULL), JB_OK);
-    run_until(f, &a.done, 1);
+    assert_int_equal(ask(f, "alpha", 1, 0, 0, &b, NULL), JB_OK);
+    assert_int_equal(used_now(f), 3);
+    run_until(f, &b.done, 1);
+    assert_int_equal(a.done, 1);
     assert_int_equal(a.status, JB_EIO);
     assert_false(a.has_result);
+    assert_int_equal(b.status, JB_EIO);
     assert_int_equal(used_now(f), 0);
 }
 
