@@ -34,10 +34,13 @@
  * durable, or with the write's error.
  *
  * Handles are made lazily (the first persist or the close), so a state
- * closed right after jb__state_open with no callback frees at once. Close
- * writes the final image once (after any write in flight), closes the
- * timer and then calls back. Without a state path nothing is written and
- * persist callbacks run on the next loop turn.
+ * closed right after jb__state_open with no callback frees at once. A
+ * close without a callback (jb_coord_new failing) writes nothing and drops
+ * the pending callbacks unrun, because the parts go away at once. A close
+ * with one writes the final image once (after any write in flight), closes
+ * the timer and then calls back, always on a later loop turn. Without a
+ * state path nothing is written and persist callbacks run on the next loop
+ * turn.
  *
  * Loop thread only, except write_file(), which runs on the threadpool and
  * touches nothing but the encoded buffer and the paths.
@@ -96,6 +99,7 @@ struct jb__state {
     uint64_t writes;
     int closing;
     int final_started; /* a write whose image was taken after close began */
+    int abandoned;     /* closed without a callback: nothing more is written or called */
     void (*close_cb)(void *ud);
     void *close_ud;
 };
@@ -580,6 +584,16 @@ static pending *pending_new(jb__persist_cb cb, void *ud)
     return p;
 }
 
+/* Frees the callbacks of @l without running them. */
+static void drop_all(pending_list l)
+{
+    while (l.head != NULL) {
+        pending *next = l.head->next;
+        free(l.head);
+        l.head = next;
+    }
+}
+
 void jb__coord_persist(jb_coord *co, jb__persist_cb cb, void *userdata)
 {
     jb__state *st = co->state;
@@ -612,6 +626,7 @@ static void do_write(uv_work_t *w)
 }
 
 static void maybe_finish_close(jb__state *st);
+static void on_kick_closed(uv_handle_t *h);
 
 static void after_write(uv_work_t *w, int status)
 {
@@ -624,6 +639,11 @@ static void after_write(uv_work_t *w, int status)
     if (st->wstatus != JB_OK)
         jb_log(JB_LOG_ERROR, "coord", "cannot write the state file", "path=%s reason=\"%s\"",
                st->path, st->werr.message);
+    if (st->abandoned) {
+        drop_all(take(&st->inflight));
+        uv_close((uv_handle_t *)&st->kick, on_kick_closed);
+        return;
+    }
     jb_error werr = st->werr;
     run_all(take(&st->inflight), st->wstatus, &werr);
     if (st->next.head != NULL || (st->closing && !st->final_started))
@@ -703,9 +723,19 @@ void jb__state_close(jb__state *st, void (*cb)(void *ud), void *ud)
     st->closing = 1;
     st->close_cb = cb;
     st->close_ud = ud;
-    if (cb == NULL && !st->kick_ready) {
-        /* Right after open: nothing was changed, nothing is written. */
-        state_free(st);
+    if (cb == NULL) {
+        /* jb_coord_new failed: the parts are freed at once, nothing is written. */
+        st->abandoned = 1;
+        drop_all(take(&st->next));
+        if (st->writing)
+            return; /* after_write closes */
+        if (!st->kick_ready) {
+            state_free(st);
+            return;
+        }
+        uv_timer_stop(&st->kick);
+        st->kick_armed = 0;
+        uv_close((uv_handle_t *)&st->kick, on_kick_closed);
         return;
     }
     if (st->path == NULL)

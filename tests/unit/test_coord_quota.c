@@ -898,6 +898,25 @@ static void test_close_from_callback(void **state)
     assert_int_equal(later.status, JB_ECLOSED);
 }
 
+/* A close without a callback (jb_coord_new failing) runs no pending callback. */
+static void test_state_abandoned(void **state)
+{
+    fixture *f = *state;
+    persisted p = {0};
+    persist_arg a = {&p, 0};
+    for (int in_flight = 0; in_flight < 2; in_flight++) {
+        jb_coord co = {.loop = &f->loop, .opts = {.state_path = f->path}};
+        jb__state_image img;
+        assert_int_equal(jb__state_open(&co, &img, NULL), JB_OK);
+        jb__coord_persist(&co, on_persisted, &a);
+        if (in_flight)
+            uv_run(&f->loop, UV_RUN_NOWAIT); /* the write starts */
+        jb__state_close(co.state, NULL, NULL);
+        uv_run(&f->loop, UV_RUN_DEFAULT);
+        assert_int_equal(p.done, 0);
+    }
+}
+
 int main(void)
 {
     jb_log_set_level(JB_LOG_ERROR);
@@ -909,6 +928,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_without_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_state_abandoned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spends_round_trip_in_state_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spent_budget_survives_restart, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sliding_window, setup, teardown),
