@@ -136,6 +136,12 @@ static const jb__coord_settings *settings(const jb__gpu *g)
     return &g->co->set;
 }
 
+/* The keepalive interval; never under the schema's minimum, so the timer never spins. */
+static uint64_t keepalive_ms(const jb__gpu *g)
+{
+    return settings(g)->keepalive_ms < 100 ? 100 : settings(g)->keepalive_ms;
+}
+
 /* ---- Handles ---------------------------------------------------------------- */
 
 static void handle_free(jb_gpu_lease *h)
@@ -351,8 +357,10 @@ static void on_persisted(jb_status status, const jb_error *err, void *ud);
 static void persist(jb__gpu *g, uint32_t device, uint64_t gen)
 {
     ticket *t = malloc(sizeof(*t));
-    if (t == NULL)
+    if (t == NULL) {
         JB_BUG("out of memory");
+        return; /* for the analysers: JB_BUG does not return */
+    }
     *t = (ticket){g, device, gen};
     g->tickets++;
     jb__coord_persist(g->co, on_persisted, t);
@@ -533,7 +541,7 @@ static void held_tick(gpu_dev *d, uint64_t now)
     } else if (now >= d->expires_mono) {
         end_and_tell(d, "expired", JB_ELEASE_EXPIRED);
     } else if (now >= d->next_keepalive) {
-        d->next_keepalive = now + s->keepalive_ms;
+        d->next_keepalive = now + keepalive_ms(d->g);
         if (process_gone(d->pid)) {
             jb_log(JB_LOG_WARN, "coord", "GPU lease holder's process is gone: releasing",
                    "device=%u pid=%u", d->index, d->pid);
@@ -648,7 +656,7 @@ static void grant_durable(gpu_dev *d, jb_status status, const jb_error *err)
         return;
     }
     d->state = DEV_HELD;
-    d->next_keepalive = now_ms(g) + settings(g)->keepalive_ms;
+    d->next_keepalive = now_ms(g) + keepalive_ms(g);
     jb_log(JB_LOG_INFO, "coord", "GPU lease granted",
            "device=%u lease=%s component=%s pid=%u expires_ms=%" PRId64, d->index, d->lease_id,
            d->component, d->pid, d->expires_wall);
@@ -925,7 +933,7 @@ void jb__gpu_settings_changed(jb__gpu *g)
     for (uint32_t i = 0; i < g->n_devices; i++) {
         gpu_dev *d = &g->devs[i];
         if (d->state == DEV_HELD)
-            d->next_keepalive = min_u64(d->next_keepalive, now + settings(g)->keepalive_ms);
+            d->next_keepalive = min_u64(d->next_keepalive, now + keepalive_ms(g));
         dev_arm(d);
     }
     pump_schedule(g);
@@ -1044,7 +1052,7 @@ static void reattach(jb__gpu *g, gpu_dev *d, jb_gpu_lease *h)
     if (h->pid != 0)
         d->pid = h->pid;
     d->expiring_sent = 0;
-    d->next_keepalive = now_ms(g) + settings(g)->keepalive_ms;
+    d->next_keepalive = now_ms(g) + keepalive_ms(g);
     jb_log(JB_LOG_INFO, "coord", "GPU lease re-attached", "device=%u lease=%s component=%s",
            d->index, d->lease_id, d->component);
     dev_arm(d);
