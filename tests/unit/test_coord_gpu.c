@@ -23,6 +23,7 @@
 #include "jimbot/log.h"
 
 #include <ftw.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -767,6 +768,132 @@ static void test_restart_reattach(void **state)
     close_coord(f);
 }
 
+/* A lease callback that cancels its own handle on the event kind it is given. */
+typedef struct self_cancel {
+    rec r;
+    jb_gpu_event_kind on;
+} self_cancel;
+
+static void on_event_cancel(jb_gpu_lease *lease, const jb_gpu_event *ev, void *ud)
+{
+    self_cancel *c = ud;
+    on_event(lease, ev, &c->r);
+    if (ev->kind == c->on)
+        jb_coord_gpu_cancel(lease);
+}
+
+static void test_cancel_inside_callback(void **state)
+{
+    fixture *f = *state;
+    open_devices(f, 1, NULL);
+    self_cancel holder = {.r.f = f, .on = JB_GPU_GRANTED};
+    self_cancel waiter = {.r.f = f, .on = JB_GPU_QUEUED};
+    rec next = {0};
+    jb_gpu_request req = {.component = "a"};
+    jb_error err;
+    assert_int_equal(
+        jb_coord_gpu_acquire(f->co, &req, on_event_cancel, &holder, &holder.r.lease, &err), JB_OK);
+    req.component = "b";
+    assert_int_equal(
+        jb_coord_gpu_acquire(f->co, &req, on_event_cancel, &waiter, &waiter.r.lease, &err), JB_OK);
+    acquire(f, "c", 0, &next);
+    /* The holder leaves in its GRANTED, the waiter in its QUEUED: c gets the device. */
+    wait_for(f, &next.granted, 1);
+    assert_int_equal(holder.r.n, 1);
+    assert_int_equal(waiter.r.n, 1);
+    close_coord(f);
+}
+
+/* A waiter that cancels another lease when it is told its position. */
+typedef struct canceller {
+    rec r;
+    rec *victim;
+} canceller;
+
+static void on_event_cancel_other(jb_gpu_lease *lease, const jb_gpu_event *ev, void *ud)
+{
+    canceller *c = ud;
+    on_event(lease, ev, &c->r);
+    if (ev->kind == JB_GPU_QUEUED && c->victim->lease != NULL) {
+        jb_coord_gpu_cancel(c->victim->lease);
+        c->victim->lease = NULL;
+    }
+}
+
+static void test_cancel_before_durable(void **state)
+{
+    fixture *f = *state;
+    open_devices(f, 1, NULL);
+    rec a = {0};
+    canceller b = {.r.f = f, .victim = &a};
+    acquire(f, "a", 0, &a);
+    jb_gpu_request req = {.component = "b"};
+    jb_error err;
+    assert_int_equal(jb_coord_gpu_acquire(f->co, &req, on_event_cancel_other, &b, &b.r.lease, &err),
+                     JB_OK);
+    /* b hears its position in the turn a's grant is made, before it is durable, and
+     * cancels a: a never hears GRANTED, and b gets the device. */
+    wait_for(f, &b.r.granted, 1);
+    assert_int_equal(b.r.queued, 1);
+    assert_int_equal(a.n, 0);
+    close_coord(f);
+}
+
+/* Closes the coordinator from inside a lease callback. */
+typedef struct closer {
+    rec r;
+    int closed;
+} closer;
+
+static void on_event_close(jb_gpu_lease *lease, const jb_gpu_event *ev, void *ud)
+{
+    closer *c = ud;
+    on_event(lease, ev, &c->r);
+    if (ev->kind == JB_GPU_QUEUED)
+        jb_coord_close(c->r.f->co, on_closed, &c->closed);
+}
+
+static void test_close_inside_callback(void **state)
+{
+    fixture *f = *state;
+    open_devices(f, 1, NULL);
+    rec a = {0}, b = {0};
+    closer c = {.r.f = f};
+    acquire(f, "a", 0, &a);
+    wait_for(f, &a.granted, 1);
+    jb_gpu_request req = {.component = "c"};
+    jb_error err;
+    assert_int_equal(jb_coord_gpu_acquire(f->co, &req, on_event_close, &c, &c.r.lease, &err),
+                     JB_OK);
+    acquire(f, "b", 0, &b);
+    wait_for(f, &c.closed, 1);
+    f->co = NULL;
+    assert_int_equal(c.r.ended, 1);
+    assert_int_equal(c.r.status, JB_ECLOSED);
+    /* b waited behind c: it ends too, the holder hears nothing more. */
+    assert_int_equal(b.ended, 1);
+    assert_int_equal(b.status, JB_ECLOSED);
+    assert_int_equal(b.queued, 0);
+    assert_int_equal(a.n, 1);
+}
+
+static void test_detach_waiter(void **state)
+{
+    fixture *f = *state;
+    open_devices(f, 1, NULL);
+    rec a = {0}, b = {0}, c = {0};
+    acquire(f, "a", 0, &a);
+    wait_for(f, &a.granted, 1);
+    acquire(f, "b", 0, &b);
+    acquire(f, "c", 0, &c);
+    wait_for(f, &c.queued, 1);
+    jb_coord_gpu_detach(b.lease); /* a waiter simply leaves */
+    wait_for(f, &c.queued, 2);
+    assert_int_equal(c.position, 1);
+    assert_int_equal(waiters(f).n, 1);
+    close_coord(f);
+}
+
 /* ---- with the fake NVML ------------------------------------------------- */
 
 static void open_nvml(fixture *f, const char *script, const char *yaml)
@@ -858,6 +985,44 @@ static void test_nvml_release_timeout(void **state)
     close_coord(f); /* before the recs on this stack go */
 }
 
+static void test_nvml_descendants(void **state)
+{
+    fixture *f = *state;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    char script[256];
+    snprintf(script, sizeof(script),
+             "device 0 name=NVIDIA-H200 uuid=GPU-0000 total=1000 used=710\n"
+             "process 0 pid=%d used=700\n"
+             "process 0 pid=1 used=5\n",
+             (int)child);
+    open_nvml(f, script, NULL);
+    rec a = {0};
+    jb_gpu_request req = {.component = "training", .pid = (uint32_t)getpid()};
+    assert_int_equal(acquire_full(f, &req, &a), JB_OK);
+    wait_for(f, &a.granted, 1);
+    jb_gpu_release_info info = {0};
+    release(f, &a, &info);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    /* The child of the holder counts; another process on the device does not. */
+    assert_int_equal(info.memory_held_bytes, 700);
+    close_coord(f);
+}
+
+static void test_nvml_init_fails(void **state)
+{
+    fixture *f = *state;
+    open_nvml(f, "init fail\ndevice 0 name=X uuid=GPU-X total=1 used=0\n", NULL);
+    assert_string_equal(jb_coord_gpu_source(f->co), "config");
+    assert_int_equal(devices(f).n, 1);
+    close_coord(f);
+}
+
 static void test_holder_process_dies(void **state)
 {
     fixture *f = *state;
@@ -895,7 +1060,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restore_and_save, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_reattach, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_inside_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cancel_before_durable, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_inside_callback, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_detach_waiter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_discovery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvml_descendants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvml_init_fails, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_missing, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_confirmed_release, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_release_timeout, setup, teardown),
