@@ -133,8 +133,9 @@ class CoordinatorTest(unittest.TestCase):
         return lease
 
     def restart(self, sig=signal.SIGTERM):
-        self.ch.close()
+        # The daemon first: closing the channel first would cancel the streams on it.
         self.d.stop(sig)
+        self.ch.close()
         self.d.start()
         self.ch = self.d.channel()
         self.s = jbtest.Stubs(self.ch)
