@@ -339,8 +339,8 @@ class _StreamLease(GpuLease):
                     try:
                         ev = await asyncio.wait_for(call.read(), max(left, 0.001))
                     except asyncio.TimeoutError:
-                        return UnavailableError(f"jimbotd at {self._infra.addr} did not answer"
-                                                ), False
+                        return self._gave_up(UnavailableError(
+                            f"jimbotd at {self._infra.addr} did not answer")), False
                 else:
                     ev = await call.read()
                 if ev is grpc.aio.EOF:
