@@ -636,8 +636,11 @@ class MockInfrastructure(GpuApi):
     Budget: an exact sliding window of ``window_seconds`` holding
     ``hourly_limit`` requests, optional per-component ``shares``
     (component -> limit); ``wait`` keeps a request until budget frees up,
-    higher priority first then first come (a waiter that does not fit
-    blocks those behind it, unless only its own share stops it).
+    higher priority first then first come, strictly in that order as
+    jimbotd serves them: a waiter that the budget cannot serve blocks those
+    behind it (one that only its own share stops is passed over), and a
+    request without ``wait`` takes its place in that order too, granted only
+    when it would be served now.
 
     Time is ``clock`` (a callable giving seconds since the epoch; by default
     the real ``time.time``, timers then run on the event loop). With a
@@ -833,29 +836,31 @@ class MockInfrastructure(GpuApi):
     def _used(self, component: Optional[str] = None) -> int:
         return sum(c for _, c, comp in self._spends if component is None or comp == component)
 
-    def _blocker(self, component: str, count: int) -> Optional[str]:
-        """None when ``count`` fits now; else "budget" or "share"."""
-        self._purge(self._now())
-        if self._used() + count > self.hourly_limit:
-            return "budget"
-        share = self._share(component)
-        if share and self._used(component) + count > share:
-            return "share"
-        return None
-
     def _share(self, component: str) -> int:
         share = self.shares.get(component)
         if isinstance(share, dict):
             share = share.get("limit")
         return int(share or 0)
 
-    def _retry_after_ms(self, component: str, count: int) -> int:
+    def _share_blocked(self, w: _QuotaWaiter) -> bool:
+        share = self._share(w.component)
+        return bool(share) and self._used(w.component) + w.count > share
+
+    def _retry_after_ms(self, w: _QuotaWaiter) -> int:
+        """Until the window has freed what the waiters ahead of ``w`` (not
+        held by their shares) and ``w`` need, and ``w``'s share its count."""
         now = self._now()
+        ahead = 0
+        for a in self._quota_waiters:
+            if a is w:
+                break
+            if not self._share_blocked(a):
+                ahead += a.count
         waits = [0.0]
-        for limit, comp in ((self.hourly_limit, None), (self._share(component), component)):
-            if not limit:
-                continue
-            excess = self._used(comp) + count - limit
+        needs = ((self._used() + ahead + w.count - self.hourly_limit, None),
+                 (self._used(w.component) + w.count - self._share(w.component)
+                  if self._share(w.component) else 0, w.component))
+        for excess, comp in needs:
             for t, c, who in self._spends:
                 if excess <= 0:
                     break
@@ -870,10 +875,12 @@ class MockInfrastructure(GpuApi):
 
     async def api_quota(self, component: str, count: int = 1, *, wait: Optional[float] = None,
                         priority: int = 0) -> QuotaGrant:
-        """As :meth:`jimbot.Infrastructure.api_quota`."""
+        """As :meth:`jimbot.Infrastructure.api_quota`. A request takes its
+        place among the waiters (priority, then arrival) also without
+        ``wait``: it is granted only when it would be served now."""
         self._check_open()
         _check_name("component", component, MAX_COMPONENT_BYTES, True)
-        if not isinstance(count, int) or count < 0:
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise InvalidArgumentError(f"count must be a non-negative integer, not {count!r}")
         count = count or 1
         share = self._share(component)
@@ -881,19 +888,15 @@ class MockInfrastructure(GpuApi):
             raise InvalidArgumentError(
                 f"{count} requests can never be granted (hourly limit {self.hourly_limit}"
                 + (f", share of '{component}' {share}" if share else "") + ")")
-        if self._blocker(component, count) is None:
-            return self._spend(component, count)
-        if not wait or wait <= 0:
-            resp = pb_infra.AcquireApiQuotaResponse(
-                granted=False, remaining=max(0, self.hourly_limit - self._used()),
-                retry_after_ms=self._retry_after_ms(component, count), limit=self.hourly_limit)
-            return quota_answer(resp, component, count)
-        if len(self._quota_waiters) >= self.max_waiters:
+        waiting = wait is not None and wait > 0
+        if waiting and len(self._quota_waiters) >= self.max_waiters:
             raise BackpressureError(f"{len(self._quota_waiters)} budget waiters already")
         fut = asyncio.get_running_loop().create_future()
-        w = _QuotaWaiter(component, count, priority, next(self._seq), self._now() + wait, fut)
+        w = _QuotaWaiter(component, count, priority, next(self._seq),
+                         self._now() + (wait if waiting else 0), fut)
         self._quota_waiters.append(w)
         self._quota_waiters.sort(key=lambda x: (-x.priority, x.seq))
+        self._serve_quota()
         self._schedule()
         try:
             return await fut
@@ -902,27 +905,30 @@ class MockInfrastructure(GpuApi):
                 self._quota_waiters.remove(w)
 
     def _serve_quota(self) -> None:
+        """Serve the waiters strictly in order (one that only its own share
+        holds is passed over; one the budget cannot serve blocks the rest),
+        then answer those whose wait ran out."""
         now = self._now()
+        self._purge(now)
         for w in list(self._quota_waiters):
             if w.future.done():
                 self._quota_waiters.remove(w)
+            elif self._share_blocked(w):
                 continue
-            blocker = self._blocker(w.component, w.count)
-            if blocker is None:
+            elif self._used() + w.count <= self.hourly_limit:
                 self._quota_waiters.remove(w)
                 w.future.set_result(self._spend(w.component, w.count))
-            elif w.deadline <= now:
-                self._quota_waiters.remove(w)
-                resp = pb_infra.AcquireApiQuotaResponse(
-                    granted=False, remaining=max(0, self.hourly_limit - self._used()),
-                    retry_after_ms=self._retry_after_ms(w.component, w.count),
-                    limit=self.hourly_limit)
-                try:
-                    quota_answer(resp, w.component, w.count)
-                except RateLimitedError as e:
-                    w.future.set_exception(e)
-            elif blocker == "budget":
+            else:
                 break
+        for w in [w for w in self._quota_waiters if w.deadline <= now]:
+            resp = pb_infra.AcquireApiQuotaResponse(
+                granted=False, remaining=max(0, self.hourly_limit - self._used()),
+                retry_after_ms=self._retry_after_ms(w), limit=self.hourly_limit)
+            self._quota_waiters.remove(w)
+            try:
+                quota_answer(resp, w.component, w.count)
+            except RateLimitedError as e:
+                w.future.set_exception(e)
 
     # -- status and lifetime --------------------------------------------------------------------
 

@@ -270,6 +270,31 @@ class QuotaTest(unittest.IsolatedAsyncioTestCase):
         clock.advance(1)                     # the second frees
         self.assertEqual((await asyncio.wait_for(low, STEP)).remaining, 0)
 
+    async def test_nobody_overtakes_a_waiter(self):
+        clock = FakeClock()
+        infra = MockInfrastructure(clock=clock, hourly_limit=3, window_seconds=100,
+                                   shares={"capped": 1})
+        await infra.api_quota("strategy", count=2)       # t=0
+        clock.advance(5)
+        await infra.api_quota("capped")                  # t=5: its share is used up
+        clock.advance(5)                                 # t=10, the budget is full
+        capped = asyncio.ensure_future(infra.api_quota("capped", wait=500, priority=9))
+        big = asyncio.ensure_future(infra.api_quota("a", wait=500, count=2, priority=5))
+        await asyncio.sleep(0)
+        # The waiter ahead needs two: a lower request does not overtake it, so
+        # it must wait for three to free (t=100 and t=105); the share-held
+        # waiter is passed over.
+        with self.assertRaises(errors.RateLimitedError) as cm:
+            await infra.api_quota("b", priority=1)
+        self.assertEqual(cm.exception.retry_after, 95.0)
+        self.assertEqual(cm.exception.remaining, 0)
+        clock.advance(90)                                # t=100: strategy's two free
+        await asyncio.sleep(0)
+        self.assertEqual(big.result().remaining, 0)
+        self.assertFalse(capped.done())
+        clock.advance(5)                                 # t=105: capped's own spend frees
+        self.assertEqual((await asyncio.wait_for(capped, STEP)).remaining, 0)
+
     async def test_a_wait_that_runs_out(self):
         clock = FakeClock()
         infra = MockInfrastructure(clock=clock, hourly_limit=1, window_seconds=100)
