@@ -15,8 +15,11 @@ from the configuration (no NVML):
   warning, then LeaseExpiredError, and the next waiter is served;
 * re-attach: the daemon restarted (SIGTERM, and SIGKILL) under a held lease:
   the client re-attaches to the same lease and device;
+* max_waiters 1: one waiter more is BackpressureError with a retry hint;
+  a waiter queues again after a daemon restart and is served;
 * the API budget (hourly_limit 3): spends, not granted with retry_after,
   the spent budget survives a restart (SIGTERM and SIGKILL, same data dir);
+  a component's share;
   waiting with priorities (window_seconds 4: the budget frees during the
   test and the higher-priority waiter is granted first), a wait that runs
   out;
@@ -45,6 +48,7 @@ STEP = 30.0  # seconds any single wait may take before the test fails
 
 GPU = """\
 resource_coordinator:
+  max_waiters: {max_waiters}
   gpu:
     devices: 1
     nvml_library: ''
@@ -55,11 +59,13 @@ resource_coordinator:
   claude:
     hourly_limit: {limit}
     window_seconds: {window}
-"""
+{shares}"""
 
 
-def config(max_alloc=300, warning=30, limit=100, window=3600):
-    return GPU.format(max_alloc=max_alloc, warning=warning, limit=limit, window=window)
+def config(max_alloc=300, warning=30, limit=100, window=3600, max_waiters=1024, shares=None):
+    lines = "".join(f"      {c}: {{limit: {n}}}\n" for c, n in (shares or {}).items())
+    return GPU.format(max_alloc=max_alloc, warning=warning, limit=limit, window=window,
+                      max_waiters=max_waiters, shares=("    shares:\n" + lines) if lines else "")
 
 
 # A child process holding the GPU: prints "granted <lease_id>" and holds until killed.
@@ -281,6 +287,49 @@ class GpuTest(DaemonTestCase):
         await holder.release()
 
 
+class MaxWaitersTest(DaemonTestCase):
+    CONFIG = config(max_waiters=1)
+
+    async def test_too_many_waiters(self):
+        holder = await self.infra.acquire_gpu("training")
+        waiter = self.client().start_gpu("x")
+
+        async def queued():
+            return waiter.position == 1
+        await self.until(queued, "the waiter")
+        with self.assertRaises(errors.BackpressureError) as cm:
+            await self.client().acquire_gpu("y")
+        self.assertIsNotNone(cm.exception.retry_after_ms)
+        self.assertEqual(len(await self.waiters()), 1)
+        await holder.release()
+        await asyncio.wait_for(waiter.wait_granted(), STEP)
+        await waiter.release()
+
+
+class WaiterRestartTest(DaemonTestCase):
+
+    async def test_a_waiter_queues_again_after_a_restart(self):
+        proc = await self.child(HOLDER, "analytics")
+        line = (await asyncio.wait_for(proc.stdout.readline(), STEP)).decode().split()
+        self.assertEqual(line[0], "granted")
+        waiter = self.infra.start_gpu("x", reason="patient")
+
+        async def queued():
+            return waiter.position == 1
+        await self.until(queued, "the waiter")
+        await self.restart()
+
+        async def waiting_again():
+            return [w.reason for w in (await self.infra.status()).gpu_waiters] == ["patient"]
+        await self.until(waiting_again, "the waiter queued again")
+        self.assertFalse(waiter.ended.is_set())
+        proc.send_signal(signal.SIGKILL)      # the holder (re-attached) goes away
+        await proc.wait()
+        await asyncio.wait_for(waiter.wait_granted(), STEP)
+        self.assertEqual((await self.infra.status()).gpus[0].reason, "patient")
+        await waiter.release()
+
+
 class ExpiryTest(DaemonTestCase):
     CONFIG = config(max_alloc=2, warning=1)
 
@@ -330,7 +379,20 @@ class ReattachTest(DaemonTestCase):
 
 
 class QuotaTest(DaemonTestCase):
-    CONFIG = config(limit=3)
+    CONFIG = config(limit=3, shares={"analytics": 1})
+
+    async def test_shares(self):
+        with self.assertRaises(errors.InvalidArgumentError):     # over its share: never
+            await self.infra.api_quota("analytics", count=2)
+        await self.infra.api_quota("analytics")
+        with self.assertRaises(errors.RateLimitedError) as cm:
+            await self.infra.api_quota("analytics")
+        self.assertGreater(cm.exception.retry_after, 0)
+        g = await self.infra.api_quota("strategy", count=2)       # the rest of the budget
+        self.assertEqual(g.remaining, 0)
+        st = await self.infra.status()
+        self.assertEqual({c.component: (c.used, c.share) for c in st.claude_components},
+                         {"analytics": (1, 1), "strategy": (2, 0)})
 
     async def test_spend_refuse_and_survive_restarts(self):
         g = await self.infra.api_quota("strategy", count=2)
@@ -346,7 +408,8 @@ class QuotaTest(DaemonTestCase):
         self.assertEqual((st.claude_hourly_limit, st.claude_requests_used,
                           st.claude_requests_remaining), (3, 3, 0))
         self.assertGreater(st.claude_next_slot_ms, 0)
-        self.assertEqual({c.component: c.used for c in st.claude_components}, {"strategy": 3})
+        self.assertEqual({c.component: c.used for c in st.claude_components if c.used},
+                         {"strategy": 3})
         for sig in (signal.SIGTERM, signal.SIGKILL):
             await self.restart(sig)
             infra = self.client()
