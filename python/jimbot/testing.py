@@ -943,7 +943,8 @@ class MockInfrastructure(GpuApi):
             d = st.gpus.add(index=i, available=lease is None)
             if lease is not None:
                 d.holder, d.lease_id = lease.component, lease.lease_id
-                d.expires_ms, d.granted_ms = int(lease.deadline * 1000), int(lease.granted_at * 1000)
+                d.expires_ms = int(lease.deadline * 1000)
+                d.granted_ms = int(lease.granted_at * 1000)
                 d.reason, d.holder_pid = lease.request.reason, lease.request.pid
         free = [lease is None for lease in self._holders]
         st.gpu_available = any(free)

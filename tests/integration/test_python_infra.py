@@ -142,7 +142,8 @@ class DaemonTestCase(unittest.IsolatedAsyncioTestCase):
             await asyncio.sleep(0.02)
 
     async def waiters(self):
-        return [(w.component, w.priority, w.reason) for w in (await self.infra.status()).gpu_waiters]
+        st = await self.infra.status()
+        return [(w.component, w.priority, w.reason) for w in st.gpu_waiters]
 
     async def child(self, script, *args):
         proc = await asyncio.create_subprocess_exec(
