@@ -17,7 +17,7 @@ DATA_DIR ?= var
 export ASAN_OPTIONS ?= detect_leaks=1:abort_on_error=0:strict_string_checks=1
 export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 
-.PHONY: all build deps configure test run bench schema-check schema-baseline format lint fuzz clean help config-doc
+.PHONY: all build deps configure test run bench schema-check schema-baseline format lint fuzz clean help config-doc python-wheel
 
 all: build
 
@@ -33,6 +33,7 @@ help:
 	@echo "make lint             cppcheck and the format check"
 	@echo "make fuzz             build the libFuzzer harnesses with clang (build-fuzz/)"
 	@echo "make config-doc       regenerate docs/configuration.md from the configuration table"
+	@echo "make python-wheel     build the jimbot Python package as a wheel in $(BUILD)/dist/"
 	@echo "make clean            remove build folders"
 
 deps:
@@ -79,6 +80,9 @@ fuzz:
 
 config-doc: build
 	@$(BUILD)/bin/jimbot-config-doc docs/configuration.md.in docs/configuration.md
+
+python-wheel: build
+	@bash scripts/python_wheel.sh $(BUILD)
 
 clean:
 	rm -rf build build-san build-fuzz

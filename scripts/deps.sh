@@ -20,6 +20,8 @@ packages=(
   # Tests: unit framework, real peers, Python clients.
   libcmocka-dev redis-server nats-server
   python3 python3-grpcio python3-protobuf
+  # The Python wheel (make python-wheel, test_wheel.sh): built offline, installed in a venv.
+  python3-pip python3-setuptools python3-wheel python3-venv
 )
 
 missing=()

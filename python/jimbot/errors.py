@@ -11,8 +11,17 @@ gRPC status              exception
 ``UNAVAILABLE``          :class:`UnavailableError`
 ``NOT_FOUND``            :class:`NotFoundError`
 ``DEADLINE_EXCEEDED``    :class:`DeadlineExceededError`
+``ALREADY_EXISTS``       :class:`AlreadyExistsError`
 anything else            :class:`JimbotError`
 =======================  ==============================
+
+A ``retry-after-ms`` trailer (the daemon sends one with RESOURCE_EXHAUSTED
+and with UNAVAILABLE "shutting down") is kept as ``retry_after_ms``.
+
+Three errors come from answers, not from status codes:
+:class:`RateLimitedError` (``AcquireApiQuota`` answered ``granted: false``),
+:class:`LeaseExpiredError` (a GPU lease reached its end) and
+:class:`LeaseLostError` (a GPU lease ended otherwise before its release).
 
 The original :class:`grpc.aio.AioRpcError`, where there is one, is chained
 as ``__cause__``.
@@ -21,8 +30,12 @@ as ``__cause__``.
 import grpc
 
 __all__ = ["JimbotError", "InvalidArgumentError", "BackpressureError", "UnavailableError",
-           "NotFoundError", "DeadlineExceededError", "UnknownTypeError", "ClosedError",
-           "from_rpc_error"]
+           "NotFoundError", "DeadlineExceededError", "AlreadyExistsError", "UnknownTypeError",
+           "ClosedError", "RateLimitedError", "LeaseExpiredError", "LeaseLostError",
+           "from_rpc_error", "RETRY_AFTER_KEY"]
+
+#: Metadata key of the daemon's retry hint (RESOURCE_EXHAUSTED, UNAVAILABLE at shutdown).
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 class JimbotError(Exception):
@@ -34,12 +47,16 @@ class JimbotError(Exception):
     """
 
     code = None
+    #: The daemon's retry hint in milliseconds (trailer ``retry-after-ms``), or None.
+    retry_after_ms = None
 
-    def __init__(self, details: str = "", *, code=None):
+    def __init__(self, details: str = "", *, code=None, retry_after_ms=None):
         super().__init__(details)
         self.details = details
         if code is not None:
             self.code = code
+        if retry_after_ms is not None:
+            self.retry_after_ms = retry_after_ms
 
 
 class InvalidArgumentError(JimbotError, ValueError):
@@ -54,10 +71,6 @@ class BackpressureError(JimbotError):
     deadline passed. ``retry_after_ms`` is the bus's last hint (or None)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, details: str = "", *, code=None, retry_after_ms=None):
-        super().__init__(details, code=code)
-        self.retry_after_ms = retry_after_ms
 
 
 class UnavailableError(JimbotError, ConnectionError):
@@ -78,6 +91,44 @@ class DeadlineExceededError(JimbotError, TimeoutError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class AlreadyExistsError(JimbotError):
+    """The object exists already (a GPU lease that a live stream holds still,
+    when another stream tries to re-attach to it)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class RateLimitedError(JimbotError):
+    """``Infrastructure.api_quota`` was not granted: the budget's window (or
+    the component's share) has not enough left, also after ``wait``.
+
+    ``retry_after`` is the daemon's estimate, in seconds, of when enough
+    frees up (``retry_after_ms`` the same in ms); ``remaining`` and
+    ``limit`` are the window's figures. Not a gRPC error: the daemon
+    answers OK with ``granted: false``."""
+
+    def __init__(self, details: str = "", *, retry_after_ms: int = 0, remaining: int = 0,
+                 limit: int = 0):
+        super().__init__(details, retry_after_ms=retry_after_ms)
+        self.retry_after = retry_after_ms / 1000.0
+        self.remaining = remaining
+        self.limit = limit
+
+
+class LeaseExpiredError(JimbotError):
+    """A GPU lease reached its expiry (``max_allocation_seconds`` or the
+    ``seconds`` asked for) before it was released; the daemon ended its
+    stream with DEADLINE_EXCEEDED "lease expired"."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class LeaseLostError(JimbotError):
+    """A GPU lease ended before its release for another reason than its
+    expiry: the daemon forgot it (NOT_FOUND on re-attach) or stayed
+    unreachable longer than the client's ``reattach_s``."""
+
+
 class UnknownTypeError(JimbotError, LookupError):
     """``Event.message()`` found no protobuf message type of the event's
     ``type`` in the descriptor pool (import the module that defines it)."""
@@ -88,7 +139,7 @@ class ClosedError(JimbotError, RuntimeError):
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, BackpressureError, UnavailableError,
-                                      NotFoundError, DeadlineExceededError)}
+                                      NotFoundError, DeadlineExceededError, AlreadyExistsError)}
 
 
 def from_rpc_error(err: grpc.RpcError) -> JimbotError:
@@ -99,4 +150,22 @@ def from_rpc_error(err: grpc.RpcError) -> JimbotError:
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
     cls = _BY_CODE.get(code, JimbotError)
-    return cls(f"{code.name if code else 'error'}: {details or ''}".rstrip(": "), code=code)
+    return cls(f"{code.name if code else 'error'}: {details or ''}".rstrip(": "), code=code,
+               retry_after_ms=retry_after_ms(err))
+
+
+def retry_after_ms(err: grpc.RpcError):
+    """The ``retry-after-ms`` trailer of a gRPC error as an int, or None."""
+    md = None
+    if callable(getattr(err, "trailing_metadata", None)):
+        try:
+            md = err.trailing_metadata()
+        except Exception:  # noqa: BLE001: a synthetic error may have none
+            md = None
+    for key, value in md or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                return int(value.decode() if isinstance(value, bytes) else value)
+            except ValueError:
+                return None
+    return None

@@ -67,7 +67,7 @@ log = logging.getLogger("jimbot.event_bus")
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 #: Metadata key of the backpressure hint in a RESOURCE_EXHAUSTED answer.
-RETRY_AFTER_KEY = "retry-after-ms"
+RETRY_AFTER_KEY = errors.RETRY_AFTER_KEY
 #: Initial-metadata key in which the daemon names a subscription's group
 #: (the generated name of a private group).
 GROUP_KEY = "jimbot-group"
@@ -92,6 +92,25 @@ def keepalive_options(keepalive_ms: Optional[int], timeout_ms: int) -> list:
             ("grpc.keepalive_permit_without_calls", 1),
             # By default gRPC stops pinging after two pings without data.
             ("grpc.http2.max_pings_without_data", 0)]
+
+
+def merge_channel_options(given: Optional[Sequence], *defaults: Sequence) -> list:
+    """``given`` (the caller's channel options) followed by each default
+    option whose key ``given`` does not set already."""
+    options = list(given or [])
+    keys = {key for key, _ in options}
+    for group in defaults:
+        options += [o for o in group if o[0] not in keys]
+    return options
+
+
+def open_channel(addr: str, credentials: Optional[grpc.ChannelCredentials],
+                 options: Sequence) -> grpc.aio.Channel:
+    """A ``grpc.aio`` channel to ``addr``: TLS with ``credentials``, else
+    plaintext."""
+    if credentials is not None:
+        return grpc.aio.secure_channel(addr, credentials, list(options))
+    return grpc.aio.insecure_channel(addr, list(options))
 
 
 class DeliverPolicy:
@@ -546,10 +565,8 @@ class EventBus:
         self._reconnect_initial_s = reconnect_initial_s
         self._reconnect_max_s = reconnect_max_s
         self._credentials = credentials
-        self._channel_options = list(channel_options or [])
-        given = {key for key, _ in self._channel_options}
-        self._channel_options += [o for o in keepalive_options(keepalive_ms, keepalive_timeout_ms)
-                                  if o[0] not in given]
+        self._channel_options = merge_channel_options(
+            channel_options, keepalive_options(keepalive_ms, keepalive_timeout_ms))
         self._channel = None
         self._stub = None
         self._closed = False
@@ -567,11 +584,7 @@ class EventBus:
         if self._closed:
             raise ClosedError("the EventBus is closed")
         if self._stub is None:
-            if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self.addr, self._credentials,
-                                                        self._channel_options)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.addr, self._channel_options)
+            self._channel = open_channel(self.addr, self._credentials, self._channel_options)
             self._stub = pb_grpc.EventBusStub(self._channel)
         return self._stub
 

@@ -1,4 +1,8 @@
-"""``MockEventBus``: the event bus in memory, for component tests.
+"""``MockEventBus`` and ``MockInfrastructure``: the event bus and the
+resource coordinator in memory, for component tests.
+
+(:class:`MockInfrastructure`, GPU leases and the API budget, is described at
+its class, after the bus's mock; :class:`FakeClock` drives its time.)
 
 It has the surface of :class:`jimbot.EventBus` (``publish``,
 ``publish_many``, ``subscribe``, ``subscribe_handler``, ``ack``, ``nack``,
@@ -51,18 +55,23 @@ handler returns.
 import asyncio
 import bisect
 import collections
+import inspect
 import itertools
 import time
-from typing import Iterable, List, Optional, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from google.protobuf import message
 
-from .errors import ClosedError, InvalidArgumentError, NotFoundError
+from .coordinator import GpuApi, GpuLease, QuotaGrant, gpu_request, quota_answer
+from .errors import (BackpressureError, ClosedError, InvalidArgumentError, LeaseExpiredError,
+                     LeaseLostError, NotFoundError, RateLimitedError)
 from .event_bus import Batch, DeliverPolicy, Event, make_event
 from .infra.v1 import event_bus_pb2 as pb
+from .infra.v1 import infrastructure_pb2 as pb_infra
 from .topics import matches, validate_pattern, validate_topic
 
-__all__ = ["MockEventBus", "MockSubscription", "MockHandlerSubscription"]
+__all__ = ["MockEventBus", "MockSubscription", "MockHandlerSubscription", "MockInfrastructure",
+           "FakeClock"]
 
 #: The bus's limit on one event (payload and envelope).
 MAX_EVENT_BYTES = 1 << 20
@@ -544,3 +553,441 @@ class MockHandlerSubscription:
         """Stop calling the handler; its unacked events go back to the group."""
         self._bus._leave(self._sub)
         await self._bus._run_handlers()
+
+
+# --- MockInfrastructure --------------------------------------------------------------------------
+
+#: The daemon's limits on names (include/jimbot/coord.h).
+MAX_COMPONENT_BYTES = 128
+MAX_REASON_BYTES = 256
+
+
+class FakeClock:
+    """A clock for :class:`MockInfrastructure` that moves only when told:
+    ``clock()`` is the time (seconds since the epoch), ``clock.advance(s)``
+    moves it and lets every mock using it act on what fell due (expiring
+    warnings, expiries, budget waiters) before it returns."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self._now = float(start)
+        self._listeners: list = []
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("a clock does not go back")
+        self._now += seconds
+        for fn in list(self._listeners):
+            fn()
+
+
+class _MockLease(GpuLease):
+    """A lease held in a MockInfrastructure."""
+
+    def __init__(self, mock: "MockInfrastructure", request, on_queued, seq: int):
+        super().__init__(request, on_queued)
+        self._mock = mock
+        self.seq = seq
+        self.since = mock._now()
+        self.granted_at = 0.0
+        self.deadline = 0.0
+        self.warn_at = None
+
+    async def release(self):
+        if not self.ended.is_set():
+            self._releasing = True
+            self._finish(None)                  # ended before the next holder's grant
+            self.release_info = self._mock._end(self)
+        return self.release_info
+
+
+class _QuotaWaiter:
+    def __init__(self, component, count, priority, seq, deadline, future):
+        self.component, self.count, self.priority = component, count, priority
+        self.seq, self.deadline, self.future = seq, deadline, future
+
+
+def _check_name(what: str, value, limit: int, required: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string")
+    if required and not value:
+        raise InvalidArgumentError(f"empty {what}")
+    if len(value.encode()) > limit:
+        raise InvalidArgumentError(f"{what} of {len(value.encode())} bytes (at most {limit})")
+
+
+class MockInfrastructure(GpuApi):
+    """The resource coordinator in memory, with the surface of
+    :class:`jimbot.Infrastructure` (``gpu``, ``acquire_gpu``,
+    ``start_gpu``, ``release_gpu``, ``api_quota``, ``status``, ``close``).
+
+    GPU: ``devices`` devices (one by default), one lease each; waiters are
+    served as jimbotd serves them: components of ``priority_components``
+    first (in that order; the daemon's default is training, inference),
+    then higher ``priority``, then first come; each waiter's lease gets
+    ``position`` (and ``on_queued``) whenever its place changes. A lease
+    lasts ``seconds`` capped by ``max_allocation_seconds``; its ``expiring``
+    event is set ``expiry_warning_seconds`` before the end (0: never); at the
+    end it ends with :class:`~jimbot.errors.LeaseExpiredError`. Releasing
+    hands the device to the next waiter at once.
+
+    Budget: an exact sliding window of ``window_seconds`` holding
+    ``hourly_limit`` requests, optional per-component ``shares``
+    (component -> limit); ``wait`` keeps a request until budget frees up,
+    higher priority first then first come, strictly in that order as
+    jimbotd serves them: a waiter that the budget cannot serve blocks those
+    behind it (one that only its own share stops is passed over), and a
+    request without ``wait`` takes its place in that order too, granted only
+    when it would be served now.
+
+    Time is ``clock`` (a callable giving seconds since the epoch; by default
+    the real ``time.time``, timers then run on the event loop). With a
+    :class:`FakeClock` nothing happens until ``clock.advance(...)``.
+
+    Not modelled: NVML and device memory, starvation promotion,
+    persistence and re-attach, max_waiters is checked but not
+    ``RESOURCE_EXHAUSTED``'s retry hint.
+    """
+
+    def __init__(self, *, devices: int = 1, priority_components: Sequence[str] = ("training",
+                                                                                 "inference"),
+                 max_allocation_seconds: float = 300, expiry_warning_seconds: float = 30,
+                 hourly_limit: int = 100, window_seconds: float = 3600,
+                 shares: Optional[dict] = None, max_waiters: int = 1024, clock=None):
+        if devices < 1:
+            raise ValueError("devices must be at least 1")
+        self.priority_components = list(priority_components)
+        self.max_allocation_seconds = max_allocation_seconds
+        self.expiry_warning_seconds = expiry_warning_seconds
+        self.hourly_limit = hourly_limit
+        self.window_seconds = window_seconds
+        self.shares = dict(shares or {})
+        self.max_waiters = max_waiters
+        self.clock = clock or time.time
+        if isinstance(self.clock, FakeClock):
+            self.clock._listeners.append(self._tick)
+        self._holders: List[Optional[_MockLease]] = [None] * devices
+        self._waiters: List[_MockLease] = []
+        self._leases = {}
+        self._seq = itertools.count(1)
+        self._spends: collections.deque = collections.deque()   # (time, count, component)
+        self._quota_waiters: List[_QuotaWaiter] = []
+        self._timer = None
+        self._closed = False
+        #: Every lease ever granted, in grant order (for assertions).
+        self.grants: List[GpuLease] = []
+
+    def _now(self) -> float:
+        return self.clock()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("the MockInfrastructure is closed")
+
+    # -- GPU ------------------------------------------------------------------------------------
+
+    def start_gpu(self, component: str, priority: int = 0, seconds: Optional[float] = None,
+                  reason: str = "", pid: Optional[int] = None, *, on_queued=None) -> GpuLease:
+        """As :meth:`jimbot.Infrastructure.start_gpu`."""
+        self._check_open()
+        _check_name("component", component, MAX_COMPONENT_BYTES, True)
+        _check_name("reason", reason, MAX_REASON_BYTES, False)
+        req = gpu_request(component, priority=priority, seconds=seconds, reason=reason, pid=pid)
+        if len(self._waiters) >= self.max_waiters:
+            raise BackpressureError(f"{len(self._waiters)} GPU waiters already")
+        lease = _MockLease(self, req, on_queued, next(self._seq))
+        free = self._free_device()
+        if free is not None and not self._waiters:
+            self._grant(lease, free)
+        else:
+            self._waiters.append(lease)
+            self._waiters.sort(key=self._order)
+            self._announce()
+        self._schedule()
+        return lease
+
+    def _order(self, lease: _MockLease):
+        comp = lease.component
+        rank = (self.priority_components.index(comp) if comp in self.priority_components
+                else len(self.priority_components))
+        return (rank, -lease.request.priority, lease.seq)
+
+    def _free_device(self) -> Optional[int]:
+        for i, holder in enumerate(self._holders):
+            if holder is None:
+                return i
+        return None
+
+    def _announce(self) -> None:
+        for pos, lease in enumerate(self._waiters, 1):
+            if lease.position != pos:
+                result = lease._queued(pos)
+                if inspect.isawaitable(result):
+                    asyncio.ensure_future(result)
+
+    def _grant(self, lease: _MockLease, device: int) -> None:
+        now = self._now()
+        length = self.max_allocation_seconds
+        if lease.request.duration_seconds:
+            length = min(length, lease.request.duration_seconds)
+        lease.granted_at, lease.deadline = now, now + length
+        if self.expiry_warning_seconds > 0:
+            lease.warn_at = max(now, lease.deadline - self.expiry_warning_seconds)
+        self._holders[device] = lease
+        lease_id = f"mock-lease-{lease.seq}"
+        self._leases[lease_id] = lease
+        self.grants.append(lease)
+        lease._grant(lease_id, device, "", int(lease.deadline * 1000), False)
+        if lease.warn_at is not None and lease.warn_at <= now:
+            lease._expiring(int(lease.deadline * 1000))
+
+    def _end(self, lease: _MockLease) -> Optional[pb_infra.ReleaseGpuResponse]:
+        """Take a lease (or waiter) out; the device goes to the next waiter."""
+        if lease in self._waiters:
+            self._waiters.remove(lease)
+            self._announce()
+            return None
+        if lease.device is None or self._holders[lease.device] is not lease:
+            return None
+        self._holders[lease.device] = None
+        self._leases.pop(lease.lease_id, None)
+        held_ms = int((self._now() - lease.granted_at) * 1000)
+        self._serve()
+        self._schedule()
+        return pb_infra.ReleaseGpuResponse(held_ms=held_ms, device=lease.device)
+
+    def _serve(self) -> None:
+        while self._waiters:
+            free = self._free_device()
+            if free is None:
+                break
+            self._grant(self._waiters.pop(0), free)
+        self._announce()
+
+    async def release_gpu(self, lease_id: str) -> pb_infra.ReleaseGpuResponse:
+        """As :meth:`jimbot.Infrastructure.release_gpu`: the holder's lease
+        ends with :class:`~jimbot.errors.LeaseLostError` (released by
+        someone else) unless the holder released it itself."""
+        self._check_open()
+        if not lease_id:
+            raise InvalidArgumentError("empty lease id")
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            raise NotFoundError(f"no GPU lease {lease_id!r} is held")
+        lease._finish(LeaseLostError(f"GPU lease {lease_id} was released by someone else"))
+        return self._end(lease)
+
+    def holders(self) -> List[Optional[GpuLease]]:
+        """The lease holding each device (None: free)."""
+        return list(self._holders)
+
+    def waiters(self) -> List[GpuLease]:
+        """The GPU waiters in serving order."""
+        return list(self._waiters)
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Act on everything due by now, then arm the next timer."""
+        self._timer = None
+        now = self._now()
+        for lease in [h for h in self._holders if h is not None]:
+            if lease.warn_at is not None and lease.warn_at <= now and not lease.expiring.is_set():
+                lease._expiring(int(lease.deadline * 1000))
+            if lease.deadline <= now:
+                lease._finish(LeaseExpiredError(
+                    f"GPU lease {lease.lease_id} of '{lease.component}' expired"))
+                self._end(lease)
+        self._serve_quota()
+        self._schedule()
+
+    def _next_due(self) -> Optional[float]:
+        times = []
+        for lease in self._holders:
+            if lease is not None:
+                times.append(lease.deadline)
+                if lease.warn_at is not None and not lease.expiring.is_set():
+                    times.append(lease.warn_at)
+        for w in self._quota_waiters:
+            times.append(w.deadline)
+        if self._quota_waiters and self._spends:
+            times.append(self._spends[0][0] + self.window_seconds)
+        return min(times) if times else None
+
+    def _schedule(self) -> None:
+        if isinstance(self.clock, FakeClock) or self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        due = self._next_due()
+        if due is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, due - self._now()) + 0.001, self._tick)
+
+    # -- the budget -----------------------------------------------------------------------------
+
+    def _purge(self, now: float) -> None:
+        while self._spends and self._spends[0][0] + self.window_seconds <= now:
+            self._spends.popleft()
+
+    def _used(self, component: Optional[str] = None) -> int:
+        return sum(c for _, c, comp in self._spends if component is None or comp == component)
+
+    def _share(self, component: str) -> int:
+        share = self.shares.get(component)
+        if isinstance(share, dict):
+            share = share.get("limit")
+        return int(share or 0)
+
+    def _share_blocked(self, w: _QuotaWaiter) -> bool:
+        share = self._share(w.component)
+        return bool(share) and self._used(w.component) + w.count > share
+
+    def _retry_after_ms(self, w: _QuotaWaiter) -> int:
+        """Until the window has freed what the waiters ahead of ``w`` (not
+        held by their shares) and ``w`` need, and ``w``'s share its count."""
+        now = self._now()
+        ahead = 0
+        for a in self._quota_waiters:
+            if a is w:
+                break
+            if not self._share_blocked(a):
+                ahead += a.count
+        waits = [0.0]
+        needs = ((self._used() + ahead + w.count - self.hourly_limit, None),
+                 (self._used(w.component) + w.count - self._share(w.component)
+                  if self._share(w.component) else 0, w.component))
+        for excess, comp in needs:
+            for t, c, who in self._spends:
+                if excess <= 0:
+                    break
+                if comp is None or who == comp:
+                    excess -= c
+                    waits.append(t + self.window_seconds - now)
+        return max(1, int(-(-max(waits) * 1000 // 1)))
+
+    def _spend(self, component: str, count: int) -> QuotaGrant:
+        self._spends.append((self._now(), count, component))
+        return QuotaGrant(max(0, self.hourly_limit - self._used()), self.hourly_limit)
+
+    async def api_quota(self, component: str, count: int = 1, *, wait: Optional[float] = None,
+                        priority: int = 0) -> QuotaGrant:
+        """As :meth:`jimbot.Infrastructure.api_quota`. A request takes its
+        place among the waiters (priority, then arrival) also without
+        ``wait``: it is granted only when it would be served now."""
+        self._check_open()
+        _check_name("component", component, MAX_COMPONENT_BYTES, True)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise InvalidArgumentError(f"count must be a non-negative integer, not {count!r}")
+        count = count or 1
+        share = self._share(component)
+        if count > self.hourly_limit or (share and count > share):
+            raise InvalidArgumentError(
+                f"{count} requests can never be granted (hourly limit {self.hourly_limit}"
+                + (f", share of '{component}' {share}" if share else "") + ")")
+        waiting = wait is not None and wait > 0
+        if waiting and len(self._quota_waiters) >= self.max_waiters:
+            raise BackpressureError(f"{len(self._quota_waiters)} budget waiters already")
+        fut = asyncio.get_running_loop().create_future()
+        w = _QuotaWaiter(component, count, priority, next(self._seq),
+                         self._now() + (wait if waiting else 0), fut)
+        self._quota_waiters.append(w)
+        self._quota_waiters.sort(key=lambda x: (-x.priority, x.seq))
+        self._serve_quota()
+        self._schedule()
+        try:
+            return await fut
+        finally:
+            if w in self._quota_waiters:
+                self._quota_waiters.remove(w)
+
+    def _serve_quota(self) -> None:
+        """Serve the waiters strictly in order (one that only its own share
+        holds is passed over; one the budget cannot serve blocks the rest),
+        then answer those whose wait ran out."""
+        now = self._now()
+        self._purge(now)
+        for w in list(self._quota_waiters):
+            if w.future.done():
+                self._quota_waiters.remove(w)
+            elif self._share_blocked(w):
+                continue
+            elif self._used() + w.count <= self.hourly_limit:
+                self._quota_waiters.remove(w)
+                w.future.set_result(self._spend(w.component, w.count))
+            else:
+                break
+        for w in [w for w in self._quota_waiters if w.deadline <= now]:
+            resp = pb_infra.AcquireApiQuotaResponse(
+                granted=False, remaining=max(0, self.hourly_limit - self._used()),
+                retry_after_ms=self._retry_after_ms(w), limit=self.hourly_limit)
+            self._quota_waiters.remove(w)
+            try:
+                quota_answer(resp, w.component, w.count)
+            except RateLimitedError as e:
+                w.future.set_exception(e)
+
+    # -- status and lifetime --------------------------------------------------------------------
+
+    async def status(self) -> pb_infra.ResourceStatus:
+        """A ``ResourceStatus`` as jimbotd fills it (``gpu_source`` "config")."""
+        self._check_open()
+        now = self._now()
+        self._purge(now)
+        st = pb_infra.ResourceStatus(gpu_source="config", claude_hourly_limit=self.hourly_limit,
+                                     claude_window_seconds=int(self.window_seconds))
+        for i, lease in enumerate(self._holders):
+            d = st.gpus.add(index=i, available=lease is None)
+            if lease is not None:
+                d.holder, d.lease_id = lease.component, lease.lease_id
+                d.expires_ms = int(lease.deadline * 1000)
+                d.granted_ms = int(lease.granted_at * 1000)
+                d.reason, d.holder_pid = lease.request.reason, lease.request.pid
+        free = [lease is None for lease in self._holders]
+        st.gpu_available = any(free)
+        first = next((h for h in self._holders if h is not None), None)
+        if first is not None:
+            st.gpu_holder, st.gpu_lease_expires_ms = first.component, int(first.deadline * 1000)
+        for pos, lease in enumerate(self._waiters, 1):
+            st.gpu_waiters.add(position=pos, component=lease.component,
+                               priority=lease.request.priority, since_ms=int(lease.since * 1000),
+                               reason=lease.request.reason)
+        st.gpu_waiting = len(self._waiters)
+        used = self._used()
+        st.claude_requests_used = used
+        st.claude_requests_remaining = max(0, self.hourly_limit - used)
+        if used >= self.hourly_limit and self._spends:
+            st.claude_next_slot_ms = int((self._spends[0][0] + self.window_seconds) * 1000)
+        st.claude_waiting = len(self._quota_waiters)
+        comps = sorted({c for _, _, c in self._spends} | set(self.shares))
+        for comp in comps:
+            st.claude_components.add(component=comp, used=self._used(comp),
+                                     share=self._share(comp))
+        return st
+
+    async def close(self) -> None:
+        """Release every lease, end every waiter (ClosedError); later calls
+        raise ClosedError."""
+        if self._closed:
+            return
+        for lease in list(self._waiters) + [h for h in self._holders if h is not None]:
+            await lease.release()
+        for w in self._quota_waiters:
+            if not w.future.done():
+                w.future.set_exception(ClosedError("the MockInfrastructure closed"))
+        self._quota_waiters.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if isinstance(self.clock, FakeClock) and self._tick in self.clock._listeners:
+            self.clock._listeners.remove(self._tick)
+        self._closed = True
+
+    async def __aenter__(self) -> "MockInfrastructure":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
