@@ -466,8 +466,8 @@ jb_status jb_client_gpu_wait(jb_client_gpu *lease, int timeout_ms, jb_client_gpu
 
 /*
  * The lease as the client knows it now, in either mode: kind is the latest
- * event's, expires_ms follows the keepalives, expiring says whether EXPIRING
- * came, status and err are set once ENDED.
+ * event's (0 before the first), expires_ms follows the keepalives, expiring
+ * says whether EXPIRING came, status and err are set once ENDED.
  */
 void jb_client_gpu_state(const jb_client_gpu *lease, jb_client_gpu_event *out);
 
@@ -498,9 +498,10 @@ typedef void (*jb_client_gpu_release_cb)(jb_status status, const jb_client_gpu_r
 
 /*
  * jb_client_gpu_release() without waiting: @cb (may be NULL) runs on the
- * client thread once ReleaseGpu is answered (or at once, on the client
- * thread, for a lease that was not granted). The lease's ENDED follows. The
- * handle must not be freed before @cb ran. If this fails, @cb is never called.
+ * client thread once ReleaseGpu is answered (soon, with JB_OK and zeros, for
+ * a request still queued, which leaves the queue, or a lease already
+ * ended). The lease's ENDED comes too, before or after. The handle must not
+ * be freed before @cb ran. If this fails, @cb is never called.
  */
 jb_status jb_client_gpu_release_async(jb_client_gpu *lease, jb_client_gpu_release_cb cb,
                                       void *userdata, jb_error *err);
