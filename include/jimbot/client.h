@@ -500,8 +500,9 @@ typedef void (*jb_client_gpu_release_cb)(jb_status status, const jb_client_gpu_r
  * jb_client_gpu_release() without waiting: @cb (may be NULL) runs on the
  * client thread once ReleaseGpu is answered (soon, with JB_OK and zeros, for
  * a request still queued, which leaves the queue, or a lease already
- * ended). The lease's ENDED comes too, before or after. The handle must not
- * be freed before @cb ran. If this fails, @cb is never called.
+ * ended). The lease's ENDED comes too, before or after. @cb runs also when
+ * the handle is freed first (with JB_ECLOSED when the client is freed). If
+ * this fails, @cb is never called.
  */
 jb_status jb_client_gpu_release_async(jb_client_gpu *lease, jb_client_gpu_release_cb cb,
                                       void *userdata, jb_error *err);

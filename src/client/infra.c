@@ -5,8 +5,10 @@
  *
  * A lease handle holds at most one AcquireGpu stream at a time, run like a
  * subscription's (sub.c): the start batch, the status batch and one
- * RECV_MESSAGE at a time, counted in g->ops together with a pending alarm.
- * Once the count is zero the stream is over and the next step is chosen:
+ * RECV_MESSAGE at a time, counted in g->ops together with a pending
+ * re-attach alarm (release calls, which outlive a stream, count in
+ * g->pending). Once g->ops is zero the stream is over and the next step is
+ * chosen:
  *
  *     start ──▶ QUEUED... GRANTED KEEPALIVE... EXPIRING ──(status)──▶ ENDED
  *                              │
@@ -71,7 +73,8 @@ struct jb_client_gpu {
     grpc_slice details;
     int status_done;
     int recv_posted;
-    int ops;
+    int ops;     /* the stream's batches and the re-attach alarm: the stream is over at 0 */
+    int pending; /* release calls and the notify alarm, which outlive a stream */
 
     /* Re-attach: the alarm before the next attempt, and until when (monotonic; 0: attached). */
     jb__alarm retry;
@@ -335,7 +338,8 @@ static void free_handle(jb_client_gpu *g)
 /* Unlinks and frees @g if nothing refers to it any more; c->mu held. Returns 1 if freed. */
 static int maybe_free_locked(jb_client_gpu *g)
 {
-    if (!g->freed || g->ops > 0 || g->in_callback || g->free_waiting || g->call != NULL)
+    if (!g->freed || g->ops > 0 || g->pending > 0 || g->in_callback || g->free_waiting ||
+        g->call != NULL)
         return 0;
     jb_client *c = g->c;
     for (jb_client_gpu **pp = &c->gpus; *pp != NULL; pp = &(*pp)->next) {
@@ -827,6 +831,7 @@ static void release_async_done(jb_client *c, jb_status status, const jb_error *e
 {
     (void)retry_after_ms;
     release_call *r = userdata;
+    jb_client_gpu *g = r->g;
     jb_client_gpu_release_info info;
     memset(&info, 0, sizeof(info));
     jb_error perr;
@@ -834,13 +839,18 @@ static void release_async_done(jb_client *c, jb_status status, const jb_error *e
         err = &perr;
     pthread_mutex_lock(&c->mu);
     if (status == JB_OK)
-        r->g->released = 1;
+        g->released = 1;
     else
-        r->g->releasing = 0;
+        g->releasing = 0;
     pthread_mutex_unlock(&c->mu);
     if (r->cb != NULL)
         r->cb(status, status == JB_OK ? &info : NULL, status == JB_OK ? NULL : err, r->userdata);
     free(r);
+    /* The call counted in g->pending, so that the handle may be freed before it ends. */
+    pthread_mutex_lock(&c->mu);
+    g->pending--;
+    maybe_free_locked(g);
+    pthread_mutex_unlock(&c->mu);
 }
 
 static void notify_fire(jb__alarm *a)
@@ -857,7 +867,7 @@ static void notify_fire(jb__alarm *a)
     if (cb != NULL)
         cb(JB_OK, &info, NULL, ud);
     pthread_mutex_lock(&c->mu);
-    g->ops--;
+    g->pending--;
     maybe_free_locked(g);
     pthread_mutex_unlock(&c->mu);
 }
@@ -885,12 +895,13 @@ jb_status jb_client_gpu_release_async(jb_client_gpu *g, jb_client_gpu_release_cb
         g->notify_cb = cb;
         g->notify_ud = userdata;
         g->notify.fire = notify_fire;
-        g->ops++;
+        g->pending++;
         jb__client_alarm_arm(c, &g->notify, jb__client_now_ms());
         pthread_mutex_unlock(&c->mu);
         return JB_OK;
     }
     g->releasing = 1;
+    g->pending++;
     copy_str(lease_id, sizeof(lease_id), g->st.lease_id);
     pthread_mutex_unlock(&c->mu);
     release_call *r = jb__xmalloc(sizeof(*r));
@@ -904,6 +915,7 @@ jb_status jb_client_gpu_release_async(jb_client_gpu *g, jb_client_gpu_release_cb
         free(r);
         pthread_mutex_lock(&c->mu);
         g->releasing = 0;
+        g->pending--;
         pthread_mutex_unlock(&c->mu);
     }
     return st;

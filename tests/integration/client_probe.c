@@ -34,7 +34,8 @@
  *                                              "expiring", "ended STATUS message"
  *   client_probe ADDR gpu-async COMPONENT      callback mode: "queued P", "granted LEASE
  *                                              DEVICE"; releases from the callback:
- *                                              "release-cb STATUS", "ended STATUS"
+ *                                              "release-cb STATUS" and "ended STATUS"
+ *                                              (in either order)
  *   client_probe ADDR gpu-release LEASE        by id: "released device D" or the error
  *   client_probe ADDR quota COMPONENT COUNT WAIT_MS
  *                                              "quota granted G remaining R retry MS limit L"
@@ -332,15 +333,20 @@ typedef struct gpu_async_state {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int ended;
+    int released;
 } gpu_async_state;
 
 static void gpu_release_cb(jb_status status, const jb_client_gpu_release_info *info,
                            const jb_error *err, void *userdata)
 {
     (void)info;
-    (void)userdata;
+    gpu_async_state *s = userdata;
     printf("release-cb %s %s\n", jb_status_name(status), err != NULL ? err->message : "");
     fflush(stdout);
+    pthread_mutex_lock(&s->mu);
+    s->released = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void gpu_event_cb(jb_client_gpu *lease, const jb_client_gpu_event *ev, void *userdata)
@@ -353,13 +359,17 @@ static void gpu_event_cb(jb_client_gpu *lease, const jb_client_gpu_event *ev, vo
         break;
     case JB_CLIENT_GPU_GRANTED:
         printf("granted %s %u\n", ev->lease_id, ev->device);
-        if (jb_client_gpu_release_async(lease, gpu_release_cb, NULL, &err) != JB_OK)
+        if (jb_client_gpu_release_async(lease, gpu_release_cb, s, &err) != JB_OK) {
             printf("release-async failed: %s\n", err.message);
+            s->released = 1;
+        }
         break;
     case JB_CLIENT_GPU_ENDED:
         printf("ended %s\n", jb_status_name(ev->status));
         pthread_mutex_lock(&s->mu);
         s->ended = 1;
+        if (!s->released && ev->status != JB_OK)
+            s->released = 1; /* ended before a grant: no release was asked */
         pthread_cond_signal(&s->cv);
         pthread_mutex_unlock(&s->mu);
         break;
@@ -371,7 +381,7 @@ static void gpu_event_cb(jb_client_gpu *lease, const jb_client_gpu_event *ev, vo
 
 static int gpu_async(jb_client *c, const char *component)
 {
-    gpu_async_state s = {.ended = 0};
+    gpu_async_state s = {.ended = 0, .released = 0};
     pthread_mutex_init(&s.mu, NULL);
     pthread_cond_init(&s.cv, NULL);
     jb_client_gpu_options o = {.component = component};
@@ -380,8 +390,9 @@ static int gpu_async(jb_client *c, const char *component)
     jb_status st = jb_client_gpu_acquire_async(c, &o, gpu_event_cb, &s, &g, &err);
     if (st != JB_OK)
         return fail(st, &err);
+    /* The release's callback and ENDED come in either order. */
     pthread_mutex_lock(&s.mu);
-    while (!s.ended)
+    while (!s.ended || !s.released)
         pthread_cond_wait(&s.cv, &s.mu);
     pthread_mutex_unlock(&s.mu);
     jb_client_gpu_free(g);

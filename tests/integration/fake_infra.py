@@ -92,6 +92,7 @@ class FakeInfra(pbg.InfrastructureServicer):
                 if lease["attached"]:
                     context.abort(grpc.StatusCode.ALREADY_EXISTS, "held by a live stream")
                 lease["attached"] = True
+                lease["epoch"] = self.epoch
             yield self._grant_event(lease, reattached=True)
         else:
             lease = yield from self._queue(request, context)
@@ -117,6 +118,7 @@ class FakeInfra(pbg.InfrastructureServicer):
                     if self.lease is None and self.waiters[0][0] is token:
                         self.waiters.pop(0)
                         self.lease = self._new_lease(request)
+                        self.lease["epoch"] = self.epoch
                         self.cond.notify_all()
                         return self.lease
                     pos = [t for t, _ in self.waiters].index(token) + 1
@@ -131,7 +133,9 @@ class FakeInfra(pbg.InfrastructureServicer):
                 self.cond.notify_all()
 
     def _hold(self, lease, context):
-        epoch = self.epoch
+        # The epoch of the grant (taken then: the client may act on the grant
+        # before this generator runs again).
+        epoch = lease["epoch"]
         warned = False
         next_ka = time.time() + self.keepalive_s
         keep = False
