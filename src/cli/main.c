@@ -1272,6 +1272,9 @@ static int gpu_wait_grant(gpu_run *r)
             return 0;
         } else if (ev.kind == JB_CLIENT_GPU_ENDED) {
             stop_child(r);
+            if (ev.status == JB_EBACKPRESSURE && ev.retry_after_ms > 0)
+                return fail(EXIT_FAILED, "%s (retry after %u ms)", ev.err.message,
+                            ev.retry_after_ms);
             return fail_status(ev.status, &ev.err);
         }
     }
