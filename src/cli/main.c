@@ -19,7 +19,7 @@
  * and a closed stdout end it cleanly with status 0.
  *
  * gpu acquire runs a command holding a GPU lease, like flock(1) holds a lock:
- * see the comment above cmd_gpu_acquire() for how it waits and runs.
+ * the comment at the head of its section says how it waits and runs.
  */
 #include "core/buf.h"
 #include "rpc/pb_json.h"

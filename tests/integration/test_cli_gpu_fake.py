@@ -114,6 +114,13 @@ class FakeTests(unittest.TestCase):
         self.assertEqual((req.component, req.priority, req.duration_seconds, req.reason),
                          ("training", -3, 60, "nightly"))
 
+    def test_component_from_the_environment(self):
+        env = dict(os.environ, JIMBOT_COMPONENT="analytics")
+        r = subprocess.run([JIMBOTCTL, "--addr", self.fake.address, "gpu", "acquire", "--", "true"],
+                           capture_output=True, text=True, timeout=TIMEOUT, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.fake.requests[0].component, "analytics")
+
     def test_exit_status_passes_through(self):
         self.assertEqual(self.ctl("gpu", "acquire", "--", "sh", "-c", "exit 7").returncode, 7)
         r = self.ctl("gpu", "acquire", "--", "/nonexistent/command")
