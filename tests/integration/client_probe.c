@@ -37,8 +37,9 @@
  *                                              "release-cb STATUS" and "ended STATUS"
  *                                              (in either order)
  *   client_probe ADDR gpu-release LEASE        by id: "released device D" or the error
- *   client_probe ADDR quota COMPONENT COUNT WAIT_MS
- *                                              "quota granted G remaining R retry MS limit L"
+ *   client_probe ADDR quota COMPONENT COUNT WAIT_MS [DEADLINE_MS]
+ *                                              "quota granted G remaining R retry MS limit L";
+ *                                              DEADLINE_MS: the client's deadline_ms
  *   client_probe ADDR rstatus                  the status struct: "gpus N free F waiters W
  *                                              remaining R limit L", then "gpu I HOLDER
  *                                              LEASE" per device ("-" when free)
@@ -446,6 +447,8 @@ int main(int argc, char **argv)
         o.keepalive_ms = ka > 0 ? (uint32_t)ka : JB_CLIENT_KEEPALIVE_OFF;
         o.keepalive_timeout_ms = (uint32_t)atol(argv[6]);
     }
+    if (strcmp(verb, "quota") == 0 && argc >= 7)
+        o.deadline_ms = (uint32_t)atol(argv[6]);
     if (strcmp(verb, "buffered") == 0 && argc >= 7) {
         o.batch_window_ms = (uint32_t)atoi(argv[5]);
         o.max_batch = (uint32_t)atoi(argv[6]);

@@ -193,6 +193,9 @@ class FakeInfra(pbg.InfrastructureServicer):
         if count > self.limit:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"count {count} over the limit")
         with self.cond:
+            # With wait_ms, wait that long for budget (which nothing frees here).
+            self.cond.wait_for(lambda: self.used + count <= self.limit,
+                               timeout=request.wait_ms / 1000)
             if self.used + count <= self.limit:
                 self.used += count
                 return pb.AcquireApiQuotaResponse(granted=True, remaining=self.limit - self.used,

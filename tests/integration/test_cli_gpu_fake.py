@@ -288,6 +288,10 @@ class FakeTests(unittest.TestCase):
         self.assertEqual((rc, out), (0, ["quota granted 1 remaining 4 retry 0 limit 5"]))
         rc, out = self.probe("quota", "strategy", 5, 0)
         self.assertEqual((rc, out), (0, ["quota granted 0 remaining 4 retry 1234 limit 5"]))
+        # A wait longer than the client's deadline: the call's deadline is wait_ms + deadline_ms,
+        # so the answer ("not granted" after the wait) arrives instead of DEADLINE_EXCEEDED.
+        rc, out = self.probe("quota", "strategy", 5, 1500, 300)
+        self.assertEqual((rc, out), (0, ["quota granted 0 remaining 4 retry 1234 limit 5"]))
         lease = self.fake.hold("training")
         rc, out = self.probe("rstatus")
         self.assertEqual((rc, out), (0, ["gpus 1 free 0 waiters 0 remaining 4 limit 5",
