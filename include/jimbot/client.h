@@ -335,6 +335,334 @@ jb_status jb_client_health(jb_client *c, const char *service, jb_health *out, jb
 jb_status jb_client_call(jb_client *c, const char *method, const void *request, size_t request_len,
                          void **response, size_t *response_len, jb_error *err);
 
+/* ---- Infrastructure: GPU leases ------------------------------------------ */
+
+/*
+ * A GPU lease (Infrastructure/AcquireGpu) is one stream: it waits in
+ * jimbotd's queue (QUEUED events with the position), is granted a device
+ * (GRANTED), then receives KEEPALIVE events, EXPIRING once shortly before
+ * the lease's end, and finally ENDED. The lease is held until it is
+ * released (jb_client_gpu_release(), or `jimbotctl gpu release ID` from
+ * anywhere), until it expires, or until its stream ends: freeing the handle,
+ * freeing the client or the process dying releases it at once on the daemon.
+ *
+ * How it ends (ENDED's status):
+ *   JB_OK               released (ReleaseGpu of this lease, from anyone)
+ *   JB_ELEASE_EXPIRED   the lease reached its expiry (DEADLINE_EXCEEDED
+ *                       "lease expired"); the device went to the next waiter
+ *   JB_EUNAVAILABLE     jimbotd shut down or could not be reached (and, with
+ *                       reattach_ms, re-attaching failed for that long). The
+ *                       daemon KEEPS a lease whose stream ended at its
+ *                       shutdown, for gpu.reattach_grace_seconds (15 s) after
+ *                       its restart: ask again with lease_id to re-attach.
+ *   JB_ENOENT           re-attach: no such lease is held (any more)
+ *   JB_EEXIST           re-attach: a live stream holds the lease still
+ *   JB_EINVAL           bad component or reason (empty, too long)
+ *   JB_EBACKPRESSURE    too many waiters (retry_after_ms: the daemon's hint)
+ *   JB_ECLOSED          the request left the queue before a grant
+ *                       (jb_client_gpu_release() while queued) or the
+ *                       client is being freed
+ *   others              as in the table at the top of this header
+ *
+ * Re-attach: with reattach_ms > 0, a GRANTED lease whose stream ends
+ * UNAVAILABLE (the daemon restarting) is not ended: a DETACHED event says
+ * so, and the client calls AcquireGpu again with the lease's id (after the
+ * client's backoff, again and again) for up to reattach_ms; success is a
+ * GRANTED event with reattached 1 and the same lease id, device and expiry.
+ * A stream that ends UNAVAILABLE before its grant ends the request.
+ *
+ * Two modes, chosen at jb_client_gpu_acquire_async(): with a callback, each
+ * event is pushed to it on the client thread (borrowed until it returns); with
+ * NULL, events queue in the handle and are taken with jb_client_gpu_wait()
+ * (successive KEEPALIVE or QUEUED events waiting there are merged into the
+ * latest). jb_client_gpu_acquire() (blocking) uses the second mode.
+ *
+ * Ownership: every handle that an acquire function gives (*out) belongs to
+ * the caller, who frees it with jb_client_gpu_free() exactly once, whatever
+ * happened to the lease: also after ENDED, after jb_client_gpu_release(), and
+ * when a release failed. A failed acquire gives no handle. jb_client_free()
+ * ends (ENDED with JB_ECLOSED, in callback mode) and frees the handles left;
+ * they become invalid. Strings in the options are copied.
+ */
+typedef struct jb_client_gpu jb_client_gpu;
+
+/* Sizes of the strings in jb_client_gpu_event, with the NUL. */
+#define JB_CLIENT_LEASE_ID_MAX 132
+#define JB_CLIENT_GPU_UUID_MAX 96
+
+typedef enum jb_client_gpu_kind {
+    JB_CLIENT_GPU_QUEUED = 1, /* waiting: position (1 = next); again when it changes */
+    JB_CLIENT_GPU_GRANTED,    /* lease_id, device, device_uuid, expires_ms, reattached */
+    JB_CLIENT_GPU_KEEPALIVE,  /* expires_ms */
+    JB_CLIENT_GPU_EXPIRING,   /* expires_ms: the lease ends then (once) */
+    JB_CLIENT_GPU_DETACHED,   /* granted, the stream broke (err); re-attaching */
+    JB_CLIENT_GPU_ENDED,      /* the last event: status, err */
+} jb_client_gpu_kind;
+
+/* One event, or (jb_client_gpu_state()) the lease as the client knows it. Plain data. */
+typedef struct jb_client_gpu_event {
+    jb_client_gpu_kind kind;
+    uint32_t position;                        /* QUEUED: 1 = next in line */
+    char lease_id[JB_CLIENT_LEASE_ID_MAX];    /* "" until granted */
+    uint32_t device;                          /* 0-based; CUDA_VISIBLE_DEVICES takes it as is */
+    char device_uuid[JB_CLIENT_GPU_UUID_MAX]; /* NVML's UUID; "" without NVML */
+    int64_t expires_ms;                       /* wall clock, ms since the epoch; 0 until granted */
+    int reattached;                           /* GRANTED by a re-attach */
+    int expiring;                             /* state: EXPIRING came */
+    jb_status status;                         /* ENDED: how (see above); DETACHED: why */
+    uint32_t retry_after_ms;                  /* ENDED with JB_EBACKPRESSURE: the hint */
+    jb_error err;                             /* ENDED with status != JB_OK, DETACHED: the reason */
+} jb_client_gpu_event;
+
+/*
+ * Called on the client thread for each event of @lease (@ev is borrowed).
+ * ENDED is the last call. It may call jb_client_gpu_free(@lease) (no call
+ * follows then) and the _async functions; not the blocking ones.
+ */
+typedef void (*jb_client_gpu_fn)(jb_client_gpu *lease, const jb_client_gpu_event *ev,
+                                 void *userdata);
+
+/* What to ask for; copied. */
+typedef struct jb_client_gpu_options {
+    const char *component;     /* who asks; required ("training", "inference"...) */
+    int32_t priority;          /* higher first among waiters of the same class */
+    uint32_t duration_seconds; /* wanted lease length; 0: the daemon's cap */
+    const char *reason;        /* shown in status and logs; NULL: none */
+    uint32_t pid;              /* the process that will use the GPU; 0: unknown */
+    const char *lease_id;      /* re-attach to this held lease; NULL or "": a new one */
+    uint32_t reattach_ms;      /* keep re-attaching this long after a break; 0: never */
+} jb_client_gpu_options;
+
+/*
+ * Starts a lease request; returns at once. With @cb, events go to it (with
+ * @userdata); with @cb NULL, take them with jb_client_gpu_wait(). Refusals
+ * by the daemon (bad component, too many waiters...) come as ENDED. On JB_OK
+ * *@out is the caller's handle (see Ownership above); if this fails there is
+ * no handle and no callback.
+ */
+jb_status jb_client_gpu_acquire_async(jb_client *c, const jb_client_gpu_options *opts,
+                                      jb_client_gpu_fn cb, void *userdata, jb_client_gpu **out,
+                                      jb_error *err);
+
+/*
+ * Asks for a lease and waits until it is granted, at most @timeout_ms (0: no
+ * limit). On JB_OK *@out is a granted lease in pull mode (its GRANTED event
+ * already taken; see jb_client_gpu_state()), to be freed with
+ * jb_client_gpu_free(). Otherwise no handle: the request left the queue, and
+ * the status is ENDED's (above), or JB_ETIMEDOUT when @timeout_ms passed.
+ */
+jb_status jb_client_gpu_acquire(jb_client *c, const jb_client_gpu_options *opts,
+                                uint32_t timeout_ms, jb_client_gpu **out, jb_error *err);
+
+/*
+ * Pull mode: the next event of @lease, waiting at most @timeout_ms (0: do not
+ * wait; negative: no limit). JB_OK with *@ev filled; JB_ETIMEDOUT when none
+ * came. Once ENDED has been taken, every later call returns it again at once,
+ * so "has it ended?" can be asked any number of times. JB_EINVAL for a lease
+ * with a callback. One thread at a time per lease.
+ */
+jb_status jb_client_gpu_wait(jb_client_gpu *lease, int timeout_ms, jb_client_gpu_event *ev,
+                             jb_error *err);
+
+/*
+ * The lease as the client knows it now, in either mode: kind is the latest
+ * event's (0 before the first), expires_ms follows the keepalives, expiring
+ * says whether EXPIRING came, status and err are set once ENDED.
+ */
+void jb_client_gpu_state(const jb_client_gpu *lease, jb_client_gpu_event *out);
+
+/* What a release reports (ReleaseGpuResponse). */
+typedef struct jb_client_gpu_release_info {
+    uint64_t held_ms;
+    uint32_t device;
+    /* With NVML and a pid: device memory the holder's processes still held
+     * (the device goes to the next waiter once it is freed). */
+    uint64_t memory_held_bytes;
+} jb_client_gpu_release_info;
+
+/*
+ * Releases @lease and waits (at most the client's deadline) until its stream
+ * has ended, so that jb_client_gpu_state() then says ENDED. A granted lease is
+ * released with ReleaseGpu (*@info, may be NULL, is its answer) and ends with
+ * JB_OK; a request still queued leaves the queue (ends with JB_ECLOSED,
+ * *@info zeroed); a lease already ended: JB_OK, nothing done. Fails with the
+ * ReleaseGpu's status (e.g. JB_ENOENT when it expired meanwhile, or
+ * JB_EUNAVAILABLE). The handle stays the caller's: free it afterwards.
+ */
+jb_status jb_client_gpu_release(jb_client_gpu *lease, jb_client_gpu_release_info *info,
+                                jb_error *err);
+
+/* The end of an asynchronous release: @info (on JB_OK) and @err are borrowed. */
+typedef void (*jb_client_gpu_release_cb)(jb_status status, const jb_client_gpu_release_info *info,
+                                         const jb_error *err, void *userdata);
+
+/*
+ * jb_client_gpu_release() without waiting: @cb (may be NULL) runs on the
+ * client thread once ReleaseGpu is answered (soon, with JB_OK and zeros, for
+ * a request still queued, which leaves the queue, or a lease already
+ * ended). The lease's ENDED comes too, before or after. @cb runs also when
+ * the handle is freed first (with JB_ECLOSED when the client is freed). If
+ * this fails, @cb is never called.
+ */
+jb_status jb_client_gpu_release_async(jb_client_gpu *lease, jb_client_gpu_release_cb cb,
+                                      void *userdata, jb_error *err);
+
+/*
+ * Releases lease @lease_id, held by anyone (ReleaseGpu): `jimbotctl gpu
+ * release`. JB_ENOENT for an unknown lease, JB_EINVAL for an empty id.
+ * @info may be NULL.
+ */
+jb_status jb_client_gpu_release_id(jb_client *c, const char *lease_id,
+                                   jb_client_gpu_release_info *info, jb_error *err);
+
+/*
+ * Frees @lease. A lease still held or waiting has its stream cancelled,
+ * which releases it (or leaves the queue) on the daemon at once. When this
+ * returns the lease's callback is not running and will not run again (from
+ * inside its own callback: once that returns). No other thread may be inside
+ * a function of @lease. NULL is a no-op.
+ */
+void jb_client_gpu_free(jb_client_gpu *lease);
+
+/* ---- Infrastructure: the LLM API budget ----------------------------------- */
+
+typedef struct jb_client_quota_request {
+    const char *component; /* required */
+    uint32_t count;        /* requests to take; 0 means 1 */
+    /* Wait up to this long for budget (0: answer at once). The call's
+     * deadline is wait_ms plus the client's deadline_ms. */
+    uint32_t wait_ms;
+    int32_t priority; /* among waiters, higher first */
+} jb_client_quota_request;
+
+typedef struct jb_client_quota {
+    int granted;             /* 1: taken; 0: not (an answer, not an error) */
+    uint32_t remaining;      /* left in the window after this call */
+    uint64_t retry_after_ms; /* not granted: when enough budget frees up */
+    uint32_t limit;          /* the hourly limit in force */
+} jb_client_quota;
+
+/*
+ * Takes @req->count requests from the budget (AcquireApiQuota) and stores the
+ * answer in *@out. "Not granted" is JB_OK with out->granted 0. JB_EINVAL for
+ * an empty component or a count over the limit (or the component's share),
+ * JB_EBACKPRESSURE when too many wait.
+ */
+jb_status jb_client_quota_acquire(jb_client *c, const jb_client_quota_request *req,
+                                  jb_client_quota *out, jb_error *err);
+
+/* The end of an asynchronous quota call: @q on JB_OK, @err otherwise; borrowed. */
+typedef void (*jb_client_quota_cb)(jb_status status, const jb_client_quota *q, const jb_error *err,
+                                   void *userdata);
+
+/* The same without waiting; @cb runs once on the client thread (never if this fails). */
+jb_status jb_client_quota_acquire_async(jb_client *c, const jb_client_quota_request *req,
+                                        jb_client_quota_cb cb, void *userdata, jb_error *err);
+
+/* ---- Infrastructure: resource status -------------------------------------- */
+
+/* One GPU device and its lease. */
+typedef struct jb_client_gpu_device {
+    uint32_t index;
+    const char *name; /* NVML's ("NVIDIA H200"); "" without NVML */
+    const char *uuid;
+    int available;
+    const char *holder; /* the lease's component; "" when free */
+    const char *lease_id;
+    const char *reason;
+    int64_t expires_ms; /* ms since the epoch */
+    int64_t granted_ms;
+    uint32_t holder_pid;
+    uint64_t memory_total_bytes; /* NVML's; 0 without NVML */
+    uint64_t memory_used_bytes;
+    int releasing; /* released, waiting for its memory to be freed */
+    int restored;  /* restored after a restart, waiting for its holder to re-attach */
+} jb_client_gpu_device;
+
+/* A waiter for a GPU, in the order they will be served. */
+typedef struct jb_client_gpu_waiter {
+    uint32_t position; /* 1 = next */
+    const char *component;
+    int32_t priority;
+    int64_t since_ms;
+    const char *reason;
+} jb_client_gpu_waiter;
+
+typedef struct jb_client_quota_component {
+    const char *component;
+    uint32_t used;  /* spent in the window */
+    uint32_t share; /* its configured share; 0 = none of its own */
+} jb_client_quota_component;
+
+typedef struct jb_client_queue_depth {
+    const char *queue;
+    uint32_t depth;
+} jb_client_queue_depth;
+
+typedef enum jb_client_breaker_state {
+    JB_CLIENT_BREAKER_CLOSED = 0,
+    JB_CLIENT_BREAKER_OPEN = 1,
+    JB_CLIENT_BREAKER_HALF_OPEN = 2,
+} jb_client_breaker_state;
+
+typedef struct jb_client_breaker {
+    const char *name;
+    jb_client_breaker_state state;
+    uint32_t failures;
+    int64_t retry_at_ms;
+} jb_client_breaker;
+
+/*
+ * GetResourceStatus, read-only. Every pointer inside (strings, arrays,
+ * encoded) lives as long as the struct: free it all with
+ * jb_client_resource_status_free().
+ */
+typedef struct jb_client_resource_status {
+    int gpu_available;      /* some device is free */
+    const char *gpu_source; /* "nvml" or "config" */
+    const jb_client_gpu_device *gpus;
+    size_t n_gpus;
+    const jb_client_gpu_waiter *gpu_waiters;
+    size_t n_gpu_waiters;
+    uint32_t budget_limit;     /* claude.hourly_limit */
+    uint32_t budget_used;      /* spent in the window */
+    uint32_t budget_remaining; /* left in the window */
+    uint32_t budget_waiting;   /* AcquireApiQuota calls waiting */
+    uint32_t budget_window_seconds;
+    int64_t budget_next_slot_ms; /* when the next request frees up; 0: available now */
+    const jb_client_quota_component *budget_components;
+    size_t n_budget_components;
+    const jb_client_queue_depth *queues;
+    size_t n_queues;
+    const jb_client_breaker *breakers;
+    size_t n_breakers;
+    /* The ResourceStatus message as received (serialized protobuf). */
+    const void *encoded;
+    size_t encoded_len;
+} jb_client_resource_status;
+
+/* Asks GetResourceStatus; on JB_OK *@out is the caller's (free it as said above). */
+jb_status jb_client_resource_status_get(jb_client *c, jb_client_resource_status **out,
+                                        jb_error *err);
+
+/* The end of an asynchronous status call: @st on JB_OK (the callback's to keep or free). */
+typedef void (*jb_client_resource_status_cb)(jb_status status, jb_client_resource_status *st,
+                                             const jb_error *err, void *userdata);
+
+/* The same without waiting; @cb runs once on the client thread (never if this fails). */
+jb_status jb_client_resource_status_get_async(jb_client *c, jb_client_resource_status_cb cb,
+                                              void *userdata, jb_error *err);
+
+/*
+ * Decodes a serialized ResourceStatus (what jb_client_call() returns for
+ * GetResourceStatus) into a new struct; JB_EPARSE when it does not decode.
+ */
+jb_status jb_client_resource_status_decode(const void *data, size_t len,
+                                           jb_client_resource_status **out, jb_error *err);
+
+/* Frees a status and everything it points to. NULL is a no-op. */
+void jb_client_resource_status_free(jb_client_resource_status *st);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,10 +10,16 @@
  *   1  the call failed, or health is not SERVING
  *   2  usage error (bad option, bad --json, unknown --type)
  *   3  jimbotd could not be reached (UNAVAILABLE, deadline exceeded)
+ *   4  not granted: quota --take found no budget, gpu acquire --timeout passed
+ *   124  gpu acquire: the lease expired and COMMAND was stopped
+ *  gpu acquire otherwise exits with COMMAND's status (128+N for signal N).
  *
  * subscribe prints one JSON object per event on stdout and acks each batch
  * once it is written (at-least-once for a pipe consumer); SIGINT, SIGTERM
  * and a closed stdout end it cleanly with status 0.
+ *
+ * gpu acquire runs a command holding a GPU lease, like flock(1) holds a lock:
+ * the comment at the head of its section says how it waits and runs.
  */
 #include "core/buf.h"
 #include "rpc/pb_json.h"
@@ -22,15 +28,30 @@
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
-enum { EXIT_FAILED = 1, EXIT_USAGE = 2, EXIT_UNREACHABLE = 3 };
+enum {
+    EXIT_FAILED = 1,
+    EXIT_USAGE = 2,
+    EXIT_UNREACHABLE = 3,
+    EXIT_NOT_GRANTED = 4,
+    EXIT_LEASE_EXPIRED = 124,
+};
+
+/* gpu acquire: SIGKILL this long after SIGTERM; re-attach for this long after a break. */
+enum { KILL_AFTER_S = 5, REATTACH_S = 30 };
 
 static const char *cmd_name = "jimbotctl";
 static volatile sig_atomic_t stop_requested;
@@ -48,7 +69,18 @@ static void usage(FILE *out)
             "  subscribe PATTERN [--group G] [--count N]\n"
             "                     print matching events as JSON lines\n"
             "  health             SERVING or not (exit 0 only when SERVING)\n"
-            "  status             resource status (GPU, API budget, queues, breakers)\n"
+            "  status [--json]    resource status: GPUs, GPU waiters, API budget, queues,\n"
+            "                     breakers\n"
+            "  gpu acquire [--component C] [--priority P] [--seconds S] [--timeout S]\n"
+            "              -- COMMAND...\n"
+            "                     run COMMAND holding a GPU lease (CUDA_VISIBLE_DEVICES set),\n"
+            "                     release it when COMMAND exits; exit with its status\n"
+            "  gpu release LEASE_ID\n"
+            "                     release a lease held by anyone\n"
+            "  gpu status [--json]\n"
+            "                     GPU devices, holders, expiry, memory; the waiters in order\n"
+            "  quota [--take N] [--component C] [--wait MS] [--json]\n"
+            "                     the LLM API budget; --take N spends N from it\n"
             "  groups [--json]    consumer groups: pattern, members, pending, lag, ack floor\n"
             "  group delete NAME  delete a consumer group that has no members\n"
             "  version            print the version\n"
@@ -58,7 +90,9 @@ static void usage(FILE *out)
             "                     (default $JIMBOT_ADDR, else %s)\n"
             "  -h, --help         this help; COMMAND --help for a command's options\n"
             "\n"
-            "Exit status: 0 success, 1 failure, 2 usage error, 3 jimbotd unreachable.\n",
+            "Exit status: 0 success, 1 failure, 2 usage error, 3 jimbotd unreachable,\n"
+            "4 not granted (quota --take, gpu acquire --timeout); gpu acquire: COMMAND's\n"
+            "status, or 124 when the lease expired and COMMAND was stopped.\n",
             JB_CLIENT_DEFAULT_ADDR);
 }
 
@@ -468,7 +502,7 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
     return rc;
 }
 
-/* ---- health, status ------------------------------------------------------ */
+/* ---- health ------------------------------------------------------ */
 
 static int no_args(int argc, char **argv, void (*help)(FILE *), const char *const *flags,
                    int *flag_set)
@@ -515,62 +549,6 @@ static int cmd_health(jb_client **client, const jb_client_options *copts, int ar
     return h == JB_HEALTH_SERVING ? 0 : EXIT_FAILED;
 }
 
-static void status_usage(FILE *out)
-{
-    fprintf(out, "usage: jimbotctl status [--json]\n"
-                 "\n"
-                 "Prints jimbotd's resource status (Infrastructure/GetResourceStatus): GPU\n"
-                 "lease, LLM requests remaining, queue depths, circuit breakers; indented, or\n"
-                 "as one line of JSON with --json.\n");
-}
-
-/* Re-indents one line of JSON, two spaces per level. */
-static void print_indented(const char *s)
-{
-    int depth = 0, in_str = 0;
-    for (const char *p = s; *p; p++) {
-        char ch = *p;
-        if (in_str) {
-            putchar(ch);
-            if (ch == '\\' && p[1] != '\0')
-                putchar(*++p);
-            else if (ch == '"')
-                in_str = 0;
-            continue;
-        }
-        switch (ch) {
-        case '"':
-            in_str = 1;
-            putchar(ch);
-            break;
-        case '{':
-        case '[':
-            if (p[1] == '}' || p[1] == ']') {
-                printf("%c%c", ch, p[1]);
-                p++;
-                break;
-            }
-            depth++;
-            printf("%c\n%*s", ch, depth * 2, "");
-            break;
-        case '}':
-        case ']':
-            depth--;
-            printf("\n%*s%c", depth * 2, "", ch);
-            break;
-        case ',':
-            printf(",\n%*s", depth * 2, "");
-            break;
-        case ':':
-            printf(": ");
-            break;
-        default:
-            putchar(ch);
-        }
-    }
-    putchar('\n');
-}
-
 /*
  * Connects and calls @method with an empty request (all of whose fields are
  * optional); *@resp (malloc'd, the caller frees it) holds the answer. Returns 0,
@@ -584,32 +562,6 @@ static int call_empty(jb_client **client, const jb_client_options *copts, const 
     if (st == JB_OK)
         st = jb_client_call(*client, method, "", 0, resp, len, &err);
     return st == JB_OK ? 0 : fail_status(st, &err);
-}
-
-static int cmd_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
-{
-    static const char *const flags[] = {"--json", NULL};
-    int json = 0;
-    int rc = no_args(argc, argv, status_usage, flags, &json);
-    if (rc != 0)
-        return rc < 0 ? 0 : rc;
-    void *resp = NULL;
-    size_t len = 0;
-    if ((rc = call_empty(client, copts, "/jimbot.infra.v1.Infrastructure/GetResourceStatus", &resp,
-                         &len)) != 0)
-        return rc;
-    jb__buf out;
-    jb__buf_init(&out);
-    if (jb__pb_bytes_to_json("jimbot.infra.v1.ResourceStatus", resp, len, &out) != JB_OK) {
-        rc = fail(EXIT_FAILED, "malformed ResourceStatus (%zu bytes)", len);
-    } else if (json) {
-        printf("%s\n", out.data);
-    } else {
-        print_indented(out.data);
-    }
-    jb__buf_release(&out);
-    free(resp);
-    return rc;
 }
 
 /* ---- groups, group delete ------------------------------------------------ */
@@ -710,6 +662,831 @@ static int cmd_group(jb_client **client, const jb_client_options *copts, int arg
     return 0;
 }
 
+/* ---- Coordinator commands: shared formatting ----------------------------- */
+
+/* The component jimbotctl asks as: $JIMBOT_COMPONENT, else "jimbotctl". */
+static const char *default_component(void)
+{
+    const char *c = getenv("JIMBOT_COMPONENT");
+    return c != NULL && c[0] != '\0' ? c : "jimbotctl";
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* A span of @ms as "1h02m", "3m05s", "42s" ("0s" when not positive). */
+static const char *fmt_span(char *buf, size_t size, int64_t ms)
+{
+    int64_t s = ms > 0 ? (ms + 999) / 1000 : 0;
+    if (s >= 3600)
+        snprintf(buf, size, "%" PRId64 "h%02" PRId64 "m", s / 3600, s / 60 % 60);
+    else if (s >= 60)
+        snprintf(buf, size, "%" PRId64 "m%02" PRId64 "s", s / 60, s % 60);
+    else
+        snprintf(buf, size, "%" PRId64 "s", s);
+    return buf;
+}
+
+static const char *fmt_gib(char *buf, size_t size, uint64_t bytes)
+{
+    snprintf(buf, size, "%.1f", (double)bytes / (1024.0 * 1024.0 * 1024.0));
+    return buf;
+}
+
+static int parse_i32(const char *s, int32_t *out)
+{
+    if (s == NULL || *s == '\0')
+        return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end != '\0' || errno != 0 || v < INT32_MIN || v > INT32_MAX)
+        return -1;
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int parse_u32(const char *s, uint32_t *out)
+{
+    uint64_t v;
+    if (parse_u64(s, &v) != 0 || v > UINT32_MAX)
+        return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+static void print_gpus(const jb_client_resource_status *s)
+{
+    char exp[32], used[16], total[16], holder[200];
+    int64_t now = wall_ms();
+    printf("%-4s %-20s %-24s %-38s %-10s %s\n", "GPU", "NAME", "HOLDER", "LEASE", "EXPIRES_IN",
+           "MEMORY_GIB");
+    for (size_t i = 0; i < s->n_gpus; i++) {
+        const jb_client_gpu_device *d = &s->gpus[i];
+        if (d->holder[0] == '\0')
+            snprintf(holder, sizeof(holder), "%s", d->releasing ? "(releasing)" : "(free)");
+        else if (d->holder_pid != 0)
+            snprintf(holder, sizeof(holder), "%s pid %u%s", d->holder, d->holder_pid,
+                     d->restored ? " (restored)" : "");
+        else
+            snprintf(holder, sizeof(holder), "%s%s", d->holder, d->restored ? " (restored)" : "");
+        const char *mem = "-";
+        char membuf[40];
+        if (d->memory_total_bytes > 0) {
+            snprintf(membuf, sizeof(membuf), "%s/%s",
+                     fmt_gib(used, sizeof(used), d->memory_used_bytes),
+                     fmt_gib(total, sizeof(total), d->memory_total_bytes));
+            mem = membuf;
+        }
+        printf("%-4u %-20s %-24s %-38s %-10s %s\n", d->index, d->name[0] ? d->name : "-", holder,
+               d->lease_id[0] ? d->lease_id : "-",
+               d->holder[0] ? fmt_span(exp, sizeof(exp), d->expires_ms - now) : "-", mem);
+    }
+    if (s->n_gpu_waiters == 0) {
+        printf("no GPU waiters\n");
+        return;
+    }
+    printf("\n%-4s %-24s %8s %-8s %s\n", "POS", "WAITER", "PRIORITY", "WAITING", "REASON");
+    for (size_t i = 0; i < s->n_gpu_waiters; i++) {
+        const jb_client_gpu_waiter *w = &s->gpu_waiters[i];
+        printf("%-4u %-24s %8d %-8s %s\n", w->position, w->component, w->priority,
+               fmt_span(exp, sizeof(exp), now - w->since_ms), w->reason[0] ? w->reason : "-");
+    }
+}
+
+static void print_budget(const jb_client_resource_status *s)
+{
+    char next[32];
+    int64_t wait = s->budget_next_slot_ms - wall_ms();
+    printf("limit           %u per %u s\n", s->budget_limit, s->budget_window_seconds);
+    printf("used            %u\n", s->budget_used);
+    printf("remaining       %u\n", s->budget_remaining);
+    printf("next free slot  %s%s\n", s->budget_next_slot_ms == 0 || wait <= 0 ? "now" : "in ",
+           s->budget_next_slot_ms == 0 || wait <= 0 ? "" : fmt_span(next, sizeof(next), wait));
+    printf("waiting         %u\n", s->budget_waiting);
+    if (s->n_budget_components == 0)
+        return;
+    printf("%-24s %6s %6s\n", "COMPONENT", "USED", "SHARE");
+    for (size_t i = 0; i < s->n_budget_components; i++) {
+        const jb_client_quota_component *q = &s->budget_components[i];
+        char share[16] = "-";
+        if (q->share > 0)
+            snprintf(share, sizeof(share), "%u", q->share);
+        printf("%-24s %6u %6s\n", q->component, q->used, share);
+    }
+}
+
+static const char *breaker_name(jb_client_breaker_state st)
+{
+    switch (st) {
+    case JB_CLIENT_BREAKER_CLOSED:
+        return "closed";
+    case JB_CLIENT_BREAKER_OPEN:
+        return "open";
+    case JB_CLIENT_BREAKER_HALF_OPEN:
+        return "half-open";
+    }
+    return "?";
+}
+
+static void print_status_table(const jb_client_resource_status *s)
+{
+    printf("GPUs (%zu, from %s)\n", s->n_gpus, s->gpu_source[0] ? s->gpu_source : "?");
+    print_gpus(s);
+    printf("\nLLM API budget\n");
+    print_budget(s);
+    printf("\nQueues\n");
+    if (s->n_queues == 0)
+        printf("none\n");
+    for (size_t i = 0; i < s->n_queues; i++)
+        printf("%-24s %6u\n", s->queues[i].queue, s->queues[i].depth);
+    printf("\nBreakers\n");
+    if (s->n_breakers == 0)
+        printf("none\n");
+    int64_t now = wall_ms();
+    for (size_t i = 0; i < s->n_breakers; i++) {
+        const jb_client_breaker *b = &s->breakers[i];
+        char in[32];
+        printf("%-24s %-9s failures %u", b->name, breaker_name(b->state), b->failures);
+        if (b->state == JB_CLIENT_BREAKER_OPEN)
+            printf(", retry in %s", fmt_span(in, sizeof(in), b->retry_at_ms - now));
+        printf("\n");
+    }
+}
+
+/* Connects and asks GetResourceStatus; 0 with *@out set, or the exit status. */
+static int get_status(jb_client **client, const jb_client_options *copts,
+                      jb_client_resource_status **out)
+{
+    jb_error err;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_resource_status_get(*client, out, &err);
+    return st == JB_OK ? 0 : fail_status(st, &err);
+}
+
+/* Prints @s's message as one line of proto3 JSON. */
+static int print_status_json(const jb_client_resource_status *s)
+{
+    jb__buf out;
+    jb__buf_init(&out);
+    int rc = 0;
+    if (jb__pb_bytes_to_json("jimbot.infra.v1.ResourceStatus", s->encoded, s->encoded_len, &out) !=
+        JB_OK)
+        rc = fail(EXIT_FAILED, "malformed ResourceStatus (%zu bytes)", s->encoded_len);
+    else
+        printf("%s\n", out.data);
+    jb__buf_release(&out);
+    return rc;
+}
+
+/* ---- status ----------------------------------------------------------------- */
+
+static void status_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl status [--json]\n"
+                 "\n"
+                 "Prints jimbotd's resource status (Infrastructure/GetResourceStatus) as tables:\n"
+                 "the GPU devices (holder, lease, time left, memory), the GPU waiters in the\n"
+                 "order they will be served, the LLM API budget (limit, used, remaining, next\n"
+                 "free slot, waiting calls, per component), queue depths and circuit breakers.\n"
+                 "--json prints the ResourceStatus message as one line of proto3 JSON.\n");
+}
+
+static int cmd_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const char *const flags[] = {"--json", NULL};
+    int json = 0;
+    int rc = no_args(argc, argv, status_usage, flags, &json);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    jb_client_resource_status *s;
+    if ((rc = get_status(client, copts, &s)) != 0)
+        return rc;
+    if (json)
+        rc = print_status_json(s);
+    else
+        print_status_table(s);
+    jb_client_resource_status_free(s);
+    return rc;
+}
+
+/* ---- quota ------------------------------------------------------------------ */
+
+static void quota_usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: jimbotctl quota [--take N [--component C] [--wait MS] [--priority P]] [--json]\n"
+        "\n"
+        "Without --take, prints the LLM API budget: the hourly limit, the requests used in\n"
+        "the sliding window, those remaining, when the next one frees up, the calls\n"
+        "waiting for budget, and what each component spent (and its share, if any).\n"
+        "\n"
+        "With --take, spends N requests (Infrastructure/AcquireApiQuota) and prints\n"
+        "\"granted N, remaining R of L\"; when the budget does not allow it, exits 4 with\n"
+        "\"not granted: retry after MS ms\" on stderr.\n"
+        "\n"
+        "  --take N             requests to spend (at least 1)\n"
+        "  --component C        who spends (default $JIMBOT_COMPONENT, else jimbotctl)\n"
+        "  --wait MS            wait up to MS milliseconds for budget (default 0)\n"
+        "  --priority P         among waiters, higher first (default 0)\n"
+        "  --json               the answer (or the budget) as one line of JSON\n");
+}
+
+static void print_budget_json(const jb_client_resource_status *s)
+{
+    jb__buf b;
+    jb__buf_init(&b);
+    jb__buf_printf(&b,
+                   "{\"limit\":%u,\"used\":%u,\"remaining\":%u,\"waiting\":%u,"
+                   "\"windowSeconds\":%u,\"nextSlotMs\":%" PRId64 ",\"components\":[",
+                   s->budget_limit, s->budget_used, s->budget_remaining, s->budget_waiting,
+                   s->budget_window_seconds, s->budget_next_slot_ms);
+    for (size_t i = 0; i < s->n_budget_components; i++) {
+        const jb_client_quota_component *q = &s->budget_components[i];
+        jb__buf_puts(&b, i > 0 ? ",{\"component\":" : "{\"component\":");
+        jb__json_put_string(&b, q->component, strlen(q->component));
+        jb__buf_printf(&b, ",\"used\":%u,\"share\":%u}", q->used, q->share);
+    }
+    jb__buf_puts(&b, "]}");
+    printf("%s\n", b.data);
+    jb__buf_release(&b);
+}
+
+static int quota_take(jb_client **client, const jb_client_options *copts,
+                      const jb_client_quota_request *req, int json)
+{
+    jb_error err;
+    jb_client_quota q;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_quota_acquire(*client, req, &q, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    if (json)
+        printf("{\"granted\":%s,\"remaining\":%u,\"retryAfterMs\":%" PRIu64 ",\"limit\":%u}\n",
+               q.granted ? "true" : "false", q.remaining, q.retry_after_ms, q.limit);
+    else if (q.granted)
+        printf("granted %u, remaining %u of %u\n", req->count, q.remaining, q.limit);
+    if (!q.granted)
+        return fail(EXIT_NOT_GRANTED, "not granted: retry after %" PRIu64 " ms (%u of %u left)",
+                    q.retry_after_ms, q.remaining, q.limit);
+    return 0;
+}
+
+static int cmd_quota(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"take", required_argument, NULL, 't'},
+        {"component", required_argument, NULL, 'c'},
+        {"wait", required_argument, NULL, 'w'},
+        {"priority", required_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    jb_client_quota_request req = {.component = default_component()};
+    int json = 0, take = 0, c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            if (parse_u32(optarg, &req.count) != 0 || req.count == 0)
+                return bad_usage("--take '%s': expected a positive number", optarg);
+            take = 1;
+            break;
+        case 'c':
+            req.component = optarg;
+            break;
+        case 'w':
+            if (parse_u32(optarg, &req.wait_ms) != 0)
+                return bad_usage("--wait '%s': expected milliseconds", optarg);
+            break;
+        case 'p':
+            if (parse_i32(optarg, &req.priority) != 0)
+                return bad_usage("--priority '%s': expected a number", optarg);
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'h':
+            quota_usage(stdout);
+            return 0;
+        default:
+            return bad_usage("bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return bad_usage("unexpected argument '%s'", argv[optind]);
+    if (take)
+        return quota_take(client, copts, &req, json);
+    jb_client_resource_status *s;
+    int rc = get_status(client, copts, &s);
+    if (rc != 0)
+        return rc;
+    if (json)
+        print_budget_json(s);
+    else
+        print_budget(s);
+    jb_client_resource_status_free(s);
+    return 0;
+}
+
+/* ---- gpu status, gpu release ------------------------------------------------ */
+
+static void gpu_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: jimbotctl gpu acquire [OPTIONS] -- COMMAND [ARGS...]\n"
+            "       jimbotctl gpu release LEASE_ID\n"
+            "       jimbotctl gpu status [--json]\n"
+            "\n"
+            "acquire  waits for a GPU lease (printing \"waiting for a GPU: position N\" on\n"
+            "         stderr as the position changes), then runs COMMAND holding it, with\n"
+            "         CUDA_VISIBLE_DEVICES set to the device's index and JIMBOT_GPU_LEASE to the\n"
+            "         lease id (JIMBOT_GPU_UUID too, with NVML), and releases it when COMMAND\n"
+            "         exits, like flock(1). Exits with COMMAND's status (128+N for signal N).\n"
+            "         SIGINT and SIGTERM are passed on to COMMAND. Shortly before the lease's\n"
+            "         end a warning goes to stderr; at its end COMMAND gets SIGTERM (SIGKILL\n"
+            "         %d s later) and jimbotctl exits 124. If jimbotctl dies, COMMAND gets\n"
+            "         SIGTERM and the lease is released. When jimbotd restarts meanwhile, the\n"
+            "         lease is re-attached (tried for %d s).\n"
+            "  --component C        who asks (default $JIMBOT_COMPONENT, else jimbotctl);\n"
+            "                       gpu.priority_components go first\n"
+            "  --priority P         higher first among waiters of the same class (default 0)\n"
+            "  --seconds S          wanted lease length (default: gpu.max_allocation_seconds)\n"
+            "  --reason R           shown in status (default: COMMAND's words)\n"
+            "  --timeout S          give up after waiting S seconds: exit 4 (default: wait)\n"
+            "\n"
+            "release  releases a lease held by anyone (Infrastructure/ReleaseGpu); its\n"
+            "         holder's stream ends and the device goes to the next waiter.\n"
+            "\n"
+            "status   the devices (index, name, holder, lease, expires in, memory used/total\n"
+            "         in GiB) and the waiters in the order they will be served; --json prints\n"
+            "         the whole ResourceStatus as one line of proto3 JSON.\n",
+            KILL_AFTER_S, REATTACH_S);
+}
+
+static int cmd_gpu_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const char *const flags[] = {"--json", NULL};
+    int json = 0;
+    int rc = no_args(argc, argv, gpu_usage, flags, &json);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    jb_client_resource_status *s;
+    if ((rc = get_status(client, copts, &s)) != 0)
+        return rc;
+    if (json)
+        rc = print_status_json(s);
+    else
+        print_gpus(s);
+    jb_client_resource_status_free(s);
+    return rc;
+}
+
+static int cmd_gpu_release(jb_client **client, const jb_client_options *copts, int argc,
+                           char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            gpu_usage(stdout);
+            return 0;
+        }
+    }
+    if (argc != 2 || argv[1][0] == '-')
+        return bad_usage(argc < 2 ? "expected a LEASE_ID%s" : "unexpected argument '%s'",
+                         argc < 2 ? "" : argv[argc - 1]);
+    jb_error err;
+    jb_client_gpu_release_info info;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_gpu_release_id(*client, argv[1], &info, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    char held[32], mem[16];
+    printf("released %s (device %u, held %s", argv[1], info.device,
+           fmt_span(held, sizeof(held), (int64_t)info.held_ms));
+    if (info.memory_held_bytes > 0)
+        printf("; its processes still hold %s GiB, the device waits for it",
+               fmt_gib(mem, sizeof(mem), info.memory_held_bytes));
+    printf(")\n");
+    return 0;
+}
+
+/* ---- gpu acquire ------------------------------------------------------------ */
+
+/*
+ * The command is forked first, before the client's thread exists, and waits
+ * on a pipe for the grant ("DEVICE\nLEASE\nUUID\n"), then sets the
+ * environment and execs; so the daemon is given the pid of the process that
+ * will use the GPU. The lease runs in callback mode: its callback writes each
+ * event (a plain struct, under PIPE_BUF) to a pipe, and the signal handlers
+ * write a byte to another, so that the main thread sleeps in poll() and
+ * reacts at once to an event, a signal or the command's exit (SIGCHLD).
+ */
+
+typedef struct gpu_run {
+    pid_t child;
+    int grant_fd;       /* write end of the child's pipe; -1 once written */
+    int ev_fd[2];       /* lease events */
+    int64_t wait_until; /* monotonic; 0: no --timeout */
+    uint32_t timeout_s;
+    int waited; /* printed a position */
+    uint32_t position;
+    int granted;
+    jb_client_gpu_event end; /* the lease's end, while COMMAND runs */
+    int lost;
+    int64_t kill_at; /* monotonic: SIGKILL COMMAND then */
+    int status;      /* COMMAND's wait status */
+    int exited;
+} gpu_run;
+
+static int sig_fd[2] = {-1, -1};
+static volatile sig_atomic_t last_signal;
+
+static void on_gpu_signal(int sig)
+{
+    int saved = errno;
+    if (sig != SIGCHLD)
+        last_signal = sig;
+    char b = (char)sig;
+    if (write(sig_fd[1], &b, 1) < 0) {
+        /* Full: a byte is waiting already, which is all poll() needs. */
+    }
+    errno = saved;
+}
+
+static void on_lease_event(jb_client_gpu *lease, const jb_client_gpu_event *ev, void *userdata)
+{
+    (void)lease;
+    gpu_run *r = userdata;
+    /* Under PIPE_BUF, so written whole or not at all; a full pipe drops it
+     * (only keepalives come that fast). */
+    if (write(r->ev_fd[1], ev, sizeof(*ev)) < 0) {
+        /* dropped */
+    }
+}
+
+/* In the child: waits for the grant, sets the environment, runs the command. */
+static void child_exec(int fd, char **cmd)
+{
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    char buf[512];
+    size_t n = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf + n, sizeof(buf) - 1 - n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            break;
+        n += (size_t)k;
+    }
+    close(fd);
+    buf[n] = '\0';
+    char *lease = strchr(buf, '\n');
+    char *uuid = lease != NULL ? strchr(lease + 1, '\n') : NULL;
+    if (uuid == NULL)
+        _exit(EXIT_FAILED); /* jimbotctl gave up before a grant */
+    *lease++ = '\0';
+    *uuid++ = '\0';
+    char *end = strchr(uuid, '\n');
+    if (end != NULL)
+        *end = '\0';
+    setenv("CUDA_VISIBLE_DEVICES", buf, 1);
+    setenv("JIMBOT_GPU_LEASE", lease, 1);
+    if (uuid[0] != '\0')
+        setenv("JIMBOT_GPU_UUID", uuid, 1);
+    execvp(cmd[0], cmd);
+    int e = errno;
+    fprintf(stderr, "jimbotctl: gpu acquire: cannot run '%s': %s\n", cmd[0], strerror(e));
+    _exit(e == ENOENT ? 127 : 126);
+}
+
+static int setup_pipes(gpu_run *r)
+{
+    if (pipe2(sig_fd, O_CLOEXEC | O_NONBLOCK) != 0 || pipe2(r->ev_fd, O_CLOEXEC | O_NONBLOCK) != 0)
+        return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_gpu_signal;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGCHLD, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+/* Reaps COMMAND if it has exited. */
+static void reap(gpu_run *r)
+{
+    if (r->exited)
+        return;
+    int status;
+    pid_t p = waitpid(r->child, &status, WNOHANG);
+    if (p == r->child) {
+        r->exited = 1;
+        r->status = status;
+    }
+}
+
+/* Sleeps in poll() until an event, a signal, or @ms (-1: none); drains the signal pipe. */
+static int gpu_poll(gpu_run *r, int64_t ms, jb_client_gpu_event *ev)
+{
+    struct pollfd fds[2] = {{.fd = sig_fd[0], .events = POLLIN},
+                            {.fd = r->ev_fd[0], .events = POLLIN}};
+    int n = poll(fds, 2, ms < 0 ? -1 : ms > INT32_MAX ? INT32_MAX : (int)ms);
+    if (n > 0 && (fds[0].revents & POLLIN)) {
+        char b[64];
+        while (read(sig_fd[0], b, sizeof(b)) > 0) {
+        }
+    }
+    if (n > 0 && (fds[1].revents & POLLIN))
+        return read(r->ev_fd[0], ev, sizeof(*ev)) == (ssize_t)sizeof(*ev);
+    return 0;
+}
+
+static void stop_child(gpu_run *r)
+{
+    if (r->grant_fd >= 0) {
+        close(r->grant_fd); /* not started: it exits */
+        r->grant_fd = -1;
+    }
+    kill(r->child, SIGKILL);
+    while (waitpid(r->child, NULL, 0) < 0 && errno == EINTR) {
+    }
+    r->exited = 1;
+}
+
+/* Waits for the grant; 0 once granted, else the exit status (COMMAND is stopped). */
+static int gpu_wait_grant(gpu_run *r)
+{
+    for (;;) {
+        int64_t left = r->wait_until ? r->wait_until - mono_ms() : -1;
+        if (r->wait_until && left <= 0) {
+            stop_child(r);
+            return fail(EXIT_NOT_GRANTED, "no GPU within %u s (position %u)", r->timeout_s,
+                        r->position);
+        }
+        jb_client_gpu_event ev;
+        int got = gpu_poll(r, left, &ev);
+        if (last_signal != 0) {
+            stop_child(r);
+            return fail(128 + last_signal, "interrupted while waiting for a GPU");
+        }
+        reap(r);
+        if (r->exited)
+            return fail(EXIT_FAILED, "COMMAND's process ended before the grant");
+        if (!got)
+            continue;
+        if (ev.kind == JB_CLIENT_GPU_QUEUED && ev.position != r->position) {
+            r->position = ev.position;
+            r->waited = 1;
+            fprintf(stderr, "jimbotctl: waiting for a GPU: position %u\n", ev.position);
+        } else if (ev.kind == JB_CLIENT_GPU_GRANTED) {
+            char msg[512];
+            int n =
+                snprintf(msg, sizeof(msg), "%u\n%s\n%s\n", ev.device, ev.lease_id, ev.device_uuid);
+            int ok = write(r->grant_fd, msg, (size_t)n) == n;
+            close(r->grant_fd);
+            r->grant_fd = -1;
+            if (!ok) {
+                stop_child(r);
+                return fail(EXIT_FAILED, "cannot hand the grant to COMMAND: %s", strerror(errno));
+            }
+            if (r->waited)
+                fprintf(stderr, "jimbotctl: got GPU %u (lease %s)\n", ev.device, ev.lease_id);
+            r->granted = 1;
+            return 0;
+        } else if (ev.kind == JB_CLIENT_GPU_ENDED) {
+            stop_child(r);
+            if (ev.status == JB_EBACKPRESSURE && ev.retry_after_ms > 0)
+                return fail(EXIT_FAILED, "%s (retry after %u ms)", ev.err.message,
+                            ev.retry_after_ms);
+            return fail_status(ev.status, &ev.err);
+        }
+    }
+}
+
+/* One lease event while COMMAND runs. */
+static void gpu_running_event(gpu_run *r, const jb_client_gpu_event *ev)
+{
+    char in[32];
+    switch (ev->kind) {
+    case JB_CLIENT_GPU_EXPIRING:
+        fprintf(stderr,
+                "jimbotctl: warning: the GPU lease %s ends in %s; COMMAND then gets SIGTERM\n",
+                ev->lease_id, fmt_span(in, sizeof(in), ev->expires_ms - wall_ms()));
+        break;
+    case JB_CLIENT_GPU_DETACHED:
+        fprintf(stderr, "jimbotctl: jimbotd went away (%s); re-attaching to lease %s\n",
+                ev->err.message, ev->lease_id);
+        break;
+    case JB_CLIENT_GPU_GRANTED:
+        if (ev->reattached)
+            fprintf(stderr, "jimbotctl: re-attached to lease %s\n", ev->lease_id);
+        break;
+    case JB_CLIENT_GPU_ENDED:
+        r->lost = 1;
+        r->end = *ev;
+        kill(r->child, SIGTERM);
+        r->kill_at = mono_ms() + KILL_AFTER_S * 1000;
+        break;
+    default:
+        break;
+    }
+}
+
+/* Runs until COMMAND exits, passing signals on and stopping it if the lease ends. */
+static void gpu_run_command(gpu_run *r)
+{
+    int killed = 0;
+    while (!r->exited) {
+        int64_t left = r->lost && !killed ? r->kill_at - mono_ms() : -1;
+        if (r->lost && !killed && left <= 0) {
+            kill(r->child, SIGKILL);
+            killed = 1;
+            continue;
+        }
+        jb_client_gpu_event ev;
+        int got = gpu_poll(r, left, &ev);
+        if (last_signal != 0) {
+            kill(r->child, last_signal);
+            last_signal = 0;
+        }
+        if (got)
+            gpu_running_event(r, &ev);
+        reap(r);
+    }
+}
+
+/* The exit status once COMMAND exited: its own, or why the lease ended under it. */
+static int gpu_finish(gpu_run *r, jb_client_gpu *lease)
+{
+    if (r->lost) {
+        const jb_client_gpu_event *e = &r->end;
+        if (e->status == JB_ELEASE_EXPIRED)
+            return fail(EXIT_LEASE_EXPIRED, "the GPU lease %s expired; COMMAND was stopped",
+                        e->lease_id);
+        if (e->status == JB_OK)
+            return fail(EXIT_FAILED, "the GPU lease %s was released elsewhere; COMMAND was stopped",
+                        e->lease_id);
+        return fail(e->status == JB_EUNAVAILABLE ? EXIT_UNREACHABLE : EXIT_FAILED,
+                    "lost the GPU lease %s (%s); COMMAND was stopped", e->lease_id, e->err.message);
+    }
+    jb_error err;
+    jb_status st = jb_client_gpu_release(lease, NULL, &err);
+    if (st != JB_OK && st != JB_ENOENT)
+        fprintf(stderr, "jimbotctl: gpu acquire: release: %s (the lease ends with this process)\n",
+                err.message);
+    if (WIFSIGNALED(r->status))
+        return 128 + WTERMSIG(r->status);
+    return WIFEXITED(r->status) ? WEXITSTATUS(r->status) : EXIT_FAILED;
+}
+
+/* COMMAND's words, for the lease's reason. */
+static void join_words(char *buf, size_t size, char **words)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; words[i] != NULL && n + 1 < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%s", i > 0 ? " " : "", words[i]);
+}
+
+static int gpu_acquire_args(int argc, char **argv, jb_client_gpu_options *o, uint32_t *timeout_s)
+{
+    static const struct option longopts[] = {
+        {"component", required_argument, NULL, 'c'},
+        {"priority", required_argument, NULL, 'p'},
+        {"seconds", required_argument, NULL, 's'},
+        {"reason", required_argument, NULL, 'r'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "+h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            o->component = optarg;
+            break;
+        case 'p':
+            if (parse_i32(optarg, &o->priority) != 0)
+                return bad_usage("--priority '%s': expected a number", optarg);
+            break;
+        case 's':
+            if (parse_u32(optarg, &o->duration_seconds) != 0)
+                return bad_usage("--seconds '%s': expected seconds", optarg);
+            break;
+        case 'r':
+            o->reason = optarg;
+            break;
+        case 't':
+            if (parse_u32(optarg, timeout_s) != 0)
+                return bad_usage("--timeout '%s': expected seconds", optarg);
+            break;
+        case 'h':
+            gpu_usage(stdout);
+            return -1;
+        default:
+            return bad_usage("bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return bad_usage("expected -- COMMAND [ARGS...] to run holding the GPU");
+    return 0;
+}
+
+static int cmd_gpu_acquire(jb_client **client, const jb_client_options *copts, int argc,
+                           char **argv)
+{
+    jb_client_gpu_options o = {.component = default_component(), .reattach_ms = REATTACH_S * 1000};
+    uint32_t timeout_s = 0;
+    int rc = gpu_acquire_args(argc, argv, &o, &timeout_s);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    char **cmd = argv + optind;
+    char reason[200];
+    if (o.reason == NULL) {
+        join_words(reason, sizeof(reason), cmd);
+        o.reason = reason;
+    }
+    gpu_run r = {.grant_fd = -1, .ev_fd = {-1, -1}, .timeout_s = timeout_s};
+    int grant[2];
+    if (pipe2(grant, O_CLOEXEC) != 0)
+        return fail(EXIT_FAILED, "pipe: %s", strerror(errno));
+    fflush(stdout);
+    fflush(stderr);
+    r.child = fork();
+    if (r.child < 0)
+        return fail(EXIT_FAILED, "fork: %s", strerror(errno));
+    if (r.child == 0) {
+        close(grant[1]);
+        child_exec(grant[0], cmd);
+    }
+    close(grant[0]);
+    r.grant_fd = grant[1];
+    if (setup_pipes(&r) != 0) {
+        stop_child(&r);
+        return fail(EXIT_FAILED, "pipe: %s", strerror(errno));
+    }
+    o.pid = (uint32_t)r.child;
+    if (timeout_s > 0)
+        r.wait_until = mono_ms() + (int64_t)timeout_s * 1000;
+    jb_error err;
+    jb_client_gpu *lease = NULL;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_gpu_acquire_async(*client, &o, on_lease_event, &r, &lease, &err);
+    if (st != JB_OK) {
+        stop_child(&r);
+        return fail_status(st, &err);
+    }
+    rc = gpu_wait_grant(&r);
+    if (rc == 0) {
+        gpu_run_command(&r);
+        rc = gpu_finish(&r, lease);
+    }
+    jb_client_gpu_free(lease);
+    return rc;
+}
+
+static int cmd_gpu(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    const char *sub = argc >= 2 ? argv[1] : "";
+    if (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0) {
+        gpu_usage(stdout);
+        return 0;
+    }
+    if (strcmp(sub, "acquire") == 0) {
+        cmd_name = "gpu acquire";
+        return cmd_gpu_acquire(client, copts, argc - 1, argv + 1);
+    }
+    if (strcmp(sub, "release") == 0) {
+        cmd_name = "gpu release";
+        return cmd_gpu_release(client, copts, argc - 1, argv + 1);
+    }
+    if (strcmp(sub, "status") == 0) {
+        cmd_name = "gpu status";
+        return cmd_gpu_status(client, copts, argc - 1, argv + 1);
+    }
+    return bad_usage(argc < 2 ? "expected acquire, release or status%s"
+                              : "unknown subcommand '%s' (acquire, release, status)",
+                     argc < 2 ? "" : sub);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 /*
@@ -796,6 +1573,10 @@ int main(int argc, char **argv)
         rc = cmd_health(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "status") == 0) {
         rc = cmd_status(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "gpu") == 0) {
+        rc = cmd_gpu(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "quota") == 0) {
+        rc = cmd_quota(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "groups") == 0) {
         rc = cmd_groups(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "group") == 0) {

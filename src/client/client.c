@@ -1,7 +1,7 @@
 /*
  * The client library's core (include/jimbot/client.h): the channel, the
  * client thread, unary calls, alarms, publishing and acks. Subscriptions
- * are in sub.c.
+ * are in sub.c, the Infrastructure calls in infra.c.
  *
  * Threads. The client thread only pumps the completion queue: it blocks in
  * grpc_completion_queue_next() and runs each tag's handler. Calls are
@@ -278,8 +278,8 @@ static void unary_complete(jb__tag *tag, int ok)
  * with @len bytes of request. @done runs on the client thread once it
  * ends, unless this fails. c->mu must not be held.
  */
-static jb_status unary_start(jb_client *c, int m, const char *path, const void *req, size_t len,
-                             jb__unary_fn done, void *userdata, jb_error *err)
+static jb_status unary_start_ex(jb_client *c, int m, const char *path, const void *req, size_t len,
+                                uint32_t extra_ms, jb__unary_fn done, void *userdata, jb_error *err)
 {
     jb__unary *u = calloc(1, sizeof(*u));
     if (u == NULL)
@@ -306,7 +306,8 @@ static jb_status unary_start(jb_client *c, int m, const char *path, const void *
         free(u);
         return jb_error_set(err, JB_ECLOSED, "the client is closing");
     }
-    gpr_timespec deadline = deadline_in(c->opts.deadline_ms);
+    uint64_t ms = (uint64_t)c->opts.deadline_ms + extra_ms;
+    gpr_timespec deadline = deadline_in(ms > INT32_MAX ? INT32_MAX : (uint32_t)ms);
     if (m >= 0) {
         u->call = grpc_channel_create_registered_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
                                                       c->cq, c->methods[m], deadline, NULL);
@@ -347,6 +348,19 @@ static jb_status unary_start(jb_client *c, int m, const char *path, const void *
     c->calls = u;
     pthread_mutex_unlock(&c->mu);
     return JB_OK;
+}
+
+static jb_status unary_start(jb_client *c, int m, const char *path, const void *req, size_t len,
+                             jb__unary_fn done, void *userdata, jb_error *err)
+{
+    return unary_start_ex(c, m, path, req, len, 0, done, userdata, err);
+}
+
+jb_status jb__client_unary_start(jb_client *c, const char *path, const void *req, size_t len,
+                                 uint32_t extra_ms, jb__unary_fn done, void *userdata,
+                                 jb_error *err)
+{
+    return unary_start_ex(c, -1, path, req, len, extra_ms, done, userdata, err);
 }
 
 /* ---- Waiting for an asynchronous call ------------------------------------ */
@@ -575,6 +589,7 @@ void jb_client_free(jb_client *c)
     for (jb__unary *u = c->calls; u != NULL; u = u->next)
         grpc_call_cancel(u->call, NULL);
     jb__client_subs_cancel_all(c);
+    jb__client_gpus_cancel_all(c);
     pthread_mutex_unlock(&c->mu);
 
     /* Completes the pending alarms; calls keep their own references. */
@@ -583,6 +598,7 @@ void jb_client_free(jb_client *c)
     pthread_join(c->thread, NULL);
     grpc_completion_queue_destroy(c->cq);
     jb__client_subs_free_all(c);
+    jb__client_gpus_free_all(c);
     while (c->sending != NULL) {
         jb__buffered *b = c->sending;
         c->sending = b->next;

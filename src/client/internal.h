@@ -1,7 +1,8 @@
 /*
  * Internals of the client library (include/jimbot/client.h), shared by
- * client.c (the channel, the client thread, unary calls, alarms, publishing)
- * and sub.c (subscriptions).
+ * client.c (the channel, the client thread, unary calls, alarms, publishing),
+ * sub.c (subscriptions) and infra.c (the Infrastructure calls: GPU leases,
+ * the API budget, resource status).
  *
  * Locking: one mutex per client, c->mu, guards every mutable field of the
  * client and of its subscriptions. gRPC calls are started from whichever
@@ -67,6 +68,7 @@ struct jb_client {
     unsigned rand_state;
     jb__unary *calls; /* unary calls in flight, to cancel at close */
     jb_client_sub *subs;
+    jb_client_gpu *gpus; /* GPU lease handles not yet freed (infra.c) */
 
     /* Client-side batching: the open window's encoded PublishRequest. */
     jb__buffered *open;
@@ -98,6 +100,21 @@ uint32_t jb__client_backoff(jb_client *c, uint32_t attempt);
 /* Maps a gRPC status to a jb_status and fills @err with "NAME: CODE: details". */
 jb_status jb__client_map_status(grpc_status_code code, const char *name, grpc_slice details,
                                 jb_error *err);
+
+/*
+ * Starts a unary call of @path ("/pkg.Service/Method") whose deadline is the
+ * client's deadline_ms plus @extra_ms; @done runs on the client thread once
+ * it ends, unless this fails. c->mu must not be held.
+ */
+jb_status jb__client_unary_start(jb_client *c, const char *path, const void *req, size_t len,
+                                 uint32_t extra_ms, jb__unary_fn done, void *userdata,
+                                 jb_error *err);
+
+/* Cancels every GPU lease stream; c->mu held, c->closing set (infra.c). */
+void jb__client_gpus_cancel_all(jb_client *c);
+
+/* Frees the GPU lease handles left (client.c calls it after the thread ends). */
+void jb__client_gpus_free_all(jb_client *c);
 
 /* Frees the client's subscriptions (client.c calls it after the thread ends). */
 void jb__client_subs_free_all(jb_client *c);

@@ -37,6 +37,16 @@ int main(int argc, char **argv)
         return 1;
     }
     std::printf("seq %llu health %s\n", static_cast<unsigned long long>(seq), jb_health_name(h));
+    // The Infrastructure types from C++ too: a lease request that is freed
+    // at once (it leaves the queue, or releases what it was granted).
+    jb_client_gpu_options go{};
+    go.component = "client_cpp";
+    jb_client_gpu *lease = nullptr;
+    if (jb_client_gpu_acquire_async(c, &go, nullptr, nullptr, &lease, &err) == JB_OK) {
+        jb_client_gpu_event state{};
+        jb_client_gpu_state(lease, &state);
+        jb_client_gpu_free(lease);
+    }
     jb_client_free(c);
     return 0;
 }

@@ -25,6 +25,24 @@
  *                                              stream is attempted again; with
  *                                              IDLE_MS, "idle reconnects R" and exit
  *                                              IDLE_MS after the first batch
+ *   client_probe ADDR gpu COMPONENT SECONDS    blocking acquire (30 s at most): "granted LEASE
+ *                                              DEVICE reattached R", then release:
+ *                                              "released device D", then "ended STATUS"
+ *   client_probe ADDR gpu-hold COMPONENT SECONDS
+ *                                              blocking acquire, then every event until
+ *                                              the lease ends: "granted LEASE DEVICE",
+ *                                              "expiring", "ended STATUS message"
+ *   client_probe ADDR gpu-async COMPONENT      callback mode: "queued P", "granted LEASE
+ *                                              DEVICE"; releases from the callback:
+ *                                              "release-cb STATUS" and "ended STATUS"
+ *                                              (in either order)
+ *   client_probe ADDR gpu-release LEASE        by id: "released device D" or the error
+ *   client_probe ADDR quota COMPONENT COUNT WAIT_MS [DEADLINE_MS]
+ *                                              "quota granted G remaining R retry MS limit L";
+ *                                              DEADLINE_MS: the client's deadline_ms
+ *   client_probe ADDR rstatus                  the status struct: "gpus N free F waiters W
+ *                                              remaining R limit L", then "gpu I HOLDER
+ *                                              LEASE" per device ("-" when free)
  *
  * Subscriptions start from everything the server holds (JB_CLIENT_START_ALL),
  * so that events published right after "subscribed" (printed once the
@@ -253,6 +271,169 @@ static int sub_watch(jb_client *c, const char *pattern, const char *group, long 
     return 0;
 }
 
+/* ---- Infrastructure ------------------------------------------------------ */
+
+static int gpu_blocking(jb_client *c, const char *component, uint32_t seconds)
+{
+    jb_client_gpu_options o = {.component = component, .duration_seconds = seconds};
+    jb_client_gpu *g;
+    jb_error err;
+    jb_status st = jb_client_gpu_acquire(c, &o, 30000, &g, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    jb_client_gpu_event ev;
+    jb_client_gpu_state(g, &ev);
+    printf("granted %s %u reattached %d\n", ev.lease_id, ev.device, ev.reattached);
+    fflush(stdout);
+    jb_client_gpu_release_info info;
+    st = jb_client_gpu_release(g, &info, &err);
+    if (st != JB_OK) {
+        jb_client_gpu_free(g);
+        return fail(st, &err);
+    }
+    printf("released device %u\n", info.device);
+    jb_client_gpu_state(g, &ev);
+    printf("ended %s\n", ev.kind == JB_CLIENT_GPU_ENDED ? jb_status_name(ev.status) : "no");
+    jb_client_gpu_free(g);
+    return 0;
+}
+
+static int gpu_hold(jb_client *c, const char *component, uint32_t seconds)
+{
+    jb_client_gpu_options o = {.component = component, .duration_seconds = seconds};
+    jb_client_gpu *g;
+    jb_error err;
+    jb_status st = jb_client_gpu_acquire(c, &o, 30000, &g, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    jb_client_gpu_event ev;
+    jb_client_gpu_state(g, &ev);
+    printf("granted %s %u\n", ev.lease_id, ev.device);
+    fflush(stdout);
+    for (;;) {
+        if ((st = jb_client_gpu_wait(g, 60000, &ev, &err)) != JB_OK) {
+            jb_client_gpu_free(g);
+            return fail(st, &err);
+        }
+        if (ev.kind == JB_CLIENT_GPU_EXPIRING)
+            printf("expiring\n");
+        if (ev.kind == JB_CLIENT_GPU_ENDED)
+            break;
+        fflush(stdout);
+    }
+    printf("ended %s %s\n", jb_status_name(ev.status), ev.err.message);
+    /* The end is sticky: asking again says the same. */
+    jb_client_gpu_event again;
+    jb_client_gpu_wait(g, 0, &again, NULL);
+    printf("again %s\n", again.kind == JB_CLIENT_GPU_ENDED ? jb_status_name(again.status) : "?");
+    jb_client_gpu_free(g);
+    return 0;
+}
+
+typedef struct gpu_async_state {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int ended;
+    int released;
+} gpu_async_state;
+
+static void gpu_release_cb(jb_status status, const jb_client_gpu_release_info *info,
+                           const jb_error *err, void *userdata)
+{
+    (void)info;
+    gpu_async_state *s = userdata;
+    printf("release-cb %s %s\n", jb_status_name(status), err != NULL ? err->message : "");
+    fflush(stdout);
+    pthread_mutex_lock(&s->mu);
+    s->released = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void gpu_event_cb(jb_client_gpu *lease, const jb_client_gpu_event *ev, void *userdata)
+{
+    gpu_async_state *s = userdata;
+    jb_error err;
+    switch (ev->kind) {
+    case JB_CLIENT_GPU_QUEUED:
+        printf("queued %u\n", ev->position);
+        break;
+    case JB_CLIENT_GPU_GRANTED:
+        printf("granted %s %u\n", ev->lease_id, ev->device);
+        if (jb_client_gpu_release_async(lease, gpu_release_cb, s, &err) != JB_OK) {
+            printf("release-async failed: %s\n", err.message);
+            s->released = 1;
+        }
+        break;
+    case JB_CLIENT_GPU_ENDED:
+        printf("ended %s\n", jb_status_name(ev->status));
+        pthread_mutex_lock(&s->mu);
+        s->ended = 1;
+        if (!s->released && ev->status != JB_OK)
+            s->released = 1; /* ended before a grant: no release was asked */
+        pthread_cond_signal(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        break;
+    default:
+        break;
+    }
+    fflush(stdout);
+}
+
+static int gpu_async(jb_client *c, const char *component)
+{
+    gpu_async_state s = {.ended = 0, .released = 0};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    jb_client_gpu_options o = {.component = component};
+    jb_client_gpu *g;
+    jb_error err;
+    jb_status st = jb_client_gpu_acquire_async(c, &o, gpu_event_cb, &s, &g, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    /* The release's callback and ENDED come in either order. */
+    pthread_mutex_lock(&s.mu);
+    while (!s.ended || !s.released)
+        pthread_cond_wait(&s.cv, &s.mu);
+    pthread_mutex_unlock(&s.mu);
+    jb_client_gpu_free(g);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
+    return 0;
+}
+
+static int quota(jb_client *c, const char *component, uint32_t count, uint32_t wait_ms)
+{
+    jb_client_quota_request r = {.component = component, .count = count, .wait_ms = wait_ms};
+    jb_client_quota q;
+    jb_error err;
+    jb_status st = jb_client_quota_acquire(c, &r, &q, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    printf("quota granted %d remaining %u retry %llu limit %u\n", q.granted, q.remaining,
+           (unsigned long long)q.retry_after_ms, q.limit);
+    return 0;
+}
+
+static int rstatus(jb_client *c)
+{
+    jb_client_resource_status *s;
+    jb_error err;
+    jb_status st = jb_client_resource_status_get(c, &s, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    size_t free_n = 0;
+    for (size_t i = 0; i < s->n_gpus; i++)
+        free_n += s->gpus[i].available ? 1 : 0;
+    printf("gpus %zu free %zu waiters %zu remaining %u limit %u\n", s->n_gpus, free_n,
+           s->n_gpu_waiters, s->budget_remaining, s->budget_limit);
+    for (size_t i = 0; i < s->n_gpus; i++)
+        printf("gpu %u %s %s\n", s->gpus[i].index, s->gpus[i].holder[0] ? s->gpus[i].holder : "-",
+               s->gpus[i].lease_id[0] ? s->gpus[i].lease_id : "-");
+    jb_client_resource_status_free(s);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -266,6 +447,8 @@ int main(int argc, char **argv)
         o.keepalive_ms = ka > 0 ? (uint32_t)ka : JB_CLIENT_KEEPALIVE_OFF;
         o.keepalive_timeout_ms = (uint32_t)atol(argv[6]);
     }
+    if (strcmp(verb, "quota") == 0 && argc >= 7)
+        o.deadline_ms = (uint32_t)atol(argv[6]);
     if (strcmp(verb, "buffered") == 0 && argc >= 7) {
         o.batch_window_ms = (uint32_t)atoi(argv[5]);
         o.max_batch = (uint32_t)atoi(argv[6]);
@@ -369,6 +552,23 @@ int main(int argc, char **argv)
             printf("health %s\n", jb_health_name(h));
     } else if (strcmp(verb, "sub-watch") == 0 && argc >= 7) {
         rc = sub_watch(c, argv[3], argv[4], argc >= 8 ? atol(argv[7]) : 0);
+    } else if (strcmp(verb, "gpu") == 0 && argc >= 5) {
+        rc = gpu_blocking(c, argv[3], (uint32_t)atol(argv[4]));
+    } else if (strcmp(verb, "gpu-hold") == 0 && argc >= 5) {
+        rc = gpu_hold(c, argv[3], (uint32_t)atol(argv[4]));
+    } else if (strcmp(verb, "gpu-async") == 0 && argc >= 4) {
+        rc = gpu_async(c, argv[3]);
+    } else if (strcmp(verb, "gpu-release") == 0 && argc >= 4) {
+        jb_client_gpu_release_info info;
+        st = jb_client_gpu_release_id(c, argv[3], &info, &err);
+        if (st != JB_OK)
+            rc = fail(st, &err);
+        else
+            printf("released device %u\n", info.device);
+    } else if (strcmp(verb, "quota") == 0 && argc >= 6) {
+        rc = quota(c, argv[3], (uint32_t)atol(argv[4]), (uint32_t)atol(argv[5]));
+    } else if (strcmp(verb, "rstatus") == 0) {
+        rc = rstatus(c);
     } else {
         fprintf(stderr, "client_probe: bad verb or arguments\n");
         rc = 2;

@@ -130,7 +130,8 @@ class ClientTests(unittest.TestCase):
         self.assertIsInstance(json.loads(r.stdout), dict)
         r = ctl(self.addr, "status")
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertTrue(r.stdout.startswith("{\n"))
+        self.assertTrue(r.stdout.startswith("GPUs ("), r.stdout)
+        self.assertIn("\nLLM API budget\n", r.stdout)
         r = subprocess.run([CLIENT_CPP, self.addr], capture_output=True, text=True,
                            timeout=TIMEOUT)
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -1,9 +1,11 @@
 /*
  * Unit tests for the client's pure parts: the JSON to protobuf reader that
  * jimbotctl publish --json uses (src/rpc/pb_json.c), the gRPC status
- * mapping and the backoff (src/client/), and what the client does with no
- * server at all. Calls against a server are in
- * tests/integration/test_client.py.
+ * mapping and the backoff (src/client/), what the client does with no
+ * server at all, and the Infrastructure calls' parts that need no server
+ * (decoding a ResourceStatus into its C struct, argument checks, how a lease
+ * ends when jimbotd cannot be reached). Calls against a server are in
+ * tests/integration/test_client.py and test_cli_gpu*.py.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +18,7 @@
 #include "rpc/pb_json.h"
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
+#include "jimbot/infra/v1/infrastructure.pb-c.h"
 #include "jimbot/infrastructure/serialization/game_events.pb-c.h"
 #include "jimbot/infrastructure/serialization/training_events.pb-c.h"
 
@@ -23,6 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* The client the lease callback in test_infra_no_server() calls with. */
+static jb_client *jb_client_gpu_lease_client_for_test;
 
 static ProtobufCMessage *parse_ok(const char *type, const char *json)
 {
@@ -293,6 +300,234 @@ static void test_no_server(void **state)
     jb_client_free(c);
 }
 
+/* protobuf-c's string fields are `char *`; the literals are never written. */
+static char *S(const char *s)
+{
+    return (char *)s;
+}
+
+/* A ResourceStatus packed with protobuf-c reads back field by field. */
+static void test_resource_status_decode(void **state)
+{
+    (void)state;
+    Jimbot__Infra__V1__GpuDeviceStatus d0 = JIMBOT__INFRA__V1__GPU_DEVICE_STATUS__INIT;
+    d0.index = 0;
+    d0.name = S("NVIDIA H200");
+    d0.uuid = S("GPU-1234");
+    d0.holder = S("training");
+    d0.lease_id = S("lease-1");
+    d0.reason = S("nightly");
+    d0.expires_ms = 1764284401123;
+    d0.granted_ms = 1764284400000;
+    d0.holder_pid = 4242;
+    d0.memory_total_bytes = (uint64_t)141 << 30;
+    d0.memory_used_bytes = (uint64_t)3 << 30;
+    d0.restored = 1;
+    Jimbot__Infra__V1__GpuDeviceStatus d1 = JIMBOT__INFRA__V1__GPU_DEVICE_STATUS__INIT;
+    d1.index = 1;
+    d1.available = 1;
+    Jimbot__Infra__V1__GpuDeviceStatus *gpus[] = {&d0, &d1};
+    Jimbot__Infra__V1__GpuWaiter w = JIMBOT__INFRA__V1__GPU_WAITER__INIT;
+    w.position = 1;
+    w.component = S("inference");
+    w.priority = -2;
+    w.since_ms = 17;
+    w.reason = S("eval");
+    Jimbot__Infra__V1__GpuWaiter *waiters[] = {&w};
+    Jimbot__Infra__V1__ApiQuotaComponent qc = JIMBOT__INFRA__V1__API_QUOTA_COMPONENT__INIT;
+    qc.component = S("strategy");
+    qc.used = 7;
+    qc.share = 40;
+    Jimbot__Infra__V1__ApiQuotaComponent *comps[] = {&qc};
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry qd =
+        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
+    qd.key = S("claude");
+    qd.value = 3;
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry *depths[] = {&qd};
+    Jimbot__Infra__V1__BreakerStatus br = JIMBOT__INFRA__V1__BREAKER_STATUS__INIT;
+    br.name = S("redis");
+    br.state = JIMBOT__INFRA__V1__BREAKER_STATE__BREAKER_STATE_OPEN;
+    br.failures = 5;
+    br.retry_at_ms = 99;
+    Jimbot__Infra__V1__BreakerStatus *breakers[] = {&br};
+
+    Jimbot__Infra__V1__ResourceStatus m = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT;
+    m.gpu_available = 1;
+    m.gpu_source = S("nvml");
+    m.n_gpus = 2;
+    m.gpus = gpus;
+    m.n_gpu_waiters = 1;
+    m.gpu_waiters = waiters;
+    m.claude_hourly_limit = 100;
+    m.claude_requests_used = 7;
+    m.claude_requests_remaining = 93;
+    m.claude_waiting = 2;
+    m.claude_window_seconds = 3600;
+    m.claude_next_slot_ms = 1764284409999;
+    m.n_claude_components = 1;
+    m.claude_components = comps;
+    m.n_queue_depths = 1;
+    m.queue_depths = depths;
+    m.n_breakers = 1;
+    m.breakers = breakers;
+    size_t len = protobuf_c_message_get_packed_size(&m.base);
+    uint8_t *buf = malloc(len);
+    protobuf_c_message_pack(&m.base, buf);
+
+    jb_client_resource_status *s;
+    jb_error err;
+    assert_int_equal(jb_client_resource_status_decode(buf, len, &s, &err), JB_OK);
+    assert_true(s->gpu_available);
+    assert_string_equal(s->gpu_source, "nvml");
+    assert_int_equal(s->n_gpus, 2);
+    const jb_client_gpu_device *g = &s->gpus[0];
+    assert_string_equal(g->name, "NVIDIA H200");
+    assert_string_equal(g->uuid, "GPU-1234");
+    assert_string_equal(g->holder, "training");
+    assert_string_equal(g->lease_id, "lease-1");
+    assert_string_equal(g->reason, "nightly");
+    assert_int_equal(g->expires_ms, 1764284401123);
+    assert_int_equal(g->granted_ms, 1764284400000);
+    assert_int_equal(g->holder_pid, 4242);
+    assert_int_equal(g->memory_total_bytes, (uint64_t)141 << 30);
+    assert_int_equal(g->memory_used_bytes, (uint64_t)3 << 30);
+    assert_false(g->available);
+    assert_true(g->restored);
+    assert_false(g->releasing);
+    assert_int_equal(s->gpus[1].index, 1);
+    assert_true(s->gpus[1].available);
+    assert_string_equal(s->gpus[1].holder, "");
+    assert_int_equal(s->n_gpu_waiters, 1);
+    assert_int_equal(s->gpu_waiters[0].position, 1);
+    assert_string_equal(s->gpu_waiters[0].component, "inference");
+    assert_int_equal(s->gpu_waiters[0].priority, -2);
+    assert_string_equal(s->gpu_waiters[0].reason, "eval");
+    assert_int_equal(s->budget_limit, 100);
+    assert_int_equal(s->budget_used, 7);
+    assert_int_equal(s->budget_remaining, 93);
+    assert_int_equal(s->budget_waiting, 2);
+    assert_int_equal(s->budget_window_seconds, 3600);
+    assert_int_equal(s->budget_next_slot_ms, 1764284409999);
+    assert_int_equal(s->n_budget_components, 1);
+    assert_string_equal(s->budget_components[0].component, "strategy");
+    assert_int_equal(s->budget_components[0].used, 7);
+    assert_int_equal(s->budget_components[0].share, 40);
+    assert_int_equal(s->n_queues, 1);
+    assert_string_equal(s->queues[0].queue, "claude");
+    assert_int_equal(s->queues[0].depth, 3);
+    assert_int_equal(s->n_breakers, 1);
+    assert_string_equal(s->breakers[0].name, "redis");
+    assert_int_equal(s->breakers[0].state, JB_CLIENT_BREAKER_OPEN);
+    assert_int_equal(s->breakers[0].failures, 5);
+    assert_int_equal(s->breakers[0].retry_at_ms, 99);
+    /* The message as received, for a JSON printer. */
+    assert_int_equal(s->encoded_len, len);
+    assert_memory_equal(s->encoded, buf, len);
+    jb_client_resource_status_free(s);
+
+    /* An empty message is a valid, empty status. */
+    assert_int_equal(jb_client_resource_status_decode("", 0, &s, &err), JB_OK);
+    assert_int_equal(s->n_gpus, 0);
+    assert_string_equal(s->gpu_source, "");
+    jb_client_resource_status_free(s);
+    jb_client_resource_status_free(NULL);
+
+    /* Truncated: a field cut in the middle. */
+    assert_int_equal(jb_client_resource_status_decode(buf, len - 1, &s, &err), JB_EPARSE);
+    assert_non_null(strstr(err.message, "GetResourceStatus: malformed response"));
+    free(buf);
+}
+
+static void refuse_blocking_from_callback(jb_client_gpu *lease, const jb_client_gpu_event *ev,
+                                          void *userdata)
+{
+    (void)lease;
+    int *seen = userdata;
+    if (ev->kind != JB_CLIENT_GPU_ENDED)
+        return;
+    jb_error err;
+    jb_client_quota_request q = {.component = "x"};
+    jb_client_quota out;
+    /* On the client thread a blocking call would wait for itself. */
+    if (jb_client_quota_acquire(jb_client_gpu_lease_client_for_test, &q, &out, &err) == JB_EINVAL &&
+        strstr(err.message, "would deadlock") != NULL)
+        *seen = ev->status == JB_EUNAVAILABLE ? 1 : -1;
+    else
+        *seen = -1;
+}
+
+/* Without a server: argument checks, and how a lease request ends. */
+static void test_infra_no_server(void **state)
+{
+    (void)state;
+    jb_client_options o = {.addr = "127.0.0.1:1", .deadline_ms = 5000};
+    jb_client *c;
+    assert_int_equal(jb_client_new(&o, &c, NULL), JB_OK);
+    jb_error err;
+    jb_client_gpu *g = NULL;
+
+    jb_client_gpu_options go = {.component = ""};
+    assert_int_equal(jb_client_gpu_acquire_async(c, &go, NULL, NULL, &g, &err), JB_EINVAL);
+    assert_string_equal(err.message, "AcquireGpu: no component");
+    assert_int_equal(jb_client_gpu_acquire_async(c, NULL, NULL, NULL, &g, &err), JB_EINVAL);
+    char long_id[200];
+    memset(long_id, 'x', sizeof(long_id) - 1);
+    long_id[sizeof(long_id) - 1] = '\0';
+    go = (jb_client_gpu_options){.component = "training", .lease_id = long_id};
+    assert_int_equal(jb_client_gpu_acquire_async(c, &go, NULL, NULL, &g, &err), JB_EINVAL);
+    assert_null(g);
+    assert_int_equal(jb_client_gpu_release_id(c, "", NULL, &err), JB_EINVAL);
+    assert_int_equal(jb_client_gpu_release_id(c, NULL, NULL, &err), JB_EINVAL);
+    jb_client_quota_request q = {.component = NULL, .count = 1};
+    jb_client_quota qa;
+    assert_int_equal(jb_client_quota_acquire(c, &q, &qa, &err), JB_EINVAL);
+
+    /* Blocking: no handle, the mapped status, one line. */
+    go = (jb_client_gpu_options){.component = "training"};
+    assert_int_equal(jb_client_gpu_acquire(c, &go, 10000, &g, &err), JB_EUNAVAILABLE);
+    assert_null(g);
+    assert_non_null(strstr(err.message, "AcquireGpu: UNAVAILABLE: "));
+    assert_null(strchr(err.message, '\n'));
+    q.component = "strategy";
+    assert_int_equal(jb_client_quota_acquire(c, &q, &qa, &err), JB_EUNAVAILABLE);
+    assert_non_null(strstr(err.message, "AcquireApiQuota: UNAVAILABLE: "));
+    jb_client_resource_status *rs;
+    assert_int_equal(jb_client_resource_status_get(c, &rs, &err), JB_EUNAVAILABLE);
+
+    /* Pull mode: ENDED, and again on every later call. */
+    assert_int_equal(jb_client_gpu_acquire_async(c, &go, NULL, NULL, &g, &err), JB_OK);
+    jb_client_gpu_event ev;
+    assert_int_equal(jb_client_gpu_wait(g, 10000, &ev, &err), JB_OK);
+    assert_int_equal(ev.kind, JB_CLIENT_GPU_ENDED);
+    assert_int_equal(ev.status, JB_EUNAVAILABLE);
+    assert_int_equal(jb_client_gpu_wait(g, 0, &ev, &err), JB_OK);
+    assert_int_equal(ev.kind, JB_CLIENT_GPU_ENDED);
+    jb_client_gpu_state(g, &ev);
+    assert_int_equal(ev.kind, JB_CLIENT_GPU_ENDED);
+    assert_string_equal(ev.lease_id, "");
+    /* Releasing what ended does nothing and succeeds; freeing twice is not allowed, once is. */
+    assert_int_equal(jb_client_gpu_release(g, NULL, &err), JB_OK);
+    jb_client_gpu_free(g);
+    jb_client_gpu_free(NULL);
+
+    /* Callback mode: ENDED comes to the callback, where blocking calls are refused. */
+    int seen = 0;
+    jb_client_gpu_lease_client_for_test = c;
+    assert_int_equal(
+        jb_client_gpu_acquire_async(c, &go, refuse_blocking_from_callback, &seen, &g, &err), JB_OK);
+    assert_int_equal(jb_client_gpu_wait(g, 0, &ev, &err), JB_EINVAL);
+    for (int i = 0; i < 1000 && seen == 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(seen, 1);
+    jb_client_gpu_free(g);
+
+    /* A handle left live is ended and freed by jb_client_free() (no leak under ASan). */
+    assert_int_equal(jb_client_gpu_acquire_async(c, &go, NULL, NULL, &g, &err), JB_OK);
+    jb_client_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +538,8 @@ int main(void)
         cmocka_unit_test(test_status_mapping),
         cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_no_server),
+        cmocka_unit_test(test_resource_status_decode),
+        cmocka_unit_test(test_infra_no_server),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
