@@ -134,7 +134,11 @@ class DaemonTestCase(unittest.IsolatedAsyncioTestCase):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STEP
         while True:
-            value = await cond()
+            try:
+                value = await cond()
+            except errors.UnavailableError:
+                # A channel still reconnecting after a restart fails fast; ask again.
+                value = None
             if value:
                 return value
             if loop.time() > deadline:
