@@ -313,6 +313,99 @@ class TwoDevicesTest(CoordinatorTest):
         self.assertEqual(st.gpu_source, "config")
 
 
+FAKE_NVML = os.path.join(os.environ.get("JB_BUILD_DIR", os.path.join(jbtest.SOURCE, "build")),
+                         "tests", "libfake-nvml.so")
+
+
+class NvmlTest(CoordinatorTest):
+    """The devices and their memory from NVML: the tests' fake library, scripted by a file."""
+    RELEASE_TIMEOUT = 60
+    DEVICES = ["device 0 name=NVIDIA-H200 uuid=GPU-aaaa total=1000 used=10",
+               "device 1 name=NVIDIA-H200 uuid=GPU-bbbb total=2000 used=20"]
+
+    def setUp(self):
+        self.script = os.path.join(jbtest.tempfile.mkdtemp(prefix="jbnvml-"), "nvml.txt")
+        self.write_script(self.DEVICES)
+        self.CONFIG = f"""
+resource_coordinator:
+  gpu:
+    devices: auto
+    nvml_library: '{FAKE_NVML}'
+    release_timeout_seconds: {self.RELEASE_TIMEOUT}
+"""
+        # Every start of the daemon (restarts too) reads the script.
+        self.old_script = os.environ.get("FAKE_NVML_SCRIPT")
+        os.environ["FAKE_NVML_SCRIPT"] = self.script
+        super().setUp()
+        self.sleeper = subprocess.Popen(["sleep", "600"])
+
+    def tearDown(self):
+        self.sleeper.kill()
+        self.sleeper.wait()
+        super().tearDown()
+        if self.old_script is None:
+            del os.environ["FAKE_NVML_SCRIPT"]
+        else:
+            os.environ["FAKE_NVML_SCRIPT"] = self.old_script
+        jbtest.shutil.rmtree(os.path.dirname(self.script), ignore_errors=True)
+
+    def write_script(self, lines):
+        tmp = self.script + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.replace(tmp, self.script)
+
+    def test_devices_come_from_nvml(self):
+        st = status(self.s)
+        self.assertEqual(st.gpu_source, "nvml")
+        self.assertEqual([(g.index, g.name, g.uuid, g.memory_total_bytes) for g in st.gpus],
+                         [(0, "NVIDIA-H200", "GPU-aaaa", 1000), (1, "NVIDIA-H200", "GPU-bbbb", 2000)])
+        a = self.lease("training").next("granted")
+        b = self.lease("training").next("granted")
+        self.assertEqual({(a.device, a.device_uuid), (b.device, b.device_uuid)},
+                         {(0, "GPU-aaaa"), (1, "GPU-bbbb")})
+
+    def test_a_device_is_handed_on_once_its_memory_is_freed(self):
+        self.write_script(self.DEVICES[:1])
+        self.restart()
+        holder = self.lease("training", pid=self.sleeper.pid)
+        grant = holder.next("granted")
+        waiter = self.lease("inference")
+        waiter.next("queued")
+        self.write_script(self.DEVICES[:1] + [f"process 0 pid={self.sleeper.pid} used=500"])
+        r = self.s.infra.ReleaseGpu(pb.ReleaseGpuRequest(lease_id=grant.lease_id),
+                                    timeout=TIMEOUT)
+        self.assertEqual(r.memory_held_bytes, 500)
+        self.assertEqual(holder.end(), grpc.StatusCode.OK)
+        # The memory is still held: the device waits, and says why.
+        self.assertIsNone(waiter.granted_within(0.5))
+        self.assertTrue(status(self.s).gpus[0].releasing)
+        self.write_script(self.DEVICES[:1])
+        self.assertEqual(waiter.next("granted").device, 0)
+        self.assertFalse(status(self.s).gpus[0].releasing)
+
+
+class NvmlTimeoutTest(NvmlTest):
+    RELEASE_TIMEOUT = 1
+
+    def test_a_device_whose_memory_stays_held_is_handed_on_after_the_timeout(self):
+        self.write_script(self.DEVICES[:1] + [f"process 0 pid={self.sleeper.pid} used=700"])
+        self.restart()
+        holder = self.lease("training", pid=self.sleeper.pid)
+        grant = holder.next("granted")
+        waiter = self.lease("inference")
+        waiter.next("queued")
+        r = self.s.infra.ReleaseGpu(pb.ReleaseGpuRequest(lease_id=grant.lease_id),
+                                    timeout=TIMEOUT)
+        self.assertEqual(r.memory_held_bytes, 700)
+        self.assertEqual(waiter.next("granted").device, 0)
+        self.d.wait_for("still held after release_timeout")
+
+    # The parent's tests need the long timeout.
+    test_devices_come_from_nvml = None
+    test_a_device_is_handed_on_once_its_memory_is_freed = None
+
+
 class BudgetTest(CoordinatorTest):
     CONFIG = ONE_GPU + """  claude:
     hourly_limit: 5
