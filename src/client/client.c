@@ -1,7 +1,8 @@
 /*
  * The client library's core (include/jimbot/client.h): the channel, the
- * client thread, unary calls, alarms, publishing and acks. Subscriptions
- * are in sub.c, the Infrastructure calls in infra.c.
+ * client thread, unary calls, alarms, publishing and acks, and the helpers
+ * that the other files share (the "retry-after-ms" hint, copying a received
+ * message). Subscriptions are in sub.c, the Infrastructure calls in infra.c.
  *
  * Threads. The client thread only pumps the completion queue: it blocks in
  * grpc_completion_queue_next() and runs each tag's handler. Calls are
@@ -197,7 +198,7 @@ struct jb__unary {
     void *userdata;
 };
 
-static uint32_t retry_after(const grpc_metadata_array *md)
+uint32_t jb__client_retry_after(const grpc_metadata_array *md)
 {
     for (size_t i = 0; i < md->count; i++) {
         const grpc_metadata *m = &md->metadata[i];
@@ -215,8 +216,7 @@ static uint32_t retry_after(const grpc_metadata_array *md)
     return 0;
 }
 
-/* Copies a received message out of gRPC's slices; NULL/0 for none. */
-static uint8_t *read_all(grpc_byte_buffer *bb, size_t *len)
+uint8_t *jb__client_read_all(grpc_byte_buffer *bb, size_t *len)
 {
     *len = 0;
     if (bb == NULL)
@@ -257,9 +257,9 @@ static void unary_complete(jb__tag *tag, int ok)
         st = jb_error_set(&err, JB_EBUG, "%s: the call's batch failed", u->name);
     } else {
         st = jb__client_map_status(u->status, u->name, u->details, &err);
-        hint = retry_after(&u->md_trailing);
+        hint = jb__client_retry_after(&u->md_trailing);
         if (st == JB_OK)
-            resp = read_all(u->recv, &len);
+            resp = jb__client_read_all(u->recv, &len);
     }
     grpc_byte_buffer_destroy(u->send);
     if (u->recv != NULL)

@@ -101,6 +101,16 @@ uint32_t jb__client_backoff(jb_client *c, uint32_t attempt);
 jb_status jb__client_map_status(grpc_status_code code, const char *name, grpc_slice details,
                                 jb_error *err);
 
+/* The server's "retry-after-ms" hint in @md (trailing metadata); 0 when absent. */
+uint32_t jb__client_retry_after(const grpc_metadata_array *md);
+
+/*
+ * Copies a received message out of gRPC's slices into a malloc'd buffer
+ * that the caller frees; NULL and *@len 0 when @bb is NULL or unreadable.
+ * @bb stays the caller's.
+ */
+uint8_t *jb__client_read_all(grpc_byte_buffer *bb, size_t *len);
+
 /*
  * Starts a unary call of @path ("/pkg.Service/Method") whose deadline is the
  * client's deadline_ms plus @extra_ms; @done runs on the client thread once
