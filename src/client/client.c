@@ -2,7 +2,8 @@
  * The client library's core (include/jimbot/client.h): the channel, the
  * client thread, unary calls, alarms, publishing and acks, and the helpers
  * that the other files share (the "retry-after-ms" hint, copying a received
- * message). Subscriptions are in sub.c, the Infrastructure calls in infra.c.
+ * message). Subscriptions are in sub.c, the Infrastructure calls in infra.c,
+ * the plumbing of their server-streaming calls in stream.c.
  *
  * Threads. The client thread only pumps the completion queue: it blocks in
  * grpc_completion_queue_next() and runs each tag's handler. Calls are

@@ -3,9 +3,9 @@
  * GPU leases (AcquireGpu streams, ReleaseGpu), the API budget
  * (AcquireApiQuota) and the resource status (GetResourceStatus).
  *
- * A lease handle holds at most one AcquireGpu stream at a time, run like a
- * subscription's (sub.c): the start batch, the status batch and one
- * RECV_MESSAGE at a time, counted in g->ops together with a pending
+ * A lease handle holds at most one AcquireGpu stream at a time, a jb__stream
+ * (stream.c) as a subscription's (sub.c): the start batch, the status batch
+ * and one RECV_MESSAGE at a time, counted in g->ops together with a pending
  * re-attach alarm (release calls, which outlive a stream, count in
  * g->pending). Once g->ops is zero the stream is over and the next step is
  * chosen:
@@ -36,8 +36,6 @@
 
 #include "jimbot/infra/v1/infrastructure.pb-c.h"
 
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/support/time.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,22 +61,11 @@ struct jb_client_gpu {
     jb_client_gpu_fn cb;
     void *userdata;
 
-    grpc_call *call;
-    jb__tag t_start, t_recv, t_status;
-    grpc_byte_buffer *send;
-    grpc_byte_buffer *recv;
-    grpc_metadata_array md_initial;
-    grpc_metadata_array md_trailing;
-    grpc_status_code status;
-    grpc_slice details;
-    int status_done;
-    int recv_posted;
-    int ops;     /* the stream's batches and the re-attach alarm: the stream is over at 0 */
-    int pending; /* release calls and the notify alarm, which outlive a stream */
+    jb__stream s; /* the AcquireGpu stream, its re-attach alarm and attempt count */
+    int ops;      /* the stream's batches and the re-attach alarm: the stream is over at 0 */
+    int pending;  /* release calls and the notify alarm, which outlive a stream */
 
-    /* Re-attach: the alarm before the next attempt, and until when (monotonic; 0: attached). */
-    jb__alarm retry;
-    uint32_t attempt;
+    /* Re-attach until when (monotonic; 0: attached). */
     int64_t reattach_until;
     /* jb_client_gpu_release_async() of a lease that was not granted. */
     jb__alarm notify;
@@ -101,24 +88,6 @@ struct jb_client_gpu {
 };
 
 /* ---- Small helpers --------------------------------------------------------- */
-
-static uint32_t md_retry_after(const grpc_metadata_array *md)
-{
-    for (size_t i = 0; i < md->count; i++) {
-        const grpc_metadata *m = &md->metadata[i];
-        if (grpc_slice_str_cmp(m->key, "retry-after-ms") != 0)
-            continue;
-        char tmp[24];
-        size_t n = GRPC_SLICE_LENGTH(m->value);
-        if (n == 0 || n >= sizeof(tmp))
-            return 0;
-        memcpy(tmp, GRPC_SLICE_START_PTR(m->value), n);
-        tmp[n] = '\0';
-        unsigned long v = strtoul(tmp, NULL, 10);
-        return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
-    }
-    return 0;
-}
 
 static void copy_str(char *dst, size_t size, const char *src)
 {
@@ -302,7 +271,7 @@ static jb_client_gpu_kind apply_event_locked(jb_client_gpu *g,
         return JB_CLIENT_GPU_QUEUED;
     case JIMBOT__INFRA__V1__GPU_LEASE_EVENT__EVENT_GRANTED:
         g->granted = 1;
-        g->attempt = 0;
+        g->s.attempt = 0;
         g->reattach_until = 0;
         g->st.position = 0;
         copy_str(g->st.lease_id, sizeof(g->st.lease_id), m->granted->lease_id);
@@ -339,7 +308,7 @@ static void free_handle(jb_client_gpu *g)
 static int maybe_free_locked(jb_client_gpu *g)
 {
     if (!g->freed || g->ops > 0 || g->pending > 0 || g->in_callback || g->free_waiting ||
-        g->call != NULL)
+        g->s.call != NULL)
         return 0;
     jb_client *c = g->c;
     for (jb_client_gpu **pp = &c->gpus; *pp != NULL; pp = &(*pp)->next) {
@@ -354,26 +323,13 @@ static int maybe_free_locked(jb_client_gpu *g)
 
 static void post_recv_locked(jb_client_gpu *g)
 {
-    if (g->call == NULL || g->recv_posted || g->status_done || g->c->closing || g->freed)
-        return;
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &g->recv;
-    if (grpc_call_start_batch(g->call, &op, 1, &g->t_recv, NULL) != GRPC_CALL_OK)
-        JB_BUG("cannot post RECV_MESSAGE on an AcquireGpu stream");
-    g->recv_posted = 1;
-    g->ops++;
+    if (!g->freed)
+        jb__stream_post_recv(&g->s);
 }
-
-static void on_start(jb__tag *tag, int ok);
-static void on_recv(jb__tag *tag, int ok);
-static void on_status(jb__tag *tag, int ok);
 
 /* Starts an AcquireGpu stream (a re-attach once granted); c->mu held, !c->closing. */
 static void stream_start_locked(jb_client_gpu *g, const char *lease_id)
 {
-    jb_client *c = g->c;
     Jimbot__Infra__V1__AcquireGpuRequest r = JIMBOT__INFRA__V1__ACQUIRE_GPU_REQUEST__INIT;
     r.component = g->component;
     r.priority = g->priority;
@@ -383,48 +339,14 @@ static void stream_start_locked(jb_client_gpu *g, const char *lease_id)
     r.lease_id = (char *)(lease_id != NULL ? lease_id : "");
     size_t len;
     uint8_t *buf = pack(&r.base, &len);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, len);
+    jb__stream_start(&g->s, -1, M_ACQUIRE_GPU, buf, len);
     free(buf);
-    g->send = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-
-    grpc_slice method = grpc_slice_from_static_string(M_ACQUIRE_GPU);
-    g->call = grpc_channel_create_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, method,
-                                       NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    grpc_slice_unref(method);
-    grpc_metadata_array_init(&g->md_initial);
-    grpc_metadata_array_init(&g->md_trailing);
-    g->details = grpc_empty_slice();
-    g->status_done = 0;
-    g->recv_posted = 0;
-    g->t_start.fn = on_start;
-    g->t_recv.fn = on_recv;
-    g->t_status.fn = on_status;
-
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = g->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &g->md_initial;
-    grpc_op st_op;
-    memset(&st_op, 0, sizeof(st_op));
-    st_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    st_op.data.recv_status_on_client.trailing_metadata = &g->md_trailing;
-    st_op.data.recv_status_on_client.status = &g->status;
-    st_op.data.recv_status_on_client.status_details = &g->details;
-    if (grpc_call_start_batch(g->call, ops, 4, &g->t_start, NULL) != GRPC_CALL_OK ||
-        grpc_call_start_batch(g->call, &st_op, 1, &g->t_status, NULL) != GRPC_CALL_OK)
-        JB_BUG("cannot start an AcquireGpu call");
-    g->ops += 2;
     post_recv_locked(g);
 }
 
 static void retry_fire(jb__alarm *a)
 {
-    jb_client_gpu *g = JB__CONTAINER_OF(a, jb_client_gpu, retry);
+    jb_client_gpu *g = JB__CONTAINER_OF(a, jb_client_gpu, s.retry);
     jb_client *c = g->c;
     pthread_mutex_lock(&c->mu);
     g->ops--;
@@ -477,13 +399,7 @@ static int maybe_reattach_locked(jb_client_gpu *g, grpc_status_code code, const 
     }
     if (now >= g->reattach_until)
         return 0;
-    g->attempt++;
-    int64_t delay = jb__client_backoff(c, g->attempt);
-    if (delay > g->reattach_until - now)
-        delay = g->reattach_until - now;
-    g->retry.fire = retry_fire;
-    g->ops++;
-    jb__client_alarm_arm(c, &g->retry, now + delay);
+    jb__stream_retry(&g->s, retry_fire, g->reattach_until);
     return 1;
 }
 
@@ -491,22 +407,12 @@ static int maybe_reattach_locked(jb_client_gpu *g, grpc_status_code code, const 
 static void stream_over_locked(jb_client_gpu *g)
 {
     jb_client *c = g->c;
-    if (g->ops > 0 || g->call == NULL)
-        return;
-    grpc_status_code code = g->status;
+    grpc_status_code code;
+    jb_status st;
     jb_error err;
-    jb_error_clear(&err);
-    jb_status st = jb__client_map_status(code, "AcquireGpu", g->details, &err);
-    uint32_t hint = md_retry_after(&g->md_trailing);
-    grpc_call_unref(g->call);
-    g->call = NULL;
-    grpc_metadata_array_destroy(&g->md_initial);
-    grpc_metadata_array_destroy(&g->md_trailing);
-    grpc_slice_unref(g->details);
-    if (g->send != NULL) {
-        grpc_byte_buffer_destroy(g->send);
-        g->send = NULL;
-    }
+    uint32_t hint;
+    if (!jb__stream_over(&g->s, &code, &st, &err, &hint))
+        return;
     if (g->freed || g->ended)
         return;
     if (c->closing) {
@@ -530,14 +436,11 @@ static void stream_over_locked(jb_client_gpu *g)
 static void on_start(jb__tag *tag, int ok)
 {
     (void)ok;
-    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, t_start);
+    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, s.t_start);
     jb_client *c = g->c;
     pthread_mutex_lock(&c->mu);
     g->ops--;
-    if (g->send != NULL) {
-        grpc_byte_buffer_destroy(g->send);
-        g->send = NULL;
-    }
+    jb__stream_sent(&g->s);
     stream_over_locked(g);
     maybe_free_locked(g);
     pthread_mutex_unlock(&c->mu);
@@ -546,11 +449,11 @@ static void on_start(jb__tag *tag, int ok)
 static void on_status(jb__tag *tag, int ok)
 {
     (void)ok;
-    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, t_status);
+    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, s.t_status);
     jb_client *c = g->c;
     pthread_mutex_lock(&c->mu);
     g->ops--;
-    g->status_done = 1;
+    g->s.status_done = 1;
     stream_over_locked(g);
     maybe_free_locked(g);
     pthread_mutex_unlock(&c->mu);
@@ -558,32 +461,29 @@ static void on_status(jb__tag *tag, int ok)
 
 static Jimbot__Infra__V1__GpuLeaseEvent *read_event(grpc_byte_buffer *bb)
 {
-    grpc_byte_buffer_reader r;
-    if (!grpc_byte_buffer_reader_init(&r, bb))
+    size_t len;
+    uint8_t *bytes = jb__client_read_all(bb, &len);
+    if (bytes == NULL)
         return NULL;
-    grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-    grpc_byte_buffer_reader_destroy(&r);
-    Jimbot__Infra__V1__GpuLeaseEvent *m = jimbot__infra__v1__gpu_lease_event__unpack(
-        NULL, GRPC_SLICE_LENGTH(s), GRPC_SLICE_START_PTR(s));
-    grpc_slice_unref(s);
+    Jimbot__Infra__V1__GpuLeaseEvent *m =
+        jimbot__infra__v1__gpu_lease_event__unpack(NULL, len, bytes);
+    free(bytes);
     return m;
 }
 
 static void on_recv(jb__tag *tag, int ok)
 {
-    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, t_recv);
+    jb_client_gpu *g = JB__CONTAINER_OF(tag, jb_client_gpu, s.t_recv);
     jb_client *c = g->c;
     pthread_mutex_lock(&c->mu);
     g->ops--;
-    g->recv_posted = 0;
-    grpc_byte_buffer *bb = g->recv;
-    g->recv = NULL;
+    grpc_byte_buffer *bb = jb__stream_take_recv(&g->s);
     if (ok && bb != NULL) {
         Jimbot__Infra__V1__GpuLeaseEvent *m = read_event(bb);
         if (m == NULL) {
             /* A server bug: end this stream (its status then ends the lease). */
-            if (g->call != NULL)
-                grpc_call_cancel_with_status(g->call, GRPC_STATUS_INTERNAL,
+            if (g->s.call != NULL)
+                grpc_call_cancel_with_status(g->s.call, GRPC_STATUS_INTERNAL,
                                              "malformed GpuLeaseEvent", NULL);
         } else {
             jb_client_gpu_kind kind = apply_event_locked(g, m);
@@ -624,6 +524,7 @@ jb_status jb_client_gpu_acquire_async(jb_client *c, const jb_client_gpu_options 
     g->cb = cb;
     g->userdata = userdata;
     pthread_cond_init(&g->cv, NULL);
+    jb__stream_init(&g->s, c, "AcquireGpu", &g->ops, on_start, on_recv, on_status);
     const char *lease_id = opts->lease_id;
     if (lease_id != NULL && lease_id[0] != '\0') {
         /* A re-attach: treated as granted, so that a break re-attaches again. */
@@ -776,8 +677,8 @@ static int wait_end(jb_client_gpu *g, uint32_t ms)
             break;
     }
     int ended = g->ended;
-    if (!ended && g->call != NULL)
-        grpc_call_cancel(g->call, NULL);
+    if (!ended)
+        jb__stream_cancel(&g->s);
     pthread_mutex_unlock(&c->mu);
     return ended;
 }
@@ -798,8 +699,8 @@ jb_status jb_client_gpu_release(jb_client_gpu *g, jb_client_gpu_release_info *in
     copy_str(lease_id, sizeof(lease_id), g->st.lease_id);
     if (!ended) {
         g->releasing = 1;
-        if (!granted && g->call != NULL)
-            grpc_call_cancel(g->call, NULL); /* leave the queue */
+        if (!granted)
+            jb__stream_cancel(&g->s); /* leave the queue */
     }
     pthread_mutex_unlock(&c->mu);
     if (ended)
@@ -889,8 +790,7 @@ jb_status jb_client_gpu_release_async(jb_client_gpu *g, jb_client_gpu_release_cb
         }
         if (!g->ended) {
             g->releasing = 1;
-            if (g->call != NULL)
-                grpc_call_cancel(g->call, NULL);
+            jb__stream_cancel(&g->s);
         }
         g->notify_cb = cb;
         g->notify_ud = userdata;
@@ -928,8 +828,7 @@ void jb_client_gpu_free(jb_client_gpu *g)
     jb_client *c = g->c;
     pthread_mutex_lock(&c->mu);
     g->freed = 1;
-    if (g->call != NULL)
-        grpc_call_cancel(g->call, NULL);
+    jb__stream_cancel(&g->s);
     if (!jb__client_on_thread(c)) {
         g->free_waiting = 1;
         while (g->in_callback)
@@ -942,10 +841,8 @@ void jb_client_gpu_free(jb_client_gpu *g)
 
 void jb__client_gpus_cancel_all(jb_client *c)
 {
-    for (jb_client_gpu *g = c->gpus; g != NULL; g = g->next) {
-        if (g->call != NULL)
-            grpc_call_cancel(g->call, NULL);
-    }
+    for (jb_client_gpu *g = c->gpus; g != NULL; g = g->next)
+        jb__stream_cancel(&g->s);
 }
 
 void jb__client_gpus_free_all(jb_client *c)

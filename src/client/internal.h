@@ -1,8 +1,9 @@
 /*
  * Internals of the client library (include/jimbot/client.h), shared by
  * client.c (the channel, the client thread, unary calls, alarms, publishing),
- * sub.c (subscriptions) and infra.c (the Infrastructure calls: GPU leases,
- * the API budget, resource status).
+ * stream.c (the plumbing of one server-streaming call), sub.c
+ * (subscriptions) and infra.c (the Infrastructure calls: GPU leases, the API
+ * budget, resource status).
  *
  * Locking: one mutex per client, c->mu, guards every mutable field of the
  * client and of its subscriptions. gRPC calls are started from whichever
@@ -119,6 +120,73 @@ uint8_t *jb__client_read_all(grpc_byte_buffer *bb, size_t *len);
 jb_status jb__client_unary_start(jb_client *c, const char *path, const void *req, size_t len,
                                  uint32_t extra_ms, jb__unary_fn done, void *userdata,
                                  jb_error *err);
+
+/*
+ * One server-streaming call at a time (stream.c), embedded in its owner (a
+ * subscription, a GPU lease). The owner's three tag handlers are set once
+ * with jb__stream_init() and recover the owner with JB__CONTAINER_OF from
+ * t_start, t_recv or t_status. Each batch the stream starts, and each retry
+ * alarm it arms, adds one to the owner's counter *ops; the owner's handlers
+ * take one off when theirs completes. Every function below but
+ * jb__stream_init() wants c->mu held.
+ */
+typedef struct jb__stream {
+    jb_client *c;
+    int *ops;         /* the owner's count of outstanding batches and alarms */
+    const char *name; /* the method's name, for messages ("Subscribe") */
+    grpc_call *call;  /* NULL between streams */
+    jb__tag t_start, t_recv, t_status;
+    grpc_byte_buffer *send;
+    grpc_byte_buffer *recv;
+    grpc_metadata_array md_initial; /* valid from the start batch's end to the stream's */
+    grpc_metadata_array md_trailing;
+    grpc_status_code status;
+    grpc_slice details;
+    int status_done;
+    int recv_posted;
+    jb__alarm retry; /* the owner's alarm before the next stream */
+    uint32_t attempt;
+} jb__stream;
+
+/* Sets up @s (zeroed storage) for @c; nothing is started. */
+void jb__stream_init(jb__stream *s, jb_client *c, const char *name, int *ops,
+                     void (*on_start)(jb__tag *, int), void (*on_recv)(jb__tag *, int),
+                     void (*on_status)(jb__tag *, int));
+
+/*
+ * Starts a call of registered method @m, or of @path when @m < 0, sending
+ * the @len bytes of @req (copied) and closing; starts the initial-metadata
+ * and the status batches. No receive is posted. !c->closing, no call.
+ */
+void jb__stream_start(jb__stream *s, int m, const char *path, const void *req, size_t len);
+
+/* Posts one RECV_MESSAGE unless one is posted, the status came or closing. */
+void jb__stream_post_recv(jb__stream *s);
+
+/* In the owner's on_recv: the message received (the caller's), or NULL. */
+grpc_byte_buffer *jb__stream_take_recv(jb__stream *s);
+
+/* In the owner's on_start: the request is sent, so its buffer goes. */
+void jb__stream_sent(jb__stream *s);
+
+/*
+ * Once no batch or alarm is outstanding (*ops == 0) and a call exists,
+ * releases the call and returns 1 with its gRPC status in *@code, the
+ * mapped status in *@st and @err, and the "retry-after-ms" trailer in
+ * *@retry_after_ms; returns 0 and does nothing otherwise.
+ */
+int jb__stream_over(jb__stream *s, grpc_status_code *code, jb_status *st, jb_error *err,
+                    uint32_t *retry_after_ms);
+
+/*
+ * Arms s->retry to run @fire after the client's backoff for the next
+ * attempt, but no later than @until_ms (monotonic) when it is not 0.
+ * !c->closing.
+ */
+void jb__stream_retry(jb__stream *s, void (*fire)(jb__alarm *a), int64_t until_ms);
+
+/* Cancels the call, if any. */
+void jb__stream_cancel(jb__stream *s);
 
 /* Cancels every GPU lease stream; c->mu held, c->closing set (infra.c). */
 void jb__client_gpus_cancel_all(jb_client *c);

@@ -1,12 +1,13 @@
 /*
  * Subscriptions of the client library (include/jimbot/client.h).
  *
- * One subscription holds at most one Subscribe stream at a time. A stream
- * has three batches in flight on its call: the start (send the request,
- * receive the initial metadata), the status, and one RECV_MESSAGE at a time.
- * sub->ops counts those batches plus a pending reconnect alarm; the stream
- * is over once the count drops to zero, and only then is the call released
- * and the next step chosen (gRPC completes a call's batches in any order):
+ * One subscription holds at most one Subscribe stream at a time, a
+ * jb__stream (stream.c): three batches in flight on its call, the start
+ * (send the request, receive the initial metadata), the status, and one
+ * RECV_MESSAGE at a time. sub->ops counts those batches plus a pending
+ * reconnect alarm; the stream is over once the count drops to zero, and only
+ * then is the call released and the next step chosen (gRPC completes a
+ * call's batches in any order):
  *
  *     start ──▶ streaming ──(status, ops == 0)──▶ transient? ──▶ alarm ──▶ start
  *                                                     │
@@ -36,8 +37,6 @@
 
 #include "jimbot/infra/v1/event_bus.pb-c.h"
 
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/support/time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,20 +61,9 @@ struct jb_client_sub {
     jb_client_deliver_fn deliver;
     void *userdata;
 
-    grpc_call *call;
-    jb__tag t_start, t_recv, t_status;
-    grpc_byte_buffer *send;
-    grpc_byte_buffer *recv;
-    grpc_metadata_array md_initial;
-    grpc_metadata_array md_trailing;
-    grpc_status_code status;
-    grpc_slice details;
-    int status_done;
-    int recv_posted;
-    int ops;
+    jb__stream s; /* the Subscribe stream, its retry alarm and attempt count */
+    int ops;      /* the stream's batches and the retry alarm */
 
-    jb__alarm retry;
-    uint32_t attempt;
     int ended;
     jb_status end_status;
     jb_error end_err;
@@ -230,7 +218,7 @@ static void sub_free(jb_client_sub *sub)
 static int sub_maybe_free_locked(jb_client_sub *sub)
 {
     if (!sub->unsubscribed || sub->ops > 0 || sub->in_callback || sub->unsub_waiting ||
-        sub->call != NULL)
+        sub->s.call != NULL)
         return 0;
     jb_client *c = sub->c;
     for (jb_client_sub **pp = &c->subs; *pp != NULL; pp = &(*pp)->next) {
@@ -245,27 +233,13 @@ static int sub_maybe_free_locked(jb_client_sub *sub)
 
 static void post_recv_locked(jb_client_sub *sub)
 {
-    if (sub->call == NULL || sub->recv_posted || sub->status_done || sub->c->closing ||
-        sub->unsubscribed)
-        return;
-    grpc_op op;
-    memset(&op, 0, sizeof(op));
-    op.op = GRPC_OP_RECV_MESSAGE;
-    op.data.recv_message.recv_message = &sub->recv;
-    if (grpc_call_start_batch(sub->call, &op, 1, &sub->t_recv, NULL) != GRPC_CALL_OK)
-        JB_BUG("cannot post RECV_MESSAGE on a subscription");
-    sub->recv_posted = 1;
-    sub->ops++;
+    if (!sub->unsubscribed)
+        jb__stream_post_recv(&sub->s);
 }
-
-static void on_start(jb__tag *tag, int ok);
-static void on_recv(jb__tag *tag, int ok);
-static void on_status(jb__tag *tag, int ok);
 
 /* Starts a Subscribe stream; c->mu held, !c->closing. */
 static jb_status stream_start_locked(jb_client_sub *sub, jb_error *err)
 {
-    jb_client *c = sub->c;
     Jimbot__Infra__V1__SubscribeRequest r = JIMBOT__INFRA__V1__SUBSCRIBE_REQUEST__INIT;
     r.pattern = sub->pattern;
     r.group = sub->group;
@@ -280,41 +254,8 @@ static jb_status stream_start_locked(jb_client_sub *sub, jb_error *err)
     if (buf == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory subscribing");
     jimbot__infra__v1__subscribe_request__pack(&r, buf);
-    grpc_slice s = grpc_slice_from_copied_buffer((const char *)buf, len);
+    jb__stream_start(&sub->s, JB__M_SUBSCRIBE, NULL, buf, len);
     free(buf);
-    sub->send = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-
-    sub->call = grpc_channel_create_registered_call(c->channel, NULL, GRPC_PROPAGATE_DEFAULTS,
-                                                    c->cq, c->methods[JB__M_SUBSCRIBE],
-                                                    gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-    grpc_metadata_array_init(&sub->md_initial);
-    grpc_metadata_array_init(&sub->md_trailing);
-    sub->details = grpc_empty_slice();
-    sub->status_done = 0;
-    sub->recv_posted = 0;
-    sub->t_start.fn = on_start;
-    sub->t_recv.fn = on_recv;
-    sub->t_status.fn = on_status;
-
-    grpc_op ops[4];
-    memset(ops, 0, sizeof(ops));
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_SEND_MESSAGE;
-    ops[1].data.send_message.send_message = sub->send;
-    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[3].data.recv_initial_metadata.recv_initial_metadata = &sub->md_initial;
-    grpc_op st_op;
-    memset(&st_op, 0, sizeof(st_op));
-    st_op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-    st_op.data.recv_status_on_client.trailing_metadata = &sub->md_trailing;
-    st_op.data.recv_status_on_client.status = &sub->status;
-    st_op.data.recv_status_on_client.status_details = &sub->details;
-    if (grpc_call_start_batch(sub->call, ops, 4, &sub->t_start, NULL) != GRPC_CALL_OK ||
-        grpc_call_start_batch(sub->call, &st_op, 1, &sub->t_status, NULL) != GRPC_CALL_OK)
-        JB_BUG("cannot start a Subscribe call");
-    sub->ops += 2;
     if (sub->deliver != NULL || sub->q_len < sub->opts.max_queued_batches)
         post_recv_locked(sub);
     return JB_OK;
@@ -340,7 +281,7 @@ static void sub_end_locked(jb_client_sub *sub, jb_status status, const jb_error 
 
 static void retry_fire(jb__alarm *a)
 {
-    jb_client_sub *sub = JB__CONTAINER_OF(a, jb_client_sub, retry);
+    jb_client_sub *sub = JB__CONTAINER_OF(a, jb_client_sub, s.retry);
     jb_client *c = sub->c;
     pthread_mutex_lock(&c->mu);
     sub->ops--;
@@ -367,21 +308,12 @@ static void retry_fire(jb__alarm *a)
 static void stream_maybe_over_locked(jb_client_sub *sub)
 {
     jb_client *c = sub->c;
-    if (sub->ops > 0 || sub->call == NULL)
-        return;
-    grpc_status_code code = sub->status;
+    grpc_status_code code;
+    jb_status st;
     jb_error err;
-    jb_error_clear(&err);
-    jb__client_map_status(code, "Subscribe", sub->details, &err);
-    grpc_call_unref(sub->call);
-    sub->call = NULL;
-    grpc_metadata_array_destroy(&sub->md_initial);
-    grpc_metadata_array_destroy(&sub->md_trailing);
-    grpc_slice_unref(sub->details);
-    if (sub->send != NULL) {
-        grpc_byte_buffer_destroy(sub->send);
-        sub->send = NULL;
-    }
+    uint32_t hint;
+    if (!jb__stream_over(&sub->s, &code, &st, &err, &hint))
+        return;
     if (sub->unsubscribed)
         return;
     if (c->closing) {
@@ -390,22 +322,18 @@ static void stream_maybe_over_locked(jb_client_sub *sub)
     } else if (is_refusal(code)) {
         sub_end_locked(sub, err.code, &err);
     } else {
-        sub->attempt++;
-        uint32_t delay = jb__client_backoff(c, sub->attempt);
-        sub->retry.fire = retry_fire;
-        sub->ops++;
-        jb__client_alarm_arm(c, &sub->retry, jb__client_now_ms() + delay);
+        jb__stream_retry(&sub->s, retry_fire, 0);
     }
 }
 
 static void on_start(jb__tag *tag, int ok)
 {
-    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, t_start);
+    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, s.t_start);
     jb_client *c = sub->c;
     pthread_mutex_lock(&c->mu);
     sub->ops--;
-    for (size_t i = 0; ok && i < sub->md_initial.count; i++) {
-        const grpc_metadata *m = &sub->md_initial.metadata[i];
+    for (size_t i = 0; ok && i < sub->s.md_initial.count; i++) {
+        const grpc_metadata *m = &sub->s.md_initial.metadata[i];
         if (grpc_slice_str_cmp(m->key, "jimbot-group") != 0)
             continue;
         size_t n = GRPC_SLICE_LENGTH(m->value);
@@ -414,10 +342,7 @@ static void on_start(jb__tag *tag, int ok)
         memcpy(sub->private_group, GRPC_SLICE_START_PTR(m->value), n);
         sub->private_group[n] = '\0';
     }
-    if (sub->send != NULL) {
-        grpc_byte_buffer_destroy(sub->send);
-        sub->send = NULL;
-    }
+    jb__stream_sent(&sub->s);
     stream_maybe_over_locked(sub);
     sub_maybe_free_locked(sub);
     pthread_mutex_unlock(&c->mu);
@@ -425,11 +350,11 @@ static void on_start(jb__tag *tag, int ok)
 
 static void on_status(jb__tag *tag, int ok)
 {
-    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, t_status);
+    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, s.t_status);
     jb_client *c = sub->c;
     pthread_mutex_lock(&c->mu);
     sub->ops--;
-    sub->status_done = 1;
+    sub->s.status_done = 1;
     stream_maybe_over_locked(sub);
     sub_maybe_free_locked(sub);
     pthread_mutex_unlock(&c->mu);
@@ -437,13 +362,11 @@ static void on_status(jb__tag *tag, int ok)
 
 static void on_recv(jb__tag *tag, int ok)
 {
-    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, t_recv);
+    jb_client_sub *sub = JB__CONTAINER_OF(tag, jb_client_sub, s.t_recv);
     jb_client *c = sub->c;
     pthread_mutex_lock(&c->mu);
     sub->ops--;
-    sub->recv_posted = 0;
-    grpc_byte_buffer *bb = sub->recv;
-    sub->recv = NULL;
+    grpc_byte_buffer *bb = jb__stream_take_recv(&sub->s);
     if (!ok || bb == NULL) {
         /* The stream is over; its status tells why. */
         if (bb != NULL)
@@ -456,17 +379,8 @@ static void on_recv(jb__tag *tag, int ok)
     pthread_mutex_unlock(&c->mu);
 
     /* Copy and decode without the lock. */
-    grpc_byte_buffer_reader r;
-    size_t len = 0;
-    uint8_t *bytes = NULL;
-    if (grpc_byte_buffer_reader_init(&r, bb)) {
-        grpc_slice s = grpc_byte_buffer_reader_readall(&r);
-        grpc_byte_buffer_reader_destroy(&r);
-        len = GRPC_SLICE_LENGTH(s);
-        bytes = jb__xmalloc(len);
-        memcpy(bytes, GRPC_SLICE_START_PTR(s), len);
-        grpc_slice_unref(s);
-    }
+    size_t len;
+    uint8_t *bytes = jb__client_read_all(bb, &len);
     grpc_byte_buffer_destroy(bb);
     batch_impl *b = NULL;
     jb_error err;
@@ -476,10 +390,10 @@ static void on_recv(jb__tag *tag, int ok)
     pthread_mutex_lock(&c->mu);
     if (st != JB_OK) {
         /* A server bug: end this stream; the subscription starts a new one. */
-        if (sub->call != NULL)
-            grpc_call_cancel_with_status(sub->call, GRPC_STATUS_INTERNAL, err.message, NULL);
+        if (sub->s.call != NULL)
+            grpc_call_cancel_with_status(sub->s.call, GRPC_STATUS_INTERNAL, err.message, NULL);
     } else {
-        sub->attempt = 0;
+        sub->s.attempt = 0;
         sub->delivered += b->n;
         if (sub->deliver != NULL) {
             if (!sub->unsubscribed && b->n > 0) {
@@ -539,6 +453,7 @@ jb_status jb_client_subscribe(jb_client *c, const jb_client_sub_options *opts,
     sub->deliver = deliver;
     sub->userdata = userdata;
     pthread_cond_init(&sub->cv, NULL);
+    jb__stream_init(&sub->s, c, "Subscribe", &sub->ops, on_start, on_recv, on_status);
 
     pthread_mutex_lock(&c->mu);
     jb_status st;
@@ -642,8 +557,7 @@ void jb_client_unsubscribe(jb_client_sub *sub)
     jb_client *c = sub->c;
     pthread_mutex_lock(&c->mu);
     sub->unsubscribed = 1;
-    if (sub->call != NULL)
-        grpc_call_cancel(sub->call, NULL);
+    jb__stream_cancel(&sub->s);
     if (!jb__client_on_thread(c)) {
         sub->unsub_waiting = 1;
         while (sub->in_callback)
@@ -675,10 +589,8 @@ jb_status jb_client_sub_ack_async(jb_client_sub *sub, const uint64_t *sequences,
 
 void jb__client_subs_cancel_all(jb_client *c)
 {
-    for (jb_client_sub *sub = c->subs; sub != NULL; sub = sub->next) {
-        if (sub->call != NULL)
-            grpc_call_cancel(sub->call, NULL);
-    }
+    for (jb_client_sub *sub = c->subs; sub != NULL; sub = sub->next)
+        jb__stream_cancel(&sub->s);
 }
 
 void jb__client_subs_free_all(jb_client *c)
