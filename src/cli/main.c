@@ -825,17 +825,6 @@ static void print_status_table(const jb_client_resource_status *s)
     }
 }
 
-/* Connects and asks GetResourceStatus; 0 with *@out set, or the exit status. */
-static int get_status(jb_client **client, const jb_client_options *copts,
-                      jb_client_resource_status **out)
-{
-    jb_error err;
-    jb_status st = jb_client_new(copts, client, &err);
-    if (st == JB_OK)
-        st = jb_client_resource_status_get(*client, out, &err);
-    return st == JB_OK ? 0 : fail_status(st, &err);
-}
-
 /* Prints @s's message as one line of proto3 JSON. */
 static int print_status_json(const jb_client_resource_status *s)
 {
@@ -849,6 +838,46 @@ static int print_status_json(const jb_client_resource_status *s)
         printf("%s\n", out.data);
     jb__buf_release(&out);
     return rc;
+}
+
+/*
+ * Connects, asks GetResourceStatus and prints the answer: with @print_json
+ * when @json is set, else with @table. Returns 0 or the exit status.
+ */
+static int show_status(jb_client **client, const jb_client_options *copts, int json,
+                       void (*table)(const jb_client_resource_status *s),
+                       int (*print_json)(const jb_client_resource_status *s))
+{
+    jb_error err;
+    jb_client_resource_status *s;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_resource_status_get(*client, &s, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    int rc = 0;
+    if (json)
+        rc = print_json(s);
+    else
+        table(s);
+    jb_client_resource_status_free(s);
+    return rc;
+}
+
+/*
+ * The commands that print the resource status (status, gpu status): they take
+ * --json (the whole message) or print it with @table; @help is their usage.
+ */
+static int status_command(jb_client **client, const jb_client_options *copts, int argc, char **argv,
+                          void (*help)(FILE *out),
+                          void (*table)(const jb_client_resource_status *s))
+{
+    static const char *const flags[] = {"--json", NULL};
+    int json = 0;
+    int rc = no_args(argc, argv, help, flags, &json);
+    if (rc != 0)
+        return rc < 0 ? 0 : rc;
+    return show_status(client, copts, json, table, print_status_json);
 }
 
 /* ---- status ----------------------------------------------------------------- */
@@ -866,20 +895,7 @@ static void status_usage(FILE *out)
 
 static int cmd_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
-    static const char *const flags[] = {"--json", NULL};
-    int json = 0;
-    int rc = no_args(argc, argv, status_usage, flags, &json);
-    if (rc != 0)
-        return rc < 0 ? 0 : rc;
-    jb_client_resource_status *s;
-    if ((rc = get_status(client, copts, &s)) != 0)
-        return rc;
-    if (json)
-        rc = print_status_json(s);
-    else
-        print_status_table(s);
-    jb_client_resource_status_free(s);
-    return rc;
+    return status_command(client, copts, argc, argv, status_usage, print_status_table);
 }
 
 /* ---- quota ------------------------------------------------------------------ */
@@ -905,7 +921,8 @@ static void quota_usage(FILE *out)
         "  --json               the answer (or the budget) as one line of JSON\n");
 }
 
-static void print_budget_json(const jb_client_resource_status *s)
+/* Prints @s's budget as one line of JSON; returns 0. */
+static int print_budget_json(const jb_client_resource_status *s)
 {
     jb__buf b;
     jb__buf_init(&b);
@@ -923,6 +940,7 @@ static void print_budget_json(const jb_client_resource_status *s)
     jb__buf_puts(&b, "]}");
     printf("%s\n", b.data);
     jb__buf_release(&b);
+    return 0;
 }
 
 static int quota_take(jb_client **client, const jb_client_options *copts,
@@ -991,16 +1009,7 @@ static int cmd_quota(jb_client **client, const jb_client_options *copts, int arg
         return bad_usage("unexpected argument '%s'", argv[optind]);
     if (take)
         return quota_take(client, copts, &req, json);
-    jb_client_resource_status *s;
-    int rc = get_status(client, copts, &s);
-    if (rc != 0)
-        return rc;
-    if (json)
-        print_budget_json(s);
-    else
-        print_budget(s);
-    jb_client_resource_status_free(s);
-    return 0;
+    return show_status(client, copts, json, print_budget, print_budget_json);
 }
 
 /* ---- gpu status, gpu release ------------------------------------------------ */
@@ -1040,20 +1049,7 @@ static void gpu_usage(FILE *out)
 
 static int cmd_gpu_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
-    static const char *const flags[] = {"--json", NULL};
-    int json = 0;
-    int rc = no_args(argc, argv, gpu_usage, flags, &json);
-    if (rc != 0)
-        return rc < 0 ? 0 : rc;
-    jb_client_resource_status *s;
-    if ((rc = get_status(client, copts, &s)) != 0)
-        return rc;
-    if (json)
-        rc = print_status_json(s);
-    else
-        print_gpus(s);
-    jb_client_resource_status_free(s);
-    return rc;
+    return status_command(client, copts, argc, argv, gpu_usage, print_gpus);
 }
 
 static int cmd_gpu_release(jb_client **client, const jb_client_options *copts, int argc,
