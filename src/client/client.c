@@ -1,9 +1,11 @@
 /*
  * The client library's core (include/jimbot/client.h): the channel, the
- * client thread, unary calls, alarms, publishing and acks, and the helpers
- * that the other files share (the "retry-after-ms" hint, copying a received
- * message). Subscriptions are in sub.c, the Infrastructure calls in infra.c,
- * the plumbing of their server-streaming calls in stream.c.
+ * client thread, unary calls (also the blocking form that infra.c uses),
+ * alarms, publishing and acks, and the helpers that the other files share
+ * (the "retry-after-ms" hint, copying a received message, refusing a
+ * blocking call on the client thread). Subscriptions are in sub.c, the
+ * Infrastructure calls in infra.c, the plumbing of their server-streaming
+ * calls in stream.c.
  *
  * Threads. The client thread only pumps the completion queue: it blocks in
  * grpc_completion_queue_next() and runs each tag's handler. Calls are
@@ -413,7 +415,7 @@ static void waiter_unary_done(jb_client *c, jb_status status, const jb_error *er
     pthread_mutex_unlock(&w->mu);
 }
 
-static jb_status not_on_thread(const jb_client *c, const char *what, jb_error *err)
+jb_status jb__client_refuse_on_thread(const jb_client *c, const char *what, jb_error *err)
 {
     if (jb__client_on_thread(c))
         return jb_error_set(err, JB_EINVAL,
@@ -423,14 +425,18 @@ static jb_status not_on_thread(const jb_client *c, const char *what, jb_error *e
     return JB_OK;
 }
 
-/* A blocking unary call: on JB_OK @w holds the response. */
-static jb_status unary_wait(jb_client *c, int m, const char *path, const void *req, size_t len,
-                            waiter *w, jb_error *err)
+/*
+ * A blocking unary call (as unary_start_ex()): on JB_OK @w holds the
+ * response. @what names the call when it is refused on the client thread.
+ */
+static jb_status unary_wait_ex(jb_client *c, int m, const char *path, const char *what,
+                               const void *req, size_t len, uint32_t extra_ms, waiter *w,
+                               jb_error *err)
 {
-    jb_status st = not_on_thread(c, m >= 0 ? method_paths[m] : path, err);
+    jb_status st = jb__client_refuse_on_thread(c, what, err);
     if (st != JB_OK)
         return st;
-    st = unary_start(c, m, path, req, len, waiter_unary_done, w, err);
+    st = unary_start_ex(c, m, path, req, len, extra_ms, waiter_unary_done, w, err);
     if (st != JB_OK)
         return st;
     pthread_mutex_lock(&w->mu);
@@ -440,6 +446,35 @@ static jb_status unary_wait(jb_client *c, int m, const char *path, const void *r
     if (w->status != JB_OK && err != NULL)
         *err = w->err;
     return w->status;
+}
+
+static jb_status unary_wait(jb_client *c, int m, const char *path, const void *req, size_t len,
+                            waiter *w, jb_error *err)
+{
+    return unary_wait_ex(c, m, path, m >= 0 ? method_paths[m] : path, req, len, 0, w, err);
+}
+
+/* unary_wait_ex() of @path whose answer moves to *@resp and *@resp_len on JB_OK. */
+static jb_status unary_call(jb_client *c, const char *path, const char *what, const void *req,
+                            size_t len, uint32_t extra_ms, uint8_t **resp, size_t *resp_len,
+                            jb_error *err)
+{
+    waiter w;
+    waiter_init(&w);
+    jb_status st = unary_wait_ex(c, -1, path, what, req, len, extra_ms, &w, err);
+    if (st == JB_OK) {
+        *resp = w.response;
+        *resp_len = w.len;
+        w.response = NULL;
+    }
+    waiter_release(&w);
+    return st;
+}
+
+jb_status jb__client_unary_call(jb_client *c, const char *path, const void *req, size_t len,
+                                uint32_t extra_ms, uint8_t **resp, size_t *resp_len, jb_error *err)
+{
+    return unary_call(c, path, strrchr(path, '/') + 1, req, len, extra_ms, resp, resp_len, err);
 }
 
 /* ---- Lifecycle ------------------------------------------------------------ */
@@ -947,7 +982,7 @@ static int batches_pending_locked(const jb_client *c, uint64_t id)
 
 jb_status jb_client_flush(jb_client *c, uint32_t timeout_ms, jb_error *err)
 {
-    jb_status st = not_on_thread(c, "flush", err);
+    jb_status st = jb__client_refuse_on_thread(c, "flush", err);
     if (st != JB_OK)
         return st;
     pthread_mutex_lock(&c->mu);
@@ -1138,14 +1173,9 @@ jb_status jb_client_call(jb_client *c, const char *method, const void *request, 
     if (method == NULL || method[0] != '/' || strchr(method + 1, '/') == NULL)
         return jb_error_set(err, JB_EINVAL, "call: method '%s' is not /package.Service/Method",
                             method != NULL ? method : "");
-    waiter w;
-    waiter_init(&w);
-    jb_status st = unary_wait(c, -1, method, request, request_len, &w, err);
-    if (st == JB_OK) {
-        *response = w.response;
-        *response_len = w.len;
-        w.response = NULL;
-    }
-    waiter_release(&w);
+    uint8_t *resp = NULL;
+    jb_status st = unary_call(c, method, method, request, request_len, 0, &resp, response_len, err);
+    if (st == JB_OK)
+        *response = resp;
     return st;
 }

@@ -26,8 +26,8 @@
  * fields of a handle are guarded by c->mu.
  *
  * Unary calls (ReleaseGpu, AcquireApiQuota, GetResourceStatus) go through
- * jb__client_unary_start(); the blocking forms wait on a condition variable
- * that the completion signals. Messages are packed and unpacked with
+ * jb__client_unary_start(), their blocking forms through
+ * jb__client_unary_call() (client.c). Messages are packed and unpacked with
  * protobuf-c.
  */
 #include "client/internal.h"
@@ -107,16 +107,6 @@ static struct timespec realtime_in(int64_t ms)
     return t;
 }
 
-static jb_status refuse_on_thread(const jb_client *c, const char *what, jb_error *err)
-{
-    if (jb__client_on_thread(c))
-        return jb_error_set(err, JB_EINVAL,
-                            "%s: a blocking call from a client callback would deadlock; use the "
-                            "asynchronous form",
-                            what);
-    return JB_OK;
-}
-
 /* Packs a protobuf-c message into a malloc'd buffer. */
 static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
 {
@@ -124,75 +114,6 @@ static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
     uint8_t *out = jb__xmalloc(*len + 1);
     protobuf_c_message_pack(m, out);
     return out;
-}
-
-/* ---- Blocking unary calls -------------------------------------------------- */
-
-typedef struct call_wait {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-    jb_status status;
-    jb_error err;
-    uint8_t *response;
-    size_t len;
-} call_wait;
-
-static void call_wait_done(jb_client *c, jb_status status, const jb_error *err,
-                           const uint8_t *response, size_t len, uint32_t retry_after_ms,
-                           void *userdata)
-{
-    (void)c;
-    (void)retry_after_ms;
-    call_wait *w = userdata;
-    pthread_mutex_lock(&w->mu);
-    w->status = status;
-    if (status != JB_OK) {
-        w->err = *err;
-    } else if (len > 0) {
-        w->response = jb__xmalloc(len);
-        memcpy(w->response, response, len);
-        w->len = len;
-    }
-    w->done = 1;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-/*
- * Calls @path and waits; on JB_OK *@resp (malloc'd, NULL when empty) and
- * *@len hold the answer, which the caller frees.
- */
-static jb_status call_blocking(jb_client *c, const char *path, const void *req, size_t len,
-                               uint32_t extra_ms, uint8_t **resp, size_t *resp_len, jb_error *err)
-{
-    const char *name = strrchr(path, '/') + 1;
-    jb_status st = refuse_on_thread(c, name, err);
-    if (st != JB_OK)
-        return st;
-    call_wait w;
-    memset(&w, 0, sizeof(w));
-    pthread_mutex_init(&w.mu, NULL);
-    pthread_cond_init(&w.cv, NULL);
-    st = jb__client_unary_start(c, path, req, len, extra_ms, call_wait_done, &w, err);
-    if (st == JB_OK) {
-        pthread_mutex_lock(&w.mu);
-        while (!w.done)
-            pthread_cond_wait(&w.cv, &w.mu);
-        pthread_mutex_unlock(&w.mu);
-        st = w.status;
-        if (st != JB_OK && err != NULL)
-            *err = w.err;
-    }
-    pthread_mutex_destroy(&w.mu);
-    pthread_cond_destroy(&w.cv);
-    if (st == JB_OK) {
-        *resp = w.response;
-        *resp_len = w.len;
-    } else {
-        free(w.response);
-    }
-    return st;
 }
 
 /* ---- Lease events ---------------------------------------------------------- */
@@ -553,7 +474,7 @@ static int clamp_ms(int64_t ms)
 jb_status jb_client_gpu_acquire(jb_client *c, const jb_client_gpu_options *opts,
                                 uint32_t timeout_ms, jb_client_gpu **out, jb_error *err)
 {
-    jb_status st = refuse_on_thread(c, "AcquireGpu", err);
+    jb_status st = jb__client_refuse_on_thread(c, "AcquireGpu", err);
     if (st != JB_OK)
         return st;
     jb_client_gpu *g;
@@ -658,7 +579,7 @@ jb_status jb_client_gpu_release_id(jb_client *c, const char *lease_id,
         return jb_error_set(err, JB_EINVAL, "ReleaseGpu: no lease id");
     size_t len, resp_len = 0;
     uint8_t *req = pack_release(lease_id, &len), *resp = NULL;
-    jb_status st = call_blocking(c, M_RELEASE_GPU, req, len, 0, &resp, &resp_len, err);
+    jb_status st = jb__client_unary_call(c, M_RELEASE_GPU, req, len, 0, &resp, &resp_len, err);
     free(req);
     if (st == JB_OK)
         st = parse_release(resp, resp_len, info, err);
@@ -686,7 +607,7 @@ static int wait_end(jb_client_gpu *g, uint32_t ms)
 jb_status jb_client_gpu_release(jb_client_gpu *g, jb_client_gpu_release_info *info, jb_error *err)
 {
     jb_client *c = g->c;
-    jb_status st = refuse_on_thread(c, "ReleaseGpu", err);
+    jb_status st = jb__client_refuse_on_thread(c, "ReleaseGpu", err);
     if (st != JB_OK)
         return st;
     jb_client_gpu_release_info tmp;
@@ -894,7 +815,7 @@ jb_status jb_client_quota_acquire(jb_client *c, const jb_client_quota_request *r
     if (st != JB_OK)
         return st;
     memset(out, 0, sizeof(*out));
-    st = call_blocking(c, M_QUOTA, buf, len, req->wait_ms, &resp, &resp_len, err);
+    st = jb__client_unary_call(c, M_QUOTA, buf, len, req->wait_ms, &resp, &resp_len, err);
     free(buf);
     if (st == JB_OK)
         st = parse_quota(resp, resp_len, out, err);
@@ -1074,7 +995,7 @@ jb_status jb_client_resource_status_get(jb_client *c, jb_client_resource_status 
 {
     uint8_t *resp = NULL;
     size_t len = 0;
-    jb_status st = call_blocking(c, M_STATUS, "", 0, 0, &resp, &len, err);
+    jb_status st = jb__client_unary_call(c, M_STATUS, "", 0, 0, &resp, &len, err);
     if (st == JB_OK)
         st = jb_client_resource_status_decode(resp, len, out, err);
     free(resp);

@@ -188,6 +188,17 @@ void jb__stream_retry(jb__stream *s, void (*fire)(jb__alarm *a), int64_t until_m
 /* Cancels the call, if any. */
 void jb__stream_cancel(jb__stream *s);
 
+/*
+ * The blocking form of jb__client_unary_start(): on JB_OK *@resp (malloc'd,
+ * NULL when the answer is empty; the caller frees it) and *@resp_len hold
+ * the answer. Refused on the client thread, where it would wait for itself.
+ */
+jb_status jb__client_unary_call(jb_client *c, const char *path, const void *req, size_t len,
+                                uint32_t extra_ms, uint8_t **resp, size_t *resp_len, jb_error *err);
+
+/* JB_EINVAL (in @err, naming the call @what) on the client thread, else JB_OK. */
+jb_status jb__client_refuse_on_thread(const jb_client *c, const char *what, jb_error *err);
+
 /* Cancels every GPU lease stream; c->mu held, c->closing set (infra.c). */
 void jb__client_gpus_cancel_all(jb_client *c);
 
