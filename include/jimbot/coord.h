@@ -280,10 +280,10 @@ typedef struct jb_gpu_waiter_info {
 
 typedef struct jb_quota_info {
     uint32_t limit;
-    uint32_t used;         /* spent in the current window */
-    uint32_t remaining;    /* limit - used, 0 at least */
-    int64_t next_slot_ms;  /* wall clock when one more frees up; 0 if remaining > 0 */
-    uint32_t waiting;      /* budget requests waiting */
+    uint32_t used;        /* spent in the current window */
+    uint32_t remaining;   /* limit - used, 0 at least */
+    int64_t next_slot_ms; /* wall clock when one more frees up; 0 if remaining > 0 */
+    uint32_t waiting;     /* budget requests waiting */
     uint32_t window_ms;
 } jb_quota_info;
 
@@ -299,8 +299,8 @@ const char *jb_coord_gpu_source(const jb_coord *co);
 /* The devices in index order, and the waiters in serving order. */
 void jb_coord_foreach_gpu(jb_coord *co, void (*fn)(const jb_gpu_device_info *d, void *ud),
                           void *ud);
-void jb_coord_foreach_gpu_waiter(jb_coord *co,
-                                 void (*fn)(const jb_gpu_waiter_info *w, void *ud), void *ud);
+void jb_coord_foreach_gpu_waiter(jb_coord *co, void (*fn)(const jb_gpu_waiter_info *w, void *ud),
+                                 void *ud);
 
 /* The budget now, and each component that spent or has a share. */
 void jb_coord_quota_info(jb_coord *co, jb_quota_info *out);

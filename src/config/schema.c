@@ -248,16 +248,14 @@ static const jb_config_key builtin_keys[] = {
      NULL, "A lease's holder is sent `expiring` this long before the lease ends (0: no warning)."},
     {"resource_coordinator.gpu.keepalive_ms", JB_CONFIG_INT, R, "5000", 100, 600000, NULL, NULL,
      "Interval of the keepalive messages an AcquireGpu stream sends while it holds a lease."},
-    {"resource_coordinator.gpu.starvation_seconds", JB_CONFIG_INT, R, "1800", 0, 604800, NULL,
-     NULL,
+    {"resource_coordinator.gpu.starvation_seconds", JB_CONFIG_INT, R, "1800", 0, 604800, NULL, NULL,
      "A GPU waiter that has waited this long goes ahead of every waiter that has not (oldest "
      "first), so no waiter starves (0: strict priority order)."},
     {"resource_coordinator.gpu.release_timeout_seconds", JB_CONFIG_INT, R, "30", 0, 3600, NULL,
      NULL,
      "With NVML: after a release, how long the device waits for its holder's processes to free "
      "their memory before it goes to the next waiter anyway (logged)."},
-    {"resource_coordinator.gpu.reattach_grace_seconds", JB_CONFIG_INT, 0, "15", 0, 3600, NULL,
-     NULL,
+    {"resource_coordinator.gpu.reattach_grace_seconds", JB_CONFIG_INT, 0, "15", 0, 3600, NULL, NULL,
      "After a restart, how long leases found in the state file wait for their holders to "
      "re-attach (AcquireGpu with the lease_id) before their devices are freed."},
     {"resource_coordinator.gpu.nvml_library", JB_CONFIG_STRING, 0, "'libnvidia-ml.so.1'", 0, 0,

@@ -184,8 +184,7 @@ static void open_nvml(jb_coord *co)
            jb__nvml_count(co->nvml));
 }
 
-jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord **out,
-                       jb_error *err)
+jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord **out, jb_error *err)
 {
     if (opts->devices > JB_COORD_MAX_DEVICES)
         return jb_error_set(err, JB_EINVAL, "%u GPU devices: at most %d", opts->devices,
