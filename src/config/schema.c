@@ -155,6 +155,8 @@ static const char *const fsync_values[] = {"always", "batch", "none", NULL};
 static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
 static const char *const aggregate_kinds[] = {"keep", "last", "count", NULL};
 
+static const char *const queue_budgets[] = {"none", "claude", NULL};
+
 #define R JB_CONFIG_RELOADABLE
 #define S JB_CONFIG_SECRET
 
@@ -276,6 +278,24 @@ static const jb_config_key builtin_keys[] = {
      "The most requests this component may spend in one window."},
     {"resource_coordinator.claude.cache_ttl", JB_CONFIG_INT, R, "3600", 0, 31536000, NULL, NULL,
      "Seconds a cached Claude response stays valid (0: no cache)."},
+    {"resource_coordinator.claude.cache_max_bytes", JB_CONFIG_INT, R, "16777216", 0, 1073741824,
+     NULL, NULL,
+     "The most bytes the request queues' response cache holds (keys, payloads and responses); "
+     "the oldest entries go first (0: no cache)."},
+    {"resource_coordinator.queues", JB_CONFIG_MAP, R, "{claude: {budget: claude}}", 0, 0, NULL,
+     check_name,
+     "The request queues (SubmitRequest, TakeRequests): NAME: {max_depth, timeout_ms, budget, "
+     "max_deliveries}. Replacing the map replaces the default `claude` queue."},
+    {"resource_coordinator.queues.*.max_depth", JB_CONFIG_INT, R, "1000", 1, 1000000, NULL, NULL,
+     "Requests that may wait in this queue at once; more get RESOURCE_EXHAUSTED."},
+    {"resource_coordinator.queues.*.timeout_ms", JB_CONFIG_INT, R, "30000", 1, 3600000, NULL, NULL,
+     "How long a submitter waits for a response when its request names no timeout."},
+    {"resource_coordinator.queues.*.budget", JB_CONFIG_ENUM, R, "none", 0, 0, queue_budgets, NULL,
+     "claude: a request reaches a worker only when it takes one unit of the Claude budget "
+     "(resource_coordinator.claude.hourly_limit); none: unpaced."},
+    {"resource_coordinator.queues.*.max_deliveries", JB_CONFIG_INT, R, "3", 1, 100, NULL, NULL,
+     "Workers a request may be handed to; when that many went away without answering, it is "
+     "answered with an error and kept aside (poison)."},
     {"resource_coordinator.claude.api_key", JB_CONFIG_STRING, R | S, "''", 0, 0, NULL, NULL,
      "Claude API key; write ${ANTHROPIC_API_KEY} or ${file:PATH}, never the key itself."},
     {"resource_coordinator.redis.url", JB_CONFIG_STRING, 0, "'redis://127.0.0.1:6379'", 0, 0, NULL,
