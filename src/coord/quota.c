@@ -592,6 +592,17 @@ jb_status jb__quota_save(jb__quota *q, jb__state_image *img)
     return JB_OK;
 }
 
+uint64_t jb__quota_time_until(jb__quota *q, uint32_t count)
+{
+    int64_t now = jb__coord_wall_ms();
+    expire(q, now);
+    uint64_t want = (uint64_t)q->used + count;
+    uint64_t limit = q->co->set.hourly_limit;
+    if (want <= limit)
+        return 0;
+    return time_until_free(q, now, want - limit, 0, "");
+}
+
 void jb__quota_settings_changed(jb__quota *q)
 {
     if (q == NULL || q->closed)
