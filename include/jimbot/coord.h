@@ -47,6 +47,8 @@
  * meanwhile ride the next one (group commit). It carries a CRC; a damaged
  * file stops the start (JB_ECORRUPT), never silently refills the budget.
  *
+ * Request queues: see "Request queues" below.
+ *
  * Must not depend on: gRPC, protobuf-c, the bus.
  */
 #ifndef JIMBOT_COORD_H
@@ -251,6 +253,173 @@ jb_status jb_coord_quota_acquire(jb_coord *co, const jb_quota_request *req, jb_q
  * being made durable stays spent.
  */
 void jb_coord_quota_cancel(jb_quota_wait *w);
+
+/* ---- Request queues ---------------------------------------------------- */
+
+/*
+ * Named queues of requests (resource_coordinator.queues; `claude` by
+ * default) that submitters put requests on and workers answer
+ * (docs/coordinator.md "The request queue").
+ *   - Each queue holds at most max_depth waiting requests, served by
+ *     priority (higher first), then arrival.
+ *   - A queue tied to the budget hands a request to a worker only once it
+ *     took one unit of the API budget (made durable first); requests wait
+ *     for units instead of failing, and one whose deadline comes before a
+ *     unit could be its is refused at once (JB_ERATELIMITED).
+ *   - A request equal to one answered within claude.cache_ttl (same queue,
+ *     type and payload bytes) is answered from the cache; equal requests
+ *     waiting or in flight share one delivery and every submitter gets the
+ *     answer. Neither spends budget or reaches a worker again.
+ *   - A worker holds at most max_outstanding requests; when it goes away
+ *     its unanswered requests go back to the queue (at least once). A
+ *     request handed out max_deliveries times to workers that all went
+ *     away is answered JB_EIO and kept aside (poison).
+ * The cache lives in memory only: it does not survive a restart.
+ */
+
+typedef struct jb_queue_submit jb_queue_submit;
+typedef struct jb_queue_worker jb_queue_worker;
+
+/* Longest queue name, request id and type accepted, in bytes. */
+#define JB_COORD_MAX_QUEUE      64
+#define JB_COORD_MAX_REQUEST_ID 128
+#define JB_COORD_MAX_TYPE       256
+/* Poisoned requests kept aside per queue; older ones are dropped (still counted). */
+#define JB_COORD_MAX_POISON_KEPT 64
+
+/* A request to submit; every field is borrowed and copied by the call. */
+typedef struct jb_queued_request {
+    const char *request_id; /* NULL or "": one is assigned */
+    const char *queue;      /* required */
+    const char *type;       /* the payload's type; NULL means "" */
+    const void *payload;
+    size_t payload_len;
+    int32_t priority;      /* higher first */
+    uint32_t timeout_ms;   /* 0: the queue's timeout_ms */
+    const char *submitter; /* who asks (logs, status); may be NULL */
+    int bypass_cache;      /* neither read the cache nor join an equal request */
+} jb_queued_request;
+
+/*
+ * A response: what a worker gives jb_coord_queue_respond(), and what a
+ * submitter's callback is told. Borrowed until the call or callback returns.
+ */
+typedef struct jb_queued_response {
+    const char *request_id;
+    const char *type; /* NULL means "" */
+    const void *payload;
+    size_t payload_len;
+    const char *error; /* non-empty: the worker could not answer (never cached) */
+    int cached;        /* to submitters: answered from the cache */
+} jb_queued_response;
+
+/* A request handed to a worker. Borrowed until the callback returns. */
+typedef struct jb_queued_task {
+    const char *request_id; /* answer with this id */
+    const char *queue;
+    const char *type;
+    const void *payload;
+    size_t payload_len;
+    int32_t priority;
+    const char *submitter;   /* "" when none was given */
+    int64_t enqueued_ms;     /* wall clock */
+    uint32_t timeout_ms;     /* left until the latest submitter's deadline */
+    uint32_t delivery_count; /* 1 the first time it is handed out */
+} jb_queued_task;
+
+/*
+ * The answer to a submit, exactly once, on the loop (never inside the
+ * submit): JB_OK with @resp (the worker's answer, which may carry an
+ * error text, or the cache's); JB_ETIMEDOUT when none came before the
+ * deadline; JB_EIO when the request was poisoned; JB_EUNAVAILABLE when
+ * its queue was removed from the configuration while it waited;
+ * JB_ECLOSED when the coordinator closed. @resp is NULL unless JB_OK.
+ * Arguments are borrowed; the submit handle is invalid once it returns.
+ */
+typedef void (*jb_queue_submit_cb)(jb_status status, const jb_queued_response *resp,
+                                   const jb_error *err, void *userdata);
+
+/*
+ * Submits @req. On JB_OK @cb will run once (see jb_queue_submit_cb) and
+ * *@out (may be NULL) is the handle to cancel with. Fails, with @cb never
+ * called and nothing queued, with JB_EINVAL (no or unknown-length queue,
+ * oversized id or type), JB_ENOENT (no such queue), JB_EEXIST (the
+ * request id is in use), JB_EUNAVAILABLE (no worker takes this queue; a
+ * cache hit is still answered), JB_EBACKPRESSURE (max_depth requests
+ * wait already), JB_ERATELIMITED (a budget queue: no unit could be this
+ * request's before its deadline), JB_ECLOSED. On JB_EBACKPRESSURE and
+ * JB_ERATELIMITED *@retry_after_ms (may be NULL) says when trying again
+ * may succeed: for JB_ERATELIMITED, when a unit could be this request's.
+ */
+jb_status jb_coord_queue_submit(jb_coord *co, const jb_queued_request *req, jb_queue_submit_cb cb,
+                                void *userdata, jb_queue_submit **out, uint64_t *retry_after_ms,
+                                jb_error *err);
+
+/*
+ * The submitter went away: @cb is not called. A request no other
+ * submitter waits for leaves the queue and never reaches a worker; one
+ * already handed out stays with its worker (its answer is still cached).
+ * Valid until @cb ran; NULL is a no-op.
+ */
+void jb_coord_queue_cancel(jb_queue_submit *s);
+
+/*
+ * Runs on the loop for each request handed to @w, never inside the call
+ * that registered @w. The callback may call any function of this header,
+ * jb_coord_queue_worker_free(@w) included.
+ */
+typedef void (*jb_queue_worker_cb)(jb_queue_worker *w, const jb_queued_task *task, void *userdata);
+
+/*
+ * Registers a worker taking @queue, holding at most @max_outstanding
+ * (0 means 1) unanswered requests. Fails with JB_EINVAL (bad name),
+ * JB_ENOENT (no such queue), JB_ECLOSED; then nothing changed. Free it
+ * with jb_coord_queue_worker_free(); the handle stays valid until then,
+ * or until the coordinator's close callback, which frees what is left.
+ */
+jb_status jb_coord_queue_worker_new(jb_coord *co, const char *queue, uint32_t max_outstanding,
+                                    jb_queue_worker_cb cb, void *userdata, jb_queue_worker **out,
+                                    jb_error *err);
+
+/*
+ * The worker went away: its unanswered requests go back to their queue
+ * (or are poisoned after max_deliveries). @w is invalid when this returns;
+ * NULL is a no-op.
+ */
+void jb_coord_queue_worker_free(jb_queue_worker *w);
+
+/*
+ * Answers the request @resp->request_id that a worker holds: every
+ * submitter waiting for it gets @resp (later, on the loop), and without an
+ * error text it is cached. JB_ENOENT when no worker holds such a request
+ * (unknown, not handed out, or answered already), JB_EINVAL for an empty
+ * id; then nothing changed.
+ */
+jb_status jb_coord_queue_respond(jb_coord *co, const jb_queued_response *resp, jb_error *err);
+
+/* One queue. Strings are borrowed until the next call into the engine. */
+typedef struct jb_queue_info {
+    const char *name;
+    const char *budget; /* "claude" or "none" */
+    uint32_t max_depth;
+    uint32_t depth;     /* waiting for a worker (or a unit) */
+    uint32_t in_flight; /* held by workers */
+    uint32_t workers;
+    uint64_t oldest_wait_ms; /* how long the oldest waiting request waits; 0 if none */
+    uint64_t submitted;      /* submits accepted */
+    uint64_t cache_hits;
+    uint64_t coalesced; /* submits that joined an equal request */
+    uint64_t poisoned;
+    uint64_t cache_bytes; /* this queue's share of the cache */
+    uint32_t cache_entries;
+} jb_queue_info;
+
+/* The queues in the configuration, in name order. */
+void jb_coord_foreach_queue(jb_coord *co, void (*fn)(const jb_queue_info *q, void *ud), void *ud);
+
+/* The poisoned requests kept aside in @queue, oldest first (delivery_count as handed out). */
+void jb_coord_foreach_queue_poison(jb_coord *co, const char *queue,
+                                   void (*fn)(const jb_queued_task *t, void *ud), void *ud);
 
 /* ---- Status ------------------------------------------------------------ */
 

@@ -1,10 +1,12 @@
 /*
  * The coordinator's life and settings (include/jimbot/coord.h): creates the
- * parts (the state file, NVML, the GPU leases, the budget), gives them what
+ * parts (the state file, NVML, the GPU leases, the budget, the request
+ * queues), gives them what
  * the state file held, applies the configuration, and closes them in order.
  *
- * Order at start: state (load) -> NVML (optional) -> gpu -> quota ->
- * restore both from the image. Order at close: waiters end (gpu, quota),
+ * Order at start: state (load) -> NVML (optional) -> gpu -> quota -> queues
+ * -> restore gpu and quota from the image. Order at close: waiters end
+ * (gpu, queues, then quota, which the queues wait on),
  * then the state is written a last time, then everything is freed and the
  * close callback runs.
  *
@@ -72,11 +74,14 @@ static void settings_release(jb__coord_settings *s)
     for (size_t i = 0; i < s->n_shares; i++)
         free(s->shares[i].component);
     free(s->shares);
+    for (size_t i = 0; i < s->n_queues; i++)
+        free(s->queues[i].name);
+    free(s->queues);
     memset(s, 0, sizeof(*s));
 }
 
 /* The schema's defaults, for a coordinator no configuration was applied to. */
-static void settings_defaults(jb__coord_settings *s)
+static jb_status settings_defaults(jb__coord_settings *s)
 {
     memset(s, 0, sizeof(*s));
     s->max_allocation_ms = 300 * 1000;
@@ -86,6 +91,52 @@ static void settings_defaults(jb__coord_settings *s)
     s->release_timeout_ms = 30 * 1000;
     s->hourly_limit = 100;
     s->window_ms = 3600 * 1000;
+    s->cache_ttl_ms = 3600 * 1000;
+    s->cache_max_bytes = 16 * 1024 * 1024;
+    s->queues = calloc(1, sizeof(*s->queues));
+    if (s->queues == NULL || (s->queues[0].name = strdup("claude")) == NULL) {
+        free(s->queues);
+        s->queues = NULL;
+        return JB_ENOMEM;
+    }
+    s->queues[0].max_depth = 1000;
+    s->queues[0].timeout_ms = 30000;
+    s->queues[0].budget = 1;
+    s->queues[0].max_deliveries = 3;
+    s->n_queues = 1;
+    return JB_OK;
+}
+
+static int by_queue_name(const void *a, const void *b)
+{
+    return strcmp(((const jb__queue_conf *)a)->name, ((const jb__queue_conf *)b)->name);
+}
+
+/* Reads resource_coordinator.queues into @s; JB_ECONFIG for a name too long. */
+static jb_status queues_from(const jb_config *cfg, jb__coord_settings *s, jb_error *err)
+{
+    const jb_config_map *m = jb_config_get_map(cfg, "resource_coordinator.queues", NULL, NULL);
+    size_t n = m != NULL ? jb_config_map_count(m) : 0;
+    s->queues = n > 0 ? calloc(n, sizeof(*s->queues)) : NULL;
+    if (n > 0 && s->queues == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory reading the queues");
+    for (; s->n_queues < n; s->n_queues++) {
+        const char *name = jb_config_map_name(m, s->n_queues);
+        if (strlen(name) > JB_COORD_MAX_QUEUE)
+            return jb_error_set(err, JB_ECONFIG, "queue name '%.*s...' longer than %d bytes", 16,
+                                name, JB_COORD_MAX_QUEUE);
+        jb__queue_conf *qc = &s->queues[s->n_queues];
+        qc->max_depth = (uint32_t)jb_config_map_get_int(m, s->n_queues, "max_depth");
+        qc->timeout_ms = (uint32_t)jb_config_map_get_int(m, s->n_queues, "timeout_ms");
+        qc->max_deliveries = (uint32_t)jb_config_map_get_int(m, s->n_queues, "max_deliveries");
+        qc->budget = strcmp(jb_config_map_get_string(m, s->n_queues, "budget"), "claude") == 0;
+        qc->name = strdup(name);
+        if (qc->name == NULL)
+            return jb_error_set(err, JB_ENOMEM, "out of memory reading the queues");
+    }
+    if (s->n_queues > 1)
+        qsort(s->queues, s->n_queues, sizeof(*s->queues), by_queue_name);
+    return JB_OK;
 }
 
 static uint64_t cfg_ms(const jb_config *cfg, const char *key, uint64_t scale)
@@ -105,6 +156,13 @@ static jb_status settings_from(const jb_config *cfg, jb__coord_settings *s, jb_e
     s->hourly_limit =
         (uint32_t)jb_config_get_int(cfg, "resource_coordinator.claude.hourly_limit", NULL, NULL);
     s->window_ms = cfg_ms(cfg, "resource_coordinator.claude.window_seconds", 1000);
+    s->cache_ttl_ms = cfg_ms(cfg, "resource_coordinator.claude.cache_ttl", 1000);
+    s->cache_max_bytes = cfg_ms(cfg, "resource_coordinator.claude.cache_max_bytes", 1);
+    jb_status st = queues_from(cfg, s, err);
+    if (st != JB_OK) {
+        settings_release(s);
+        return st;
+    }
 
     size_t n = 0;
     const char *const *list =
@@ -147,6 +205,7 @@ jb_status jb_coord_apply_config(jb_coord *co, const jb_config *cfg, jb_error *er
     co->set = s;
     jb__gpu_settings_changed(co->gpu);
     jb__quota_settings_changed(co->quota);
+    jb__queues_settings_changed(co->queues);
     return JB_OK;
 }
 
@@ -159,6 +218,7 @@ static char *dup_opt(const char *s)
 
 static void coord_free(jb_coord *co)
 {
+    jb__queues_free(co->queues);
     jb__quota_free(co->quota);
     jb__gpu_free(co->gpu);
     jb__nvml_close(co->nvml);
@@ -200,7 +260,10 @@ jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord *
         co->opts.reattach_grace_ms = 15000;
     if (co->opts.max_waiters == 0)
         co->opts.max_waiters = 1024;
-    settings_defaults(&co->set);
+    if (settings_defaults(&co->set) != JB_OK) {
+        coord_free(co);
+        return jb_error_set(err, JB_ENOMEM, "out of memory");
+    }
 
     jb__state_image img = {0};
     jb_status st = jb__state_open(co, &img, err);
@@ -210,6 +273,8 @@ jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord *
     }
     if (st == JB_OK)
         st = jb__quota_new(co, &co->quota, err);
+    if (st == JB_OK)
+        st = jb__queues_new(co, &co->queues, err);
     if (st == JB_OK)
         st = jb__gpu_restore(co->gpu, &img, err);
     if (st == JB_OK)
@@ -247,6 +312,7 @@ void jb_coord_close(jb_coord *co, jb_coord_close_cb cb, void *userdata)
     co->close_cb = cb;
     co->close_ud = userdata;
     jb__gpu_close(co->gpu);
+    jb__queues_close(co->queues);
     jb__quota_close(co->quota);
     jb__state_close(co->state, on_state_closed, co);
 }

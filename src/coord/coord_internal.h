@@ -1,8 +1,9 @@
 /*
  * Internals of the resource coordinator (include/jimbot/coord.h), shared by
  * coord.c (life, settings), gpu.c (leases and their queue), nvml.c (the NVML
- * adapter, dlopen'd), quota.c (the sliding-window budget) and state.c (the
- * state file and its group commit).
+ * adapter, dlopen'd), quota.c (the sliding-window budget), queue.c (the
+ * request queues and their cache) and state.c (the state file and its group
+ * commit).
  *
  * Who owns what: struct jb_coord is coord.c's; gpu.c owns jb__gpu, quota.c
  * jb__quota, state.c jb__state. They talk only through the functions below.
@@ -27,6 +28,16 @@ typedef struct jb__gpu jb__gpu;
 typedef struct jb__quota jb__quota;
 typedef struct jb__state jb__state;
 typedef struct jb__nvml jb__nvml;
+typedef struct jb__queues jb__queues;
+
+/* One configured request queue. */
+typedef struct jb__queue_conf {
+    char *name;
+    uint32_t max_depth;
+    uint32_t timeout_ms;
+    int budget; /* tied to the Claude budget */
+    uint32_t max_deliveries;
+} jb__queue_conf;
 
 /* One component's share of the budget. */
 typedef struct jb__share {
@@ -47,6 +58,10 @@ typedef struct jb__coord_settings {
     uint64_t window_ms;
     jb__share *shares;
     size_t n_shares;
+    uint64_t cache_ttl_ms;
+    uint64_t cache_max_bytes;
+    jb__queue_conf *queues; /* sorted by name */
+    size_t n_queues;
 } jb__coord_settings;
 
 struct jb_coord {
@@ -57,6 +72,7 @@ struct jb_coord {
     jb__gpu *gpu;
     jb__quota *quota;
     jb__state *state;
+    jb__queues *queues;
     int closing;
     jb_coord_close_cb close_cb;
     void *close_ud;
@@ -148,9 +164,29 @@ jb_status jb__quota_new(jb_coord *co, jb__quota **out, jb_error *err);
 jb_status jb__quota_restore(jb__quota *q, const jb__state_image *img, jb_error *err);
 jb_status jb__quota_save(jb__quota *q, jb__state_image *img);
 void jb__quota_settings_changed(jb__quota *q);
+/*
+ * Milliseconds from now until the window has room for @count more units (0:
+ * now; window_ms when the spends in it are too few to free that many).
+ * Counts only the spends, not the budget's waiters or shares: the request
+ * queues use it to refuse at once what their deadline cannot wait for.
+ */
+uint64_t jb__quota_time_until(jb__quota *q, uint32_t count);
 /* Ends every waiter with JB_ECLOSED. */
 void jb__quota_close(jb__quota *q);
 void jb__quota_free(jb__quota *q);
+
+/* ---- queue.c -------------------------------------------------------------- */
+
+jb_status jb__queues_new(jb_coord *co, jb__queues **out, jb_error *err);
+/*
+ * The settings changed: queues are added, updated or retired (their
+ * waiters answered JB_EUNAVAILABLE). Out of memory for a new queue is
+ * logged and the queue is missing until the next reload.
+ */
+void jb__queues_settings_changed(jb__queues *qs);
+/* Answers every submitter JB_ECLOSED and cancels the budget wait; workers stay until free. */
+void jb__queues_close(jb__queues *qs);
+void jb__queues_free(jb__queues *qs);
 
 /* ---- nvml.c --------------------------------------------------------------- */
 
