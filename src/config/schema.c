@@ -282,17 +282,17 @@ static const jb_config_key builtin_keys[] = {
      NULL, NULL,
      "The most bytes the request queues' response cache holds (keys, payloads and responses); "
      "the oldest entries go first (0: no cache)."},
-    {"resource_coordinator.queues", JB_CONFIG_MAP, R, "{claude: {budget: claude}}", 0, 0, NULL,
-     check_name,
+    {"resource_coordinator.queues", JB_CONFIG_MAP, R, "{claude: {}}", 0, 0, NULL, check_name,
      "The request queues (SubmitRequest, TakeRequests): NAME: {max_depth, timeout_ms, budget, "
      "max_deliveries}. Replacing the map replaces the default `claude` queue."},
     {"resource_coordinator.queues.*.max_depth", JB_CONFIG_INT, R, "1000", 1, 1000000, NULL, NULL,
      "Requests that may wait in this queue at once; more get RESOURCE_EXHAUSTED."},
     {"resource_coordinator.queues.*.timeout_ms", JB_CONFIG_INT, R, "30000", 1, 3600000, NULL, NULL,
      "How long a submitter waits for a response when its request names no timeout."},
-    {"resource_coordinator.queues.*.budget", JB_CONFIG_ENUM, R, "none", 0, 0, queue_budgets, NULL,
+    {"resource_coordinator.queues.*.budget", JB_CONFIG_ENUM, R, "claude", 0, 0, queue_budgets, NULL,
      "claude: a request reaches a worker only when it takes one unit of the Claude budget "
-     "(resource_coordinator.claude.hourly_limit); none: unpaced."},
+     "(resource_coordinator.claude.hourly_limit); none: unpaced. The default spends nothing "
+     "unpaced: a queue that calls no paid API says none."},
     {"resource_coordinator.queues.*.max_deliveries", JB_CONFIG_INT, R, "3", 1, 100, NULL, NULL,
      "Workers a request may be handed to; when that many went away without answering, it is "
      "answered with an error and kept aside (poison)."},

@@ -162,8 +162,9 @@ static void open_coord(fixture *f, const char *yaml)
 }
 
 /* A plain queue "q" (no budget), small bounds. */
-#define PLAIN \
-    "  queues:\n    q:\n      max_depth: 3\n      timeout_ms: 5000\n      max_deliveries: 2\n"
+#define PLAIN                                                                                  \
+    "  queues:\n    q:\n      max_depth: 3\n      timeout_ms: 5000\n      max_deliveries: 2\n" \
+    "      budget: none\n"
 
 static void on_answer(jb_status status, const jb_queued_response *resp, const jb_error *err,
                       void *ud)
@@ -260,10 +261,20 @@ static jb_queue_info info_of(fixture *f, const char *name)
 
 /* ---- Tests --------------------------------------------------------------- */
 
+static void check_claude_budget(const jb_queue_info *q, void *ud)
+{
+    (*(int *)ud)++;
+    assert_string_equal(q->name, "claude");
+    assert_string_equal(q->budget, "claude");
+}
+
 static void test_default_claude_queue(void **state)
 {
     fixture *f = *state;
     open_coord(f, NULL);
+    int n = 0;
+    jb_coord_foreach_queue(f->co, check_claude_budget, &n);
+    assert_int_equal(n, 1);
     jb_queue_info i = info_of(f, "claude");
     assert_int_equal(i.max_depth, 1000);
     assert_int_equal(i.depth, 0);
