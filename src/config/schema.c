@@ -282,6 +282,8 @@ static const jb_config_key builtin_keys[] = {
      NULL, NULL,
      "The most bytes the request queues' response cache holds (keys, payloads and responses); "
      "the oldest entries go first (0: no cache)."},
+    {"resource_coordinator.claude.api_key", JB_CONFIG_STRING, R | S, "''", 0, 0, NULL, NULL,
+     "Claude API key; write ${ANTHROPIC_API_KEY} or ${file:PATH}, never the key itself."},
     {"resource_coordinator.queues", JB_CONFIG_MAP, R, "{claude: {}}", 0, 0, NULL, check_name,
      "The request queues (SubmitRequest, TakeRequests): NAME: {max_depth, timeout_ms, budget, "
      "max_deliveries}. Replacing the map replaces the default `claude` queue."},
@@ -296,8 +298,6 @@ static const jb_config_key builtin_keys[] = {
     {"resource_coordinator.queues.*.max_deliveries", JB_CONFIG_INT, R, "3", 1, 100, NULL, NULL,
      "Workers a request may be handed to; when that many went away without answering, it is "
      "answered with an error and kept aside (poison)."},
-    {"resource_coordinator.claude.api_key", JB_CONFIG_STRING, R | S, "''", 0, 0, NULL, NULL,
-     "Claude API key; write ${ANTHROPIC_API_KEY} or ${file:PATH}, never the key itself."},
     {"resource_coordinator.redis.url", JB_CONFIG_STRING, 0, "'redis://127.0.0.1:6379'", 0, 0, NULL,
      check_redis_url, "The shared Redis server."},
     {"resource_coordinator.redis.password", JB_CONFIG_STRING, S, "''", 0, 0, NULL, NULL,
