@@ -91,6 +91,9 @@ typedef struct jb_coord_options {
     /* Waiters queued at once (GPU and budget each): 1024; more get
      * JB_EBACKPRESSURE. */
     uint32_t max_waiters;
+    /* The request queues' cache file (jimbotd: <data-dir>/queue.cache),
+     * loaded at start and written off the loop; NULL: memory only. */
+    const char *cache_path;
 } jb_coord_options;
 
 /*
@@ -274,7 +277,9 @@ void jb_coord_quota_cancel(jb_quota_wait *w);
  *     its unanswered requests go back to the queue (at least once). A
  *     request handed out max_deliveries times to workers that all went
  *     away is answered JB_EIO and kept aside (poison).
- * The cache lives in memory only: it does not survive a restart.
+ * With jb_coord_options.cache_path the cache survives a restart: it is
+ * written there (on the threadpool, at most once a second, and at close)
+ * and loaded at start; a damaged file is logged and ignored.
  */
 
 typedef struct jb_queue_submit jb_queue_submit;

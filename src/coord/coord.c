@@ -225,6 +225,7 @@ static void coord_free(jb_coord *co)
     settings_release(&co->set);
     free((char *)co->opts.state_path);
     free((char *)co->opts.nvml_library);
+    free((char *)co->opts.cache_path);
     free(co);
 }
 
@@ -256,6 +257,7 @@ jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord *
     co->opts = *opts;
     co->opts.state_path = dup_opt(opts->state_path);
     co->opts.nvml_library = dup_opt(opts->nvml_library);
+    co->opts.cache_path = dup_opt(opts->cache_path);
     if (co->opts.reattach_grace_ms == 0)
         co->opts.reattach_grace_ms = 15000;
     if (co->opts.max_waiters == 0)

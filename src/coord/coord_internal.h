@@ -2,8 +2,8 @@
  * Internals of the resource coordinator (include/jimbot/coord.h), shared by
  * coord.c (life, settings), gpu.c (leases and their queue), nvml.c (the NVML
  * adapter, dlopen'd), quota.c (the sliding-window budget), queue.c (the
- * request queues and their cache) and state.c (the state file and its group
- * commit).
+ * request queues and their cache), cache_file.c (the cache's file) and
+ * state.c (the state file and its group commit).
  *
  * Who owns what: struct jb_coord is coord.c's; gpu.c owns jb__gpu, quota.c
  * jb__quota, state.c jb__state. They talk only through the functions below.
@@ -187,6 +187,39 @@ void jb__queues_settings_changed(jb__queues *qs);
 /* Answers every submitter JB_ECLOSED and cancels the budget wait; workers stay until free. */
 void jb__queues_close(jb__queues *qs);
 void jb__queues_free(jb__queues *qs);
+
+/* ---- cache_file.c ------------------------------------------------------------ */
+
+/* One cached answer as the cache file holds it. Borrowed. */
+typedef struct jb__cache_record {
+    const char *queue, *type, *resp_type;
+    const void *payload, *resp;
+    size_t payload_len, resp_len;
+    int64_t expires_ms; /* wall clock */
+} jb__cache_record;
+
+/* An image: begin (count), put each record, end (the CRC) into a buffer of image_size bytes. */
+size_t jb__cache_record_size(const jb__cache_record *r);
+size_t jb__cache_image_size(size_t records_bytes);
+void jb__cache_image_begin(unsigned char *buf, uint32_t count);
+/* Writes @r at @at; returns its size (jb__cache_record_size). */
+size_t jb__cache_image_put(unsigned char *at, const jb__cache_record *r);
+void jb__cache_image_end(unsigned char *buf, size_t len);
+
+/*
+ * Calls @fn for each record of the file at @path (strings borrowed until
+ * it returns). Missing: nothing; damaged: logged, nothing. JB_ENOMEM only.
+ */
+jb_status jb__cache_file_load(const char *path, void (*fn)(const jb__cache_record *r, void *ud),
+                              void *ud);
+
+typedef struct jb__cache_writer jb__cache_writer;
+/* NULL when out of memory. */
+jb__cache_writer *jb__cache_writer_new(uv_loop_t *loop, const char *path);
+/* Takes ownership of *@buf (NULLed): written on the threadpool, after the write in flight. */
+void jb__cache_writer_submit(jb__cache_writer *w, unsigned char **buf, size_t len);
+/* Frees @w once the writes it holds are done (the loop must run for them). NULL: no-op. */
+void jb__cache_writer_free(jb__cache_writer *w);
 
 /* ---- nvml.c --------------------------------------------------------------- */
 

@@ -33,8 +33,11 @@
  *
  * The cache: entries keyed by (queue, type, payload), in a hash table of
  * chains and one list in insertion order; the oldest go first when the
- * bytes exceed cache_max_bytes, and expired ones as they are met. Memory
- * only: nothing is persisted.
+ * bytes exceed cache_max_bytes, and expired ones as they are met. With a
+ * cache path, a new entry marks the cache dirty and the timer hands
+ * cache_file.c a whole image a second later (and at close); the file is
+ * loaded at start, entries of queues not configured (yet) kept aside in
+ * unconfigured queues until a reload names them.
  *
  * Request ids and lookups are linear scans over a queue's jobs: a queue
  * holds at most max_depth pending jobs and workers hold few.
@@ -155,6 +158,9 @@ struct jb__queues {
     cache_entry *buckets[CACHE_BUCKETS];
     cache_entry *cache_head, *cache_tail;
     uint64_t cache_bytes;
+    jb__cache_writer *writer; /* NULL: memory only */
+    int cache_dirty;          /* changed since the last image */
+    uint64_t cache_flush_at;  /* loop ms of the next image when dirty */
     uv_timer_t *timer;
     int kicked; /* the timer is due on the next turn */
     int closed;
@@ -326,26 +332,28 @@ static void cache_trim(jb__queues *qs, uint64_t max)
         cache_unlink(qs, qs->cache_head);
 }
 
-/* Caches @j's answer; out of memory or too big simply leaves it out. */
-static void cache_put(jb__queues *qs, job *j)
+/*
+ * Adds an entry (replacing an equal one) that expires at @expires (loop
+ * ms); out of memory or too big simply leaves it out.
+ */
+static void cache_insert(jb__queues *qs, queue *q, const jb__cache_record *r, uint64_t hash,
+                         uint64_t expires)
 {
     const jb__coord_settings *set = &qs->co->set;
-    if (set->cache_ttl_ms == 0 || set->cache_max_bytes == 0)
+    size_t bytes = sizeof(cache_entry) + strlen(r->type) + 1 + r->payload_len +
+                   strlen(r->resp_type) + 1 + r->resp_len;
+    if (set->cache_ttl_ms == 0 || set->cache_max_bytes == 0 || bytes > set->cache_max_bytes)
         return;
-    size_t bytes =
-        sizeof(cache_entry) + strlen(j->type) + 1 + j->len + strlen(j->resp_type) + 1 + j->resp_len;
-    if (bytes > set->cache_max_bytes)
-        return;
-    cache_entry *old = cache_find(qs, j->q, j->hash, j->type, j->payload, j->len);
+    cache_entry *old = cache_find(qs, q, hash, r->type, r->payload, r->payload_len);
     if (old != NULL)
         cache_unlink(qs, old);
     cache_entry *e = calloc(1, sizeof(*e));
     if (e == NULL)
         return;
-    e->type = strdup(j->type);
-    e->payload = dup_bytes(j->payload, j->len);
-    e->resp_type = strdup(j->resp_type);
-    e->resp_payload = dup_bytes(j->resp_payload, j->resp_len);
+    e->type = strdup(r->type);
+    e->payload = dup_bytes(r->payload, r->payload_len);
+    e->resp_type = strdup(r->resp_type);
+    e->resp_payload = dup_bytes(r->resp, r->resp_len);
     if (e->type == NULL || e->payload == NULL || e->resp_type == NULL || e->resp_payload == NULL) {
         free(e->type);
         free(e->payload);
@@ -354,12 +362,12 @@ static void cache_put(jb__queues *qs, job *j)
         free(e);
         return;
     }
-    e->q = j->q;
-    e->hash = j->hash;
-    e->len = j->len;
-    e->resp_len = j->resp_len;
+    e->q = q;
+    e->hash = hash;
+    e->len = r->payload_len;
+    e->resp_len = r->resp_len;
     e->bytes = bytes;
-    e->expires = jb__coord_now_ms(qs->co) + set->cache_ttl_ms;
+    e->expires = expires;
     cache_trim(qs, set->cache_max_bytes - bytes);
     e->hnext = qs->buckets[e->hash % CACHE_BUCKETS];
     qs->buckets[e->hash % CACHE_BUCKETS] = e;
@@ -370,8 +378,70 @@ static void cache_put(jb__queues *qs, job *j)
         qs->cache_head = e;
     qs->cache_tail = e;
     qs->cache_bytes += bytes;
-    j->q->cache_bytes += bytes;
-    j->q->cache_entries++;
+    q->cache_bytes += bytes;
+    q->cache_entries++;
+}
+
+/* Caches @j's answer for cache_ttl; the file follows within a second. */
+static void cache_put(jb__queues *qs, job *j)
+{
+    jb__cache_record r = {.queue = j->q->name,
+                          .type = j->type,
+                          .resp_type = j->resp_type,
+                          .payload = j->payload,
+                          .resp = j->resp_payload,
+                          .payload_len = j->len,
+                          .resp_len = j->resp_len};
+    uint64_t now = jb__coord_now_ms(qs->co);
+    cache_insert(qs, j->q, &r, j->hash, now + qs->co->set.cache_ttl_ms);
+    if (qs->writer != NULL && !qs->cache_dirty) {
+        qs->cache_dirty = 1;
+        qs->cache_flush_at = now + 1000;
+    }
+}
+
+/* Hands the writer an image of the live entries (their expiry on the wall clock). */
+static void cache_flush(jb__queues *qs)
+{
+    qs->cache_dirty = 0;
+    uint64_t now = jb__coord_now_ms(qs->co);
+    int64_t wall = jb__coord_wall_ms();
+    size_t bytes = 0;
+    uint32_t count = 0;
+    for (const cache_entry *e = qs->cache_head; e != NULL; e = e->next) {
+        if (e->expires <= now)
+            continue;
+        jb__cache_record r = {.queue = e->q->name,
+                              .type = e->type,
+                              .resp_type = e->resp_type,
+                              .payload_len = e->len,
+                              .resp_len = e->resp_len};
+        bytes += jb__cache_record_size(&r);
+        count++;
+    }
+    size_t len = jb__cache_image_size(bytes);
+    unsigned char *buf = malloc(len);
+    if (buf == NULL) {
+        jb_log(JB_LOG_WARN, "coord", "out of memory writing the cache file", NULL);
+        return;
+    }
+    jb__cache_image_begin(buf, count);
+    unsigned char *p = buf + jb__cache_image_size(0) - 4;
+    for (const cache_entry *e = qs->cache_head; e != NULL; e = e->next) {
+        if (e->expires <= now)
+            continue;
+        jb__cache_record r = {.queue = e->q->name,
+                              .type = e->type,
+                              .resp_type = e->resp_type,
+                              .payload = e->payload,
+                              .resp = e->resp_payload,
+                              .payload_len = e->len,
+                              .resp_len = e->resp_len,
+                              .expires_ms = wall + (int64_t)(e->expires - now)};
+        p += jb__cache_image_put(p, &r);
+    }
+    jb__cache_image_end(buf, len);
+    jb__cache_writer_submit(qs->writer, &buf, len);
 }
 
 /* ---- Answers ------------------------------------------------------------------- */
@@ -666,7 +736,7 @@ static uint64_t next_wake(const jb__queues *qs, uint64_t now)
 {
     if (qs->answers.head != NULL)
         return now;
-    uint64_t wake = UINT64_MAX;
+    uint64_t wake = qs->cache_dirty ? qs->cache_flush_at : UINT64_MAX;
     for (const queue *q = qs->queues; q != NULL; q = q->next) {
         for (const job *j = q->pending.head; j != NULL; j = j->next) {
             for (const jb_queue_submit *s = j->subs.head; s != NULL; s = s->next)
@@ -691,6 +761,8 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = jb__coord_now_ms(qs->co);
     qs->kicked = 0;
     expire_submits(qs, now);
+    if (qs->cache_dirty && now >= qs->cache_flush_at)
+        cache_flush(qs);
     for (queue *q = qs->queues; q != NULL; q = q->next) {
         while (!qs->closed && dispatch_one(q, now)) {
         }
@@ -746,6 +818,23 @@ static void arm(jb__queues *qs, uint64_t delay)
 
 /* ---- Life ------------------------------------------------------------------------ */
 
+/* A record of the cache file: kept when it has not expired (its queue made, unconfigured, if new).
+ */
+static void on_loaded(const jb__cache_record *r, void *ud)
+{
+    jb__queues *qs = ud;
+    int64_t left = r->expires_ms - jb__coord_wall_ms();
+    if (left <= 0 || r->queue[0] == '\0')
+        return;
+    queue *q = queue_find(qs, r->queue);
+    if (q == NULL && (q = queue_add(qs, r->queue)) == NULL)
+        return;
+    if ((uint64_t)left > qs->co->set.cache_ttl_ms)
+        left = (int64_t)qs->co->set.cache_ttl_ms;
+    uint64_t hash = key_hash(q->name, r->type, r->payload, r->payload_len);
+    cache_insert(qs, q, r, hash, jb__coord_now_ms(qs->co) + (uint64_t)left);
+}
+
 jb_status jb__queues_new(jb_coord *co, jb__queues **out, jb_error *err)
 {
     jb__queues *qs = calloc(1, sizeof(*qs));
@@ -755,6 +844,15 @@ jb_status jb__queues_new(jb_coord *co, jb__queues **out, jb_error *err)
     qs->started_wall = jb__coord_wall_ms();
     *out = qs;
     jb__queues_settings_changed(qs);
+    const char *path = co->opts.cache_path;
+    if (path == NULL || path[0] == '\0')
+        return JB_OK;
+    qs->writer = jb__cache_writer_new(co->loop, path);
+    if (qs->writer == NULL || jb__cache_file_load(path, on_loaded, qs) != JB_OK) {
+        jb__queues_free(qs);
+        *out = NULL;
+        return jb_error_set(err, JB_ENOMEM, "out of memory loading the cache file");
+    }
     return JB_OK;
 }
 
@@ -777,6 +875,8 @@ void jb__queues_close(jb__queues *qs)
                 answer_all(qs, j, JB_ECLOSED, "the coordinator is closing");
         }
     }
+    if (qs->cache_dirty)
+        cache_flush(qs);
     qs->closed = 1;
     while (qs->answers.head != NULL) {
         deliver(qs, qs->answers.head);
@@ -791,6 +891,12 @@ void jb__queues_free(jb__queues *qs)
 {
     if (qs == NULL)
         return;
+    if (qs->timer != NULL) {
+        /* Freed without a close (a failed start): the handle goes on its own. */
+        uv_close((uv_handle_t *)qs->timer, on_timer_closed);
+        qs->timer = NULL;
+    }
+    jb__cache_writer_free(qs->writer);
     while (qs->cache_head != NULL)
         cache_unlink(qs, qs->cache_head);
     queue *q = qs->queues;

@@ -50,6 +50,8 @@ typedef struct fixture {
     uv_loop_t loop;
     char dir[64];
     char config[128];
+    char cache[128]; /* the cache file, when a test sets use_cache */
+    int use_cache;
     jb_config *cfg;
     jb_coord *co;
     int closed;
@@ -73,6 +75,7 @@ static int setup(void **state)
     if (mkdtemp(f->dir) == NULL || uv_loop_init(&f->loop) != 0)
         return -1;
     snprintf(f->config, sizeof(f->config), "%s/infrastructure.yaml", f->dir);
+    snprintf(f->cache, sizeof(f->cache), "%s/queue.cache", f->dir);
     *state = f;
     return 0;
 }
@@ -144,6 +147,8 @@ static void run_for(fixture *f, uint64_t ms)
 /* Opens the coordinator with a configuration whose resource_coordinator section is @yaml. */
 static void open_coord(fixture *f, const char *yaml)
 {
+    jb_config_unref(f->cfg);
+    f->cfg = NULL;
     FILE *fp = fopen(f->config, "w");
     assert_non_null(fp);
     fprintf(fp, "resource_coordinator:\n%s", yaml != NULL ? yaml : "  max_waiters: 1024\n");
@@ -156,7 +161,8 @@ static void open_coord(fixture *f, const char *yaml)
         print_message("config: %s\n", jb_config_errors_format(errs, i, line, sizeof(line)));
     jb_config_errors_free(errs);
     assert_int_equal(s, JB_OK);
-    jb_coord_options co = {.nvml_library = "", .devices = 1};
+    jb_coord_options co = {
+        .nvml_library = "", .devices = 1, .cache_path = f->use_cache ? f->cache : NULL};
     assert_int_equal(jb_coord_new(&f->loop, &co, &f->co, NULL), JB_OK);
     assert_int_equal(jb_coord_apply_config(f->co, f->cfg, NULL), JB_OK);
 }
@@ -704,6 +710,60 @@ static void test_close_with_workers_left(void **state)
     assert_int_equal(b.status, JB_ECLOSED);
 }
 
+static void test_cache_survives_restart(void **state)
+{
+    fixture *f = *state;
+    f->use_cache = 1;
+    open_coord(f, PLAIN);
+    jb_queue_worker *w = worker(f, "q", 1);
+    f->auto_answer = 1;
+    answer_rec a = {0}, b = {0};
+    assert_int_equal(submit(f, "q", "keep", 0, 0, &a, NULL, NULL), JB_OK);
+    run_until(f, &a.done, 1);
+    jb_coord_queue_worker_free(w);
+    close_coord(f);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(access(f->cache, F_OK), 0);
+    /* A new coordinator, no worker: the answer comes from the file. */
+    open_coord(f, PLAIN);
+    assert_int_equal(submit(f, "q", "keep", 0, 0, &b, NULL, NULL), JB_OK);
+    run_until(f, &b.done, 1);
+    assert_int_equal(b.status, JB_OK);
+    assert_int_equal(b.cached, 1);
+    assert_string_equal(b.payload, "re:keep");
+    answer_rec c = {0};
+    assert_int_equal(submit(f, "q", "other", 0, 0, &c, NULL, NULL), JB_EUNAVAILABLE);
+}
+
+static void test_cache_file_expired_or_damaged(void **state)
+{
+    fixture *f = *state;
+    f->use_cache = 1;
+    open_coord(f, PLAIN "  claude:\n    cache_ttl: 1\n");
+    jb_queue_worker *w = worker(f, "q", 1);
+    f->auto_answer = 1;
+    answer_rec a = {0};
+    assert_int_equal(submit(f, "q", "brief", 0, 0, &a, NULL, NULL), JB_OK);
+    run_until(f, &a.done, 1);
+    jb_coord_queue_worker_free(w);
+    close_coord(f);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    run_for(f, 1100);
+    /* Expired while the daemon was down: not answered from the file. */
+    open_coord(f, PLAIN);
+    answer_rec b = {0};
+    assert_int_equal(submit(f, "q", "brief", 0, 0, &b, NULL, NULL), JB_EUNAVAILABLE);
+    close_coord(f);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    /* A damaged file is ignored: the start succeeds with an empty cache. */
+    FILE *fp = fopen(f->cache, "wb");
+    assert_non_null(fp);
+    fputs("JBQCACHE1\n\x05\x00\x00\x00garbage", fp);
+    fclose(fp);
+    open_coord(f, PLAIN);
+    assert_int_equal(info_of(f, "q").cache_entries, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -724,6 +784,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(test_queue_removed_by_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_workers_left, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cache_file_expired_or_damaged, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
