@@ -764,6 +764,59 @@ static void test_cache_file_expired_or_damaged(void **state)
     assert_int_equal(info_of(f, "q").cache_entries, 0);
 }
 
+static void test_coalesced_cancel_keeps_the_others(void **state)
+{
+    fixture *f = *state;
+    open_coord(f, PLAIN);
+    jb_queue_worker *w = worker(f, "q", 1);
+    answer_rec a = {0}, b = {0};
+    jb_queue_submit *sa = NULL;
+    assert_int_equal(submit(f, "q", "eq", 0, 0, &a, &sa, NULL), JB_OK);
+    assert_int_equal(submit(f, "q", "eq", 0, 0, &b, NULL, NULL), JB_OK);
+    /* The first submitter goes: the request stays for the second. */
+    jb_coord_queue_cancel(sa);
+    f->auto_answer = 1;
+    run_until(f, &b.done, 1);
+    assert_int_equal(b.status, JB_OK);
+    assert_string_equal(b.payload, "re:eq");
+    assert_int_equal(a.done, 0);
+    assert_int_equal(f->n_tasks, 1);
+    jb_coord_queue_worker_free(w);
+}
+
+typedef struct closer {
+    fixture *f;
+    answer_rec rec;
+} closer;
+
+static void on_answer_close(jb_status status, const jb_queued_response *resp, const jb_error *err,
+                            void *ud)
+{
+    closer *c = ud;
+    on_answer(status, resp, err, &c->rec);
+    jb_coord_close(c->f->co, on_coord_closed, c->f);
+    c->f->co = NULL;
+}
+
+static void test_close_from_a_submit_callback(void **state)
+{
+    fixture *f = *state;
+    open_coord(f, PLAIN);
+    jb_queue_worker *w = worker(f, "q", 1);
+    (void)w; /* freed by the close */
+    f->auto_answer = 1;
+    closer c = {.f = f};
+    answer_rec later = {0};
+    jb_queued_request r = {.queue = "q", .payload = "x", .payload_len = 1};
+    assert_int_equal(jb_coord_queue_submit(f->co, &r, on_answer_close, &c, NULL, NULL, NULL),
+                     JB_OK);
+    assert_int_equal(submit(f, "q", "y", 0, 0, &later, NULL, NULL), JB_OK);
+    run_until(f, &c.rec.done, 1);
+    assert_int_equal(c.rec.status, JB_OK);
+    run_until(f, &f->closed, 1);
+    assert_int_equal(later.done, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -785,6 +838,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_queue_removed_by_reload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_workers_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_survives_restart, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_coalesced_cancel_keeps_the_others, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_a_submit_callback, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_file_expired_or_damaged, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
