@@ -1,14 +1,14 @@
 /*
  * The coordinator's life and settings (include/jimbot/coord.h): creates the
  * parts (the state file, NVML, the GPU leases, the budget, the request
- * queues), gives them what
- * the state file held, applies the configuration, and closes them in order.
+ * queues), gives them what the state file held, applies the configuration,
+ * and closes them in order.
  *
  * Order at start: state (load) -> NVML (optional) -> gpu -> quota -> queues
  * -> restore gpu and quota from the image. Order at close: waiters end
- * (gpu, queues, then quota, which the queues wait on),
- * then the state is written a last time, then everything is freed and the
- * close callback runs.
+ * (gpu, queues, then quota, which the queues wait on), then the state is
+ * written a last time, then everything is freed and the close callback
+ * runs.
  *
  * Settings are plain values copied out of a configuration snapshot; a
  * reload builds a new jb__coord_settings whole, then swaps it in, so a
