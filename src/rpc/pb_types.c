@@ -47,6 +47,7 @@ static const ProtobufCMessageDescriptor *const top_level[] = {
     /* infrastructure.proto */
     &jimbot__infra__v1__get_resource_status_request__descriptor,
     &jimbot__infra__v1__resource_status__descriptor,
+    &jimbot__infra__v1__queue_status__descriptor,
     &jimbot__infra__v1__breaker_status__descriptor,
     &jimbot__infra__v1__gpu_device_status__descriptor,
     &jimbot__infra__v1__gpu_waiter__descriptor,
