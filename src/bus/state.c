@@ -32,16 +32,14 @@
 #include "bus/bus_internal.h"
 
 #include "core/buf.h"
+#include "core/file.h"
 #include "jimbot/log.h"
 #include "jimbot/topic.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #define STATE_MAGIC    "jimbot-bus-groups 2"
 #define STATE_MAGIC_V1 "jimbot-bus-groups 1"
@@ -135,59 +133,13 @@ static void serialize(jb_bus *bus, jb__buf *out)
 static jb_status write_atomically(const char *path, const jb__buf *text, char *error,
                                   size_t error_size)
 {
-    size_t n = strlen(path);
-    char *tmp = malloc(n + 5);
-    char *dir_copy = strdup(path);
-    if (tmp == NULL || dir_copy == NULL) {
-        free(tmp);
-        free(dir_copy);
-        snprintf(error, error_size, "out of memory");
-        return JB_ENOMEM;
+    jb_error err;
+    jb_status st = jb__file_write_atomic(path, text->data, text->len, &err);
+    if (st != JB_OK && error_size > 0) {
+        size_t n = strnlen(err.message, error_size - 1);
+        memcpy(error, err.message, n);
+        error[n] = '\0';
     }
-    snprintf(tmp, n + 5, "%s.tmp", path);
-    jb_status st = JB_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        snprintf(error, error_size, "cannot create %s: %s", tmp, strerror(errno));
-        st = JB_EIO;
-        goto out;
-    }
-    size_t done = 0;
-    while (done < text->len) {
-        ssize_t w = write(fd, text->data + done, text->len - done);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0) {
-            snprintf(error, error_size, "cannot write %s: %s", tmp, strerror(errno));
-            st = JB_EIO;
-            break;
-        }
-        done += (size_t)w;
-    }
-    if (st == JB_OK && fsync(fd) != 0) {
-        snprintf(error, error_size, "cannot fsync %s: %s", tmp, strerror(errno));
-        st = JB_EIO;
-    }
-    close(fd);
-    if (st == JB_OK && rename(tmp, path) != 0) {
-        snprintf(error, error_size, "cannot rename %s to %s: %s", tmp, path, strerror(errno));
-        st = JB_EIO;
-    }
-    if (st == JB_OK) {
-        const char *dir = dirname(dir_copy);
-        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (dfd < 0 || fsync(dfd) != 0) {
-            snprintf(error, error_size, "cannot fsync the directory %s: %s", dir, strerror(errno));
-            st = JB_EIO;
-        }
-        if (dfd >= 0)
-            close(dfd);
-    } else {
-        unlink(tmp);
-    }
-out:
-    free(tmp);
-    free(dir_copy);
     return st;
 }
 

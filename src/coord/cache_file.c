@@ -11,7 +11,7 @@
  *             i64 expires_ms (wall clock) }
  *   u32 crc32c of everything before it
  *
- * Written whole to "<path>.tmp", fsync'd and renamed over the file, on the
+ * Replaced whole (core/file.h: "<path>.tmp", fsync, rename, folder fsync), on the
  * loop's threadpool: one write in flight, a newer image waiting replaces
  * the one that waited before it (only the latest matters). Loaded once at
  * start, on the loop; a missing file is an empty cache, and a damaged one
@@ -21,17 +21,16 @@
  * own buffer and paths. Must not depend on queue.c's structures.
  */
 #include "coord/coord_internal.h"
+#include "core/file.h"
 
 #include "jimbot/log.h"
 #include "store/crc32c.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #define MAGIC     "JBQCACHE1\n"
 #define MAGIC_LEN 10
@@ -40,7 +39,7 @@
 
 struct jb__cache_writer {
     uv_loop_t *loop;
-    char *path, *tmp;
+    char *path;
     uv_work_t work;
     unsigned char *buf; /* being written */
     size_t len;
@@ -48,7 +47,8 @@ struct jb__cache_writer {
     size_t next_len;
     int in_flight;
     int freed;
-    int failed; /* the last write's errno, for the log */
+    int failed;   /* the last write failed: */
+    jb_error err; /* why, for the log */
 };
 
 /* ---- Building an image --------------------------------------------------------- */
@@ -229,40 +229,11 @@ jb_status jb__cache_file_load(const char *path, void (*fn)(const jb__cache_recor
 
 /* ---- Writing ------------------------------------------------------------------- */
 
-static int write_all(int fd, const unsigned char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-/* On the threadpool: the image to tmp, fsync, rename. */
+/* On the threadpool: the image, replaced atomically (core/file.h). */
 static void write_work(uv_work_t *req)
 {
     jb__cache_writer *w = req->data;
-    w->failed = 0;
-    int fd = open(w->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        w->failed = errno;
-        return;
-    }
-    if (write_all(fd, w->buf, w->len) != 0 || fsync(fd) != 0) {
-        w->failed = errno != 0 ? errno : EIO;
-        close(fd);
-        unlink(w->tmp);
-        return;
-    }
-    if (close(fd) != 0 || rename(w->tmp, w->path) != 0) {
-        w->failed = errno;
-        unlink(w->tmp);
-    }
+    w->failed = jb__file_write_atomic(w->path, w->buf, w->len, &w->err) != JB_OK;
 }
 
 static void writer_release(jb__cache_writer *w)
@@ -270,7 +241,6 @@ static void writer_release(jb__cache_writer *w)
     free(w->buf);
     free(w->next);
     free(w->path);
-    free(w->tmp);
     free(w);
 }
 
@@ -280,9 +250,9 @@ static void after_write(uv_work_t *req, int status)
 {
     jb__cache_writer *w = req->data;
     w->in_flight = 0;
-    if (status == 0 && w->failed != 0)
-        jb_log(JB_LOG_WARN, "coord", "the cache file could not be written", "path=%s errno=%d",
-               w->path, w->failed);
+    if (status == 0 && w->failed)
+        jb_log(JB_LOG_WARN, "coord", "the cache file could not be written", "error=\"%s\"",
+               w->err.message);
     free(w->buf);
     w->buf = NULL;
     if (w->next != NULL) {
@@ -314,13 +284,10 @@ jb__cache_writer *jb__cache_writer_new(uv_loop_t *loop, const char *path)
         return NULL;
     w->loop = loop;
     w->path = strdup(path);
-    size_t n = strlen(path) + 5;
-    w->tmp = malloc(n);
-    if (w->path == NULL || w->tmp == NULL) {
+    if (w->path == NULL) {
         writer_release(w);
         return NULL;
     }
-    snprintf(w->tmp, n, "%s.tmp", path);
     return w;
 }
 

@@ -46,6 +46,7 @@
  * touches nothing but the encoded buffer and the paths.
  */
 #include "coord/coord_internal.h"
+#include "core/file.h"
 #include "store/crc32c.h"
 
 #include "jimbot/log.h"
@@ -82,9 +83,8 @@ typedef struct pending_list {
 
 struct jb__state {
     jb_coord *co;
-    char *path; /* NULL: nothing is persisted */
-    char *tmp_path;
-    char *dir;
+    char *path;      /* NULL: nothing is persisted */
+    char *tmp_path;  /* a leftover of a write cut short, removed at open */
     uv_timer_t kick; /* starts the next write on the next loop turn */
     int kick_ready;  /* uv_timer_init done */
     int kick_armed;
@@ -396,76 +396,18 @@ static jb_status read_all(const char *path, unsigned char **out, size_t *out_len
     return JB_OK;
 }
 
-static jb_status write_all(int fd, const unsigned char *buf, size_t len)
-{
-    while (len > 0) {
-        ssize_t n = write(fd, buf, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return JB_EIO;
-        buf += n;
-        len -= (size_t)n;
-    }
-    return JB_OK;
-}
-
-static jb_status fsync_dir(const char *dir, jb_error *err)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return io_error(err, "open the folder", dir, errno);
-    if (fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        return io_error(err, "fsync the folder", dir, e);
-    }
-    close(fd);
-    return JB_OK;
-}
-
-/* Runs on the threadpool: the whole image to tmp, fsync, rename, fsync the folder. */
+/* Runs on the threadpool: the whole image, replaced atomically (core/file.h). */
 static jb_status write_file(const jb__state *st, jb_error *err)
 {
-    int fd = open(st->tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return io_error(err, "create", st->tmp_path, errno);
-    if (write_all(fd, st->buf, st->len) != JB_OK || fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlink(st->tmp_path);
-        return io_error(err, "write", st->tmp_path, e);
-    }
-    if (close(fd) != 0) {
-        int e = errno;
-        unlink(st->tmp_path);
-        return io_error(err, "write", st->tmp_path, e);
-    }
-    if (rename(st->tmp_path, st->path) != 0) {
-        int e = errno;
-        unlink(st->tmp_path);
-        return io_error(err, "rename over", st->path, e);
-    }
-    return fsync_dir(st->dir, err);
+    return jb__file_write_atomic(st->path, st->buf, st->len, err);
 }
 
 /* ---- Open ---------------------------------------------------------------------- */
-
-static char *folder_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL)
-        return strdup(".");
-    if (slash == path)
-        return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
 
 static void state_free(jb__state *st)
 {
     free(st->path);
     free(st->tmp_path);
-    free(st->dir);
     free(st);
 }
 
@@ -474,8 +416,7 @@ static jb_status set_paths(jb__state *st, const char *path, jb_error *err)
     size_t n = strlen(path);
     st->path = strdup(path);
     st->tmp_path = malloc(n + 5);
-    st->dir = folder_of(path);
-    if (st->path == NULL || st->tmp_path == NULL || st->dir == NULL)
+    if (st->path == NULL || st->tmp_path == NULL)
         return jb_error_set(err, JB_ENOMEM, "out of memory");
     memcpy(st->tmp_path, path, n);
     memcpy(st->tmp_path + n, ".tmp", 5);

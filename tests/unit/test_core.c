@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "core/buf.h"
+#include "core/file.h"
 #include "core/strmap.h"
 #include "jimbot/log.h"
 #include "jimbot/status.h"
@@ -16,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static void test_status_names_and_texts(void **state)
 {
@@ -169,6 +172,49 @@ static void test_strmap_matches_reference(void **state)
     jb__strmap_release(&m);
 }
 
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return NULL;
+    char *buf = calloc(1, 4096);
+    *len = fread(buf, 1, 4095, f);
+    fclose(f);
+    return buf;
+}
+
+static void test_file_write_atomic_replaces_whole(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/jb-file-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256], tmp[260];
+    snprintf(path, sizeof(path), "%s/state", dir);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    jb_error err;
+    assert_int_equal(jb__file_write_atomic(path, "first", 5, &err), JB_OK);
+    assert_int_equal(jb__file_write_atomic(path, "2nd", 3, &err), JB_OK);
+    size_t len;
+    char *got = slurp(path, &len);
+    assert_non_null(got);
+    assert_int_equal(len, 3);
+    assert_memory_equal(got, "2nd", 3);
+    free(got);
+    assert_int_equal(access(tmp, F_OK), -1);
+
+    /* A folder that does not exist: JB_EIO naming the file, nothing left behind. */
+    char bad[300];
+    snprintf(bad, sizeof(bad), "%s/missing/state", dir);
+    assert_int_equal(jb__file_write_atomic(bad, "x", 1, &err), JB_EIO);
+    assert_non_null(strstr(err.message, "missing/state.tmp"));
+    /* The old file is untouched by a failed write elsewhere. */
+    got = slurp(path, &len);
+    assert_int_equal(len, 3);
+    free(got);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +224,7 @@ int main(void)
         cmocka_unit_test(test_log_line_shape_and_threshold),
         cmocka_unit_test(test_log_quote),
         cmocka_unit_test(test_strmap_matches_reference),
+        cmocka_unit_test(test_file_write_atomic_replaces_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
