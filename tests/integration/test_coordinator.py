@@ -169,20 +169,21 @@ class GpuOrderTest(CoordinatorTest):
         self.assertEqual(len(st.gpus), 1)
         self.assertEqual(st.gpus[0].lease_id, first.lease_id)
 
-        order = []
+        # Each release hands the device to exactly the next in the contract order: the
+        # others stay queued, and the status names the new holder's lease.
         current, current_grant = holder, first
-        for nxt in (train, infer, high, low):
+        expected = [("training", -9), ("inference", -3), ("analytics", 5), ("analytics", 0)]
+        for i, nxt in enumerate((train, infer, high, low)):
             r = self.s.infra.ReleaseGpu(pb.ReleaseGpuRequest(lease_id=current_grant.lease_id),
                                         timeout=TIMEOUT)
             self.assertEqual(r.device, 0)
             self.assertEqual(current.end(), grpc.StatusCode.OK)
             current_grant = nxt.next("granted")
-            order.append(nxt)
-            # Never two holders: exactly one device, held by the one just granted.
             st = status(self.s)
             self.assertEqual(st.gpus[0].lease_id, current_grant.lease_id)
+            self.assertEqual([(w.component, w.priority) for w in st.gpu_waiters], expected[i + 1:])
+            self.assertEqual(st.gpus[0].holder, expected[i][0])
             current = nxt
-        self.assertEqual(order, [train, infer, high, low])
 
     def test_a_holder_that_ends_its_stream_frees_the_gpu_at_once(self):
         holder = self.lease("training")
