@@ -1223,9 +1223,8 @@ void jb_coord_queue_worker_free(jb_queue_worker *w)
             job_maybe_free(j);
         } else if (j->deliveries >= q->conf.max_deliveries) {
             char text[128];
-            snprintf(text, sizeof(text),
-                     "poisoned: handed to %u workers that all went away without answering",
-                     j->deliveries);
+            snprintf(text, sizeof(text), "poisoned: handed to %u %s went away without answering",
+                     j->deliveries, j->deliveries == 1 ? "worker that" : "workers that all");
             jb_log(JB_LOG_WARN, "coord", "request poisoned", "queue=%s request_id=%s deliveries=%u",
                    q->name, j->id, j->deliveries);
             answer_all(qs, j, JB_EIO, text);

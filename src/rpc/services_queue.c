@@ -58,7 +58,7 @@ static void on_answer(jb_status st, const jb_queued_response *r, const jb_error 
                         "no response from a worker before the request's timeout", 0);
         return;
     case JB_EIO:
-        snprintf(text, sizeof(text), "request poisoned: %s", why);
+        snprintf(text, sizeof(text), "request %s", why); /* "poisoned: ..." */
         jb__call_set_error_reason(c, "poisoned");
         jb__call_finish(c, NULL, GRPC_STATUS_ABORTED, text, 0);
         return;

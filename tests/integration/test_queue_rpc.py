@@ -276,7 +276,8 @@ class QueueRpcTest(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             f.result()
         self.assertEqual(cm.exception.code(), grpc.StatusCode.ABORTED)
-        self.assertIn("poisoned", cm.exception.details())
+        self.assertEqual(cm.exception.details(), "request poisoned: handed to 1 worker that went "
+                         "away without answering")
         self.assertEqual(trailer(cm.exception, "jimbot-error"), "poisoned")
         self.assertEqual(self.status("once").poisoned, 1)
 
