@@ -774,7 +774,7 @@ class _MockQueues:
         try:
             resp = await s.future
         finally:
-            if not s.future.done():
+            if not s.future.done() or s.future.cancelled():
                 self._queue_cancel(s)
         return QueueResponse.from_wire(resp, response_type)
 

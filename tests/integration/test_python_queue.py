@@ -27,7 +27,7 @@ data dir (jbtest.Daemon) and the configuration of its class:
 * pacing (claude.hourly_limit 3): three pass, a fourth with a short timeout
   is refused at once (RateLimitedError "rate-limited", retry_after_ms past
   its timeout) while a queue with budget none still answers; with
-  window_seconds 4 a fourth with a long timeout waits in the queue (the
+  window_seconds 2 a fourth with a long timeout waits in the queue (the
   worker idle) and is answered when the window frees.
 
 Races are closed by waiting for conditions: a process's ready/got lines,
@@ -429,7 +429,7 @@ class PacingTest(QueueTestCase):
 
 
 class PacingWaitTest(QueueTestCase):
-    CONFIG = config(limit=3, window=4)
+    CONFIG = config(limit=3, window=2)
 
     async def test_fourth_waits_for_the_window(self):
         w = await self.worker("claude", "w1")
