@@ -855,7 +855,8 @@ class _MockQueues:
         job, s.job = s.job, None
         if job is None:
             return
-        job.subs.remove(s)
+        if s in job.subs:
+            job.subs.remove(s)
         if not job.subs and job.worker is None and job in job.q.pending:
             job.q.pending.remove(job)
         self._schedule()
@@ -1050,6 +1051,7 @@ class _MockQueues:
         for q in self._queues.values():
             for job in list(q.jobs()):
                 for s in job.subs:
+                    s.job = None
                     if not s.future.done():
                         s.future.set_exception(ClosedError("the MockInfrastructure closed"))
                 job.subs = []

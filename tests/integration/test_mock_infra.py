@@ -401,13 +401,11 @@ class QueueTest(unittest.IsolatedAsyncioTestCase):
             await task
         self.assertEqual(cm.exception.text, "model overloaded")
         self.assertEqual((await queue_status(infra)).cache_entries, 0)
+        task = ask(infra, "r")
         with self.assertRaises(errors.InvalidArgumentError):
-            await (await self._next_after(infra, w, "r")).fail("")
+            await (await handed(w)).fail("")
+        task.cancel()
         await infra.close()
-
-    async def _next_after(self, infra, w, question):
-        ask(infra, question)
-        return await handed(w)
 
     async def test_priority_then_arrival(self):
         infra = MockInfrastructure(queues=FREE)
