@@ -28,7 +28,10 @@ data dir (jbtest.Daemon) and the configuration of its class:
   is refused at once (RateLimitedError "rate-limited", retry_after_ms past
   its timeout) while a queue with budget none still answers; with
   window_seconds 2 a fourth with a long timeout waits in the queue (the
-  worker idle) and is answered when the window frees.
+  worker idle) and is answered when the window frees;
+* examples/llm_worker.py: its API key from the configuration (${VAR:-}),
+  stub answers, a payload of another type refused with WorkerError, SIGTERM
+  exits 0; without a key it exits 2.
 
 Races are closed by waiting for conditions: a process's ready/got lines,
 GetResourceStatus's queues[] (workers, depth, coalesced). Timeouts only
@@ -62,6 +65,7 @@ resource_coordinator:
     hourly_limit: {limit}
     window_seconds: {window}
     cache_ttl: {ttl}
+    api_key: ${{JB_TEST_CLAUDE_KEY:-}}
   queues:
     work: {{budget: none}}
     small: {{budget: none, max_depth: 2}}
@@ -442,6 +446,49 @@ class PacingWaitTest(QueueTestCase):
         self.assertEqual(msg.recommendation, "w1:q3")
         questions = [(await w.expect("got"))["question"] for _ in range(4)]
         self.assertEqual(questions, ["q0", "q1", "q2", "q3"])
+
+
+class ExampleWorkerTest(QueueTestCase):
+    EXAMPLE = os.path.join(os.environ.get("JB_SOURCE_DIR", os.path.join(HERE, "..", "..")),
+                           "examples", "llm_worker.py")
+
+    async def start(self, env):
+        return await asyncio.create_subprocess_exec(
+            sys.executable, self.EXAMPLE, "--addr", self.addr, "--queue", "work",
+            "-c", self.daemon.config_path, "--env", "it", stderr=asyncio.subprocess.PIPE,
+            env=dict(os.environ, **env))
+
+    async def test_llm_worker_answers_with_the_stub(self):
+        proc = await self.start({"JB_TEST_CLAUDE_KEY": "sk-test"})
+        try:
+            while True:
+                line = await asyncio.wait_for(proc.stderr.readline(), STEP)
+                self.assertTrue(line, "llm_worker exited before it was ready")
+                if b"ready:" in line:
+                    break
+            msg = await self.infra.submit("work", StrategyRequest(
+                question="which joker?", options=["Jimbo", "Blueprint"]), timeout=STEP)
+            self.assertEqual((msg.recommendation, msg.chosen_option, msg.model),
+                             ("Jimbo", 0, "stub"))
+            with self.assertRaises(errors.WorkerError) as cm:
+                await self.infra.submit("work", b"?", type="jimbot.GameStateUpdate",
+                                        timeout=STEP)
+            self.assertIn("StrategyRequest", cm.exception.text)
+            proc.send_signal(signal.SIGTERM)
+            self.assertEqual(await asyncio.wait_for(proc.wait(), STEP), 0)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    async def test_llm_worker_without_a_key(self):
+        env = {k: v for k, v in os.environ.items() if k != "JIMBOT_CLAUDE_API_KEY"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, self.EXAMPLE, "--addr", self.addr, "-c", self.daemon.config_path,
+            "--env", "it", stderr=asyncio.subprocess.PIPE, env=env)
+        _, err = await asyncio.wait_for(proc.communicate(), STEP)
+        self.assertEqual(proc.returncode, 2)
+        self.assertIn(b"no API key", err)
 
 
 if __name__ == "__main__":
