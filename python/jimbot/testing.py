@@ -824,18 +824,18 @@ class _MockQueues:
             self._schedule()
             return s
         if not q.workers:
-            raise _qerror(UnavailableError, f"no worker is taking queue {q.name}",
+            raise _qerror(UnavailableError, f"UNAVAILABLE: no worker takes queue '{q.name}'",
                           reason="no-worker")
         if len(q.pending) >= q.max_depth:
-            raise _qerror(BackpressureError, f"queue '{q.name}' holds {q.max_depth} requests "
-                          "already", retry_after_ms=1000, reason="queue-full")
+            raise _qerror(BackpressureError, f"RESOURCE_EXHAUSTED: queue '{q.name}' holds "
+                          f"{q.max_depth} requests already", retry_after_ms=1000, reason="queue-full")
         if q.budget == "claude":
             ahead = sum(1 for j in q.pending if j.priority >= req.priority)
             wait = self._time_until_units(ahead + 1, now)
             if wait > 0 and now + wait > s.deadline:
                 ms = max(1, math.ceil(wait * 1000))
-                raise RateLimitedError(f"no unit of budget before the deadline: one frees in "
-                                       f"{ms} ms", retry_after_ms=ms, reason="rate-limited",
+                raise RateLimitedError(f"RESOURCE_EXHAUSTED: no unit of budget before the "
+                                       f"deadline: one frees in {ms} ms", retry_after_ms=ms, reason="rate-limited",
                                        code=grpc.StatusCode.RESOURCE_EXHAUSTED)
         stored = pb_infra.QueuedRequest()
         stored.CopyFrom(req)
@@ -941,8 +941,8 @@ class _MockQueues:
             self._schedule()
 
     def _poison(self, q: _MockQueue, job: _QJob) -> None:
-        text = (f"request poisoned: handed to {job.deliveries} workers that went away without "
-                "answering")
+        text = (f"ABORTED: request poisoned: handed to {job.deliveries} workers that all went "
+                "away without answering")
         for s in job.subs:
             s.job = None
             if not s.future.done():
@@ -1021,7 +1021,8 @@ class _MockQueues:
                     s.job = None
                     if not s.future.done():
                         s.future.set_exception(DeadlineExceededError(
-                            f"no response from a worker within {s.timeout_ms} ms"))
+                            "DEADLINE_EXCEEDED: no response from a worker before the "
+                            "request's timeout"))
                 if not job.subs and job.worker is None:
                     q.pending.remove(job)
         self._queue_dispatch()

@@ -9,7 +9,9 @@ data dir (jbtest.Daemon) and the configuration of its class:
 * round trip: a worker process answers a submitter process, the fields the
   worker sees (delivery_count 1, the submitter's component, the type, the
   time left), a typed answer in this process (response_type), a worker's
-  error text (WorkerError), no answer in time (DeadlineExceededError);
+  error text (WorkerError), no answer in time (DeadlineExceededError), a
+  cancelled submit that never reaches the worker, a worker that re-opens
+  its stream after a restart of jimbotd;
 * priority: requests queued while the only worker (max_outstanding 1) is
   busy come out higher priority first, then by arrival;
 * no worker: UnavailableError "no-worker" at once, also after the last
@@ -217,6 +219,40 @@ class RoundTripTest(QueueTestCase):
         self.assertEqual(cm.exception.text, "model overloaded")
         self.assertTrue(cm.exception.request_id)
         self.assertEqual((await self.queue("work")).cache_entries, 0)   # never cached
+
+    async def test_cancelled_submit_never_reaches_the_worker(self):
+        w = await self.worker("work", "w1", "--hold")
+        busy = self.submit("work", "busy")
+        self.assertEqual((await w.expect("got"))["question"], "busy")
+        gone = self.submit("work", "gone")
+        await self.until_queue("work", "1 waiting", lambda q: q.depth == 1)
+        gone.cancel()
+        await self.until_queue("work", "none waiting", lambda q: q.depth == 0)
+        after = self.submit("work", "after")
+        await self.until_queue("work", "1 waiting", lambda q: q.depth == 1)
+        await w.tell("answer")
+        self.assertEqual((await w.expect("got"))["question"], "after")
+        await w.tell("answer")
+        self.assertEqual([(await t).message.recommendation for t in (busy, after)],
+                         ["w1:busy", "w1:after"])
+
+    async def test_worker_reconnects_after_a_restart(self):
+        requests = await self.infra.take("work", worker="in-process").ready()
+
+        async def serve():
+            async for req in requests:
+                await req.respond(StrategyResponse(recommendation=f"again:{req.message.question}"))
+        server = asyncio.ensure_future(serve())
+        try:
+            await asyncio.to_thread(self.daemon.stop)
+            await asyncio.to_thread(self.daemon.start)
+            await self.until_queue("work", "the worker back", lambda q: q.workers == 1)
+            msg = await self.infra.submit("work", StrategyRequest(question="q"), timeout=STEP)
+            self.assertEqual(msg.recommendation, "again:q")
+            self.assertGreaterEqual(requests.reconnects, 1)
+        finally:
+            await requests.close()
+            await asyncio.wait_for(server, STEP)
 
     async def test_no_answer_in_time(self):
         w = await self.worker("work", "w1", "--hold")
