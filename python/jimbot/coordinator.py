@@ -657,7 +657,8 @@ class QueueWorker:
 class Infrastructure(GpuApi, QueueApi):
     """Client of jimbotd's resource coordinator at ``addr`` (``host:port``).
 
-    ``timeout_s`` bounds each unary call (``api_quota`` adds its ``wait``).
+    ``timeout_s`` bounds each unary call (``api_quota`` adds its ``wait``;
+    ``submit`` has its own ``timeout``).
     ``reattach_s`` is how long a GPU lease whose stream broke tries to
     re-attach (0: never; the lease is then lost at the first break).
     ``keepalive_ms``, ``keepalive_timeout_ms``, ``credentials`` and

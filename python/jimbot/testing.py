@@ -740,21 +740,14 @@ class MockQueueWorker:
         await self.close()
 
 
-def _qerror(cls, text: str, code=None, **kw):
-    e = cls(text, **kw)
-    if code is not None:
-        e.code = code
-    return e
-
-
 class _MockQueues:
     """The queue engine of a MockInfrastructure (mixed into it): the rules of
     src/coord/queue.c, on the mock's clock and budget."""
 
     def _queues_init(self, queues: Optional[dict], cache_ttl: float, cache_max_bytes: int) -> None:
         self.cache_ttl, self.cache_max_bytes = cache_ttl, cache_max_bytes
-        self._queues = {name: _MockQueue(name, conf or {})
-                        for name, conf in (queues if queues is not None else {"claude": {}}).items()}
+        given = queues if queues is not None else {"claude": {}}
+        self._queues = {name: _MockQueue(name, conf or {}) for name, conf in given.items()}
         self._cache = collections.OrderedDict()   # key -> (resp type, payload, expires, bytes)
         self._cache_bytes = 0
         self._qseq = itertools.count(1)
@@ -824,18 +817,20 @@ class _MockQueues:
             self._schedule()
             return s
         if not q.workers:
-            raise _qerror(UnavailableError, f"UNAVAILABLE: no worker takes queue '{q.name}'",
-                          reason="no-worker")
+            raise UnavailableError(f"UNAVAILABLE: no worker takes queue '{q.name}'",
+                                   reason="no-worker")
         if len(q.pending) >= q.max_depth:
-            raise _qerror(BackpressureError, f"RESOURCE_EXHAUSTED: queue '{q.name}' holds "
-                          f"{q.max_depth} requests already", retry_after_ms=1000, reason="queue-full")
+            raise BackpressureError(f"RESOURCE_EXHAUSTED: queue '{q.name}' holds "
+                                    f"{q.max_depth} requests already", retry_after_ms=1000,
+                                    reason="queue-full")
         if q.budget == "claude":
             ahead = sum(1 for j in q.pending if j.priority >= req.priority)
             wait = self._time_until_units(ahead + 1, now)
             if wait > 0 and now + wait > s.deadline:
                 ms = max(1, math.ceil(wait * 1000))
                 raise RateLimitedError(f"RESOURCE_EXHAUSTED: no unit of budget before the "
-                                       f"deadline: one frees in {ms} ms", retry_after_ms=ms, reason="rate-limited",
+                                       f"deadline: one frees in {ms} ms", retry_after_ms=ms,
+                                       reason="rate-limited",
                                        code=grpc.StatusCode.RESOURCE_EXHAUSTED)
         stored = pb_infra.QueuedRequest()
         stored.CopyFrom(req)
