@@ -11,7 +11,9 @@ data dir (jbtest.Daemon) and the configuration of its class:
   time left), a typed answer in this process (response_type), a worker's
   error text (WorkerError), no answer in time (DeadlineExceededError), a
   cancelled submit that never reaches the worker, a worker that re-opens
-  its stream after a restart of jimbotd;
+  its stream after a restart of jimbotd; max_outstanding 2 (two held, the
+  third waits), an answer after the worker's close is NotFoundError and
+  the next worker gets both with delivery_count 2;
 * priority: requests queued while the only worker (max_outstanding 1) is
   busy come out higher priority first, then by arrival;
 * no worker: UnavailableError "no-worker" at once, also after the last
@@ -259,6 +261,31 @@ class RoundTripTest(QueueTestCase):
         with self.assertRaises(errors.DeadlineExceededError):
             await self.infra.submit("work", StrategyRequest(question="slow"), timeout=0.3)
         self.assertEqual((await w.expect("got"))["question"], "slow")
+
+
+class InProcessWorkerTest(QueueTestCase):
+
+    async def test_max_outstanding_and_answers_after_close(self):
+        w = await self.infra.take("work", max_outstanding=2, worker="two").ready()
+        tasks = [self.submit("work", f"q{i}") for i in range(3)]
+        held = [await asyncio.wait_for(w.__anext__(), STEP) for _ in range(2)]
+        await self.until_queue("work", "2 held, 1 waiting",
+                               lambda q: (q.in_flight, q.depth) == (2, 1))
+        await held[0].respond(StrategyResponse(recommendation="first"))
+        third = await asyncio.wait_for(w.__anext__(), STEP)
+        self.assertEqual(third.message.question, "q2")
+        await w.close()                                  # held[1] and third go back
+        await self.until_queue("work", "given back", lambda q: (q.in_flight, q.depth) == (0, 2))
+        with self.assertRaises(errors.NotFoundError):
+            await third.respond(StrategyResponse(recommendation="too late"))
+        w2 = await self.infra.take("work", max_outstanding=2).ready()
+        again = [await asyncio.wait_for(w2.__anext__(), STEP) for _ in range(2)]
+        self.assertEqual(sorted((r.message.question, r.delivery_count) for r in again),
+                         [("q1", 2), ("q2", 2)])
+        for r in again:
+            await r.respond(StrategyResponse(recommendation=r.message.question))
+        self.assertEqual([(await t).message.recommendation for t in tasks], ["first", "q1", "q2"])
+        await w2.close()
 
 
 class PriorityTest(QueueTestCase):
