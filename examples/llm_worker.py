@@ -159,6 +159,15 @@ def api_key(args) -> str:
 # -- The worker --------------------------------------------------------------------------------
 
 async def handle(req: jimbot.QueueRequest, ask: LLM) -> None:
+    """Answer one request; an answer the daemon no longer takes (the stream
+    broke meanwhile and the request went back to the queue) is logged."""
+    try:
+        await answer(req, ask)
+    except errors.JimbotError as e:
+        log.warning("could not answer %s: %s", req.request_id, e)
+
+
+async def answer(req: jimbot.QueueRequest, ask: LLM) -> None:
     if req.type != StrategyRequest.DESCRIPTOR.full_name:
         await req.fail(f"llm_worker answers {StrategyRequest.DESCRIPTOR.full_name}, "
                        f"not {req.type!r}")
