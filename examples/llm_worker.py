@@ -130,7 +130,10 @@ def expand(value: str, base_dir: str) -> str:
 
 def key_from_config(path: str, env: str) -> str:
     """resource_coordinator.claude.api_key from FILE and its environment file."""
-    import yaml  # noqa: PLC0415: Debian's python3-yaml, needed only here
+    try:
+        import yaml  # noqa: PLC0415: Debian's python3-yaml (clang-tidy pulls it in)
+    except ImportError:
+        raise ValueError("reading -c FILE needs PyYAML (Debian: python3-yaml)") from None
     found = None
     env_path = os.path.join(os.path.dirname(path), f"{env}.yaml")
     for file in (path, env_path):
