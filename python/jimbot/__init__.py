@@ -9,7 +9,9 @@ docs/python.md).
   :class:`Subscription`; errors in :mod:`jimbot.errors`.
 * :class:`jimbot.Infrastructure`: the asyncio client of jimbotd's resource
   coordinator (``jimbot.coordinator``): GPU leases (:class:`GpuLease`), the
-  LLM API budget (:class:`QuotaGrant`), the resource status.
+  LLM API budget (:class:`QuotaGrant`), the request queues (``submit``,
+  ``take``: :class:`QueueWorker`, :class:`QueueRequest`,
+  :class:`QueueResponse`, in ``jimbot.queues``), the resource status.
 * :class:`jimbot.testing.MockEventBus` and
   :class:`jimbot.testing.MockInfrastructure`: the same surfaces in memory,
   for component tests without a daemon.
@@ -24,8 +26,11 @@ __version__ = "0.1.0"
 from . import errors  # noqa: E402
 from .event_bus import (Batch, DeliverPolicy, Event, EventBus, HandlerSubscription,  # noqa: E402
                         Subscription, decode_message, make_event, message_class)
-from .coordinator import GpuLease, Infrastructure, QuotaGrant  # noqa: E402
+from .coordinator import GpuLease, Infrastructure, QueueWorker, QuotaGrant  # noqa: E402
+from .queues import QueueRequest, QueueResponse  # noqa: E402
+from .errors import PoisonedRequestError, WorkerError  # noqa: E402
 
 __all__ = ["EventBus", "Event", "Batch", "Subscription", "HandlerSubscription", "DeliverPolicy",
            "make_event", "decode_message", "message_class", "errors", "Infrastructure",
-           "GpuLease", "QuotaGrant"]
+           "GpuLease", "QuotaGrant", "QueueWorker", "QueueRequest", "QueueResponse",
+           "WorkerError", "PoisonedRequestError"]

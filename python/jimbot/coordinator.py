@@ -39,6 +39,14 @@ Design notes:
   :class:`~jimbot.errors.RateLimitedError`; the call's deadline is
   ``timeout_s`` plus the ``wait`` asked for. It is never retried: a request
   cut off in flight may or may not have been spent.
+* The request queues (:mod:`jimbot.queues`): :meth:`Infrastructure.submit`
+  is one ``SubmitRequest`` whose gRPC deadline is its ``timeout`` plus 1 s
+  (the daemon answers DEADLINE_EXCEEDED itself at ``timeout``); it is never
+  retried, and cancelling it withdraws the request. :meth:`Infrastructure.take`
+  is one ``TakeRequests`` stream (a :class:`QueueWorker`): the daemon sends
+  its initial metadata once the worker is registered, which is what
+  :meth:`QueueWorker.ready` waits for; answers are ``Respond`` calls; the
+  stream is re-opened after UNAVAILABLE (a daemon restarting) with backoff.
 
 Everything here runs on the caller's event loop; nothing is thread-safe.
 """
@@ -59,8 +67,10 @@ from .event_bus import (DEFAULT_ADDR, DEFAULT_KEEPALIVE_MS, DEFAULT_KEEPALIVE_TI
                         _Backoff, keepalive_options, merge_channel_options, open_channel)
 from .infra.v1 import infrastructure_pb2 as pb
 from .infra.v1 import infrastructure_pb2_grpc as pb_grpc
+from .queues import QueueRequest, QueueResponse, make_request, take_request
 
-__all__ = ["Infrastructure", "GpuLease", "QuotaGrant", "GpuApi", "DEFAULT_REATTACH_S"]
+__all__ = ["Infrastructure", "GpuLease", "QuotaGrant", "GpuApi", "QueueApi", "QueueWorker",
+           "DEFAULT_REATTACH_S", "SUBMIT_DEADLINE_SLACK_S"]
 
 log = logging.getLogger("jimbot.coordinator")
 
@@ -72,6 +82,9 @@ DEFAULT_REATTACH_S = 15.0
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
                      ("grpc.min_reconnect_backoff_ms", 100),
                      ("grpc.max_reconnect_backoff_ms", 1000)]
+#: What a submit's gRPC deadline adds to its timeout, so that the daemon's own
+#: DEADLINE_EXCEEDED (at the timeout) comes first.
+SUBMIT_DEADLINE_SLACK_S = 1.0
 _UINT32_MAX = (1 << 32) - 1
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -489,10 +502,163 @@ class GpuApi:
         raise NotImplementedError
 
 
-class Infrastructure(GpuApi):
+class QueueApi:
+    """``submit()`` on top of a ``submit_detailed()`` (shared by
+    :class:`Infrastructure` and :class:`jimbot.testing.MockInfrastructure`)."""
+
+    async def submit(self, queue: str, message, *, timeout: Optional[float] = None,
+                     priority: int = 0, bypass_cache: bool = False,
+                     request_id: Optional[str] = None, component: Optional[str] = None,
+                     response_type=None, type: Optional[str] = None):
+        """Put ``message`` on ``queue`` and return the worker's answer,
+        decoded (see :meth:`Infrastructure.submit_detailed`, which also says
+        ``cached`` and the request id)."""
+        resp = await self.submit_detailed(queue, message, timeout=timeout, priority=priority,
+                                          bypass_cache=bypass_cache, request_id=request_id,
+                                          component=component, response_type=response_type,
+                                          type=type)
+        return resp.message
+
+    async def submit_detailed(self, queue, message, **kw) -> QueueResponse:
+        raise NotImplementedError
+
+
+class QueueWorker:
+    """A worker taking requests off one queue: one ``TakeRequests`` stream.
+
+    Made by :meth:`Infrastructure.take`; the stream opens at once. An async
+    iterator of :class:`jimbot.queues.QueueRequest`, and an async context
+    manager whose entry waits for :meth:`ready` and whose exit closes it.
+    The daemon hands it at most ``max_outstanding`` unanswered requests;
+    answer each with ``await req.respond(msg)`` or ``await req.fail(text)``.
+    Closing (or the process ending) ends the stream, and the daemon gives
+    the requests it still holds unanswered back to the queue (their next
+    worker sees ``delivery_count`` grow). After UNAVAILABLE (the daemon
+    restarting) the stream is re-opened with backoff unless ``reconnect`` is
+    False; ``reconnects`` counts that. Other errors (NOT_FOUND for an
+    unknown queue, INVALID_ARGUMENT) are raised by :meth:`ready` and the
+    iteration.
+    """
+
+    def __init__(self, infra: "Infrastructure", request: pb.TakeRequestsRequest, *,
+                 reconnect: bool = True):
+        self._infra = infra
+        self.request = request
+        self.queue = request.queue
+        self._reconnect = reconnect
+        self._backoff = _Backoff(0.1, 2.0)
+        self._closed = False
+        self._registered = False
+        self._call = None
+        #: How many times the stream was re-opened after UNAVAILABLE.
+        self.reconnects = 0
+        self._open()
+
+    def _open(self) -> None:
+        self._call = self._infra._stub_or_raise().TakeRequests(self.request)
+        self._registered = False
+        self._infra._workers.add(self)
+
+    async def _register(self) -> None:
+        """Wait for the initial metadata: the daemon sends it once the worker
+        is registered. A call that ended instead raises its error."""
+        if self._registered:
+            return
+        await self._call.initial_metadata()
+        if self._call.done():
+            await self._call.read()   # raises the call's error (EOF: ended OK)
+        self._registered = True
+
+    async def ready(self) -> "QueueWorker":
+        """Wait until the daemon has registered this worker (submits sent
+        afterwards find it), then return self."""
+        while True:
+            if self._closed:
+                raise ClosedError("the worker was closed")
+            if self._call is None:
+                self._open()
+            try:
+                await self._register()
+                return self
+            except grpc.aio.AioRpcError as e:
+                try:
+                    await self._on_error(e)
+                except StopAsyncIteration:
+                    raise ClosedError("the worker was closed") from None
+
+    async def _on_error(self, e: grpc.aio.AioRpcError) -> None:
+        self._call = None
+        stopping = self._closed or self._infra._closed
+        if e.code() == grpc.StatusCode.UNAVAILABLE and self._reconnect and not stopping:
+            delay = self._backoff.next()
+            log.info("worker of queue %s: %s; reconnecting in %.2fs", self.queue, e.details(),
+                     delay)
+            await asyncio.sleep(delay)
+            if self._closed or self._infra._closed:
+                raise StopAsyncIteration
+            self.reconnects += 1
+            self._open()
+            return
+        if e.code() == grpc.StatusCode.CANCELLED and stopping:
+            raise StopAsyncIteration
+        raise from_rpc_error(e) from e
+
+    def __aiter__(self) -> "QueueWorker":
+        return self
+
+    async def __anext__(self) -> QueueRequest:
+        while True:
+            if self._closed or self._infra._closed:
+                raise StopAsyncIteration
+            if self._call is None:
+                self._open()
+            try:
+                await self._register()
+                msg = await self._call.read()
+            except grpc.aio.AioRpcError as e:
+                await self._on_error(e)
+                continue
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if (self._closed or self._infra._closed) and not (task and task.cancelling()):
+                    raise StopAsyncIteration
+                raise
+            if msg is grpc.aio.EOF:
+                self._call = None
+                self._closed = True
+                raise StopAsyncIteration
+            self._backoff.reset()
+            return QueueRequest(msg, self._infra._respond)
+
+    async def close(self) -> None:
+        """End the stream (idempotent): the requests this worker holds
+        unanswered go back to the queue."""
+        self._closed = True
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self._infra._workers.discard(self)
+
+    async def __aenter__(self) -> "QueueWorker":
+        try:
+            return await self.ready()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (f"<QueueWorker {self.queue} worker={self.request.worker!r} "
+                f"max_outstanding={self.request.max_outstanding}>")
+
+
+class Infrastructure(GpuApi, QueueApi):
     """Client of jimbotd's resource coordinator at ``addr`` (``host:port``).
 
-    ``timeout_s`` bounds each unary call (``api_quota`` adds its ``wait``).
+    ``timeout_s`` bounds each unary call (``api_quota`` adds its ``wait``;
+    ``submit`` has its own ``timeout``).
     ``reattach_s`` is how long a GPU lease whose stream broke tries to
     re-attach (0: never; the lease is then lost at the first break).
     ``keepalive_ms``, ``keepalive_timeout_ms``, ``credentials`` and
@@ -517,6 +683,7 @@ class Infrastructure(GpuApi):
         self._stub = None
         self._closed = False
         self._leases: set = set()
+        self._workers: set = set()
 
     def _stub_or_raise(self) -> pb_grpc.InfrastructureStub:
         if self._closed:
@@ -526,7 +693,7 @@ class Infrastructure(GpuApi):
             self._stub = pb_grpc.InfrastructureStub(self._channel)
         return self._stub
 
-    async def _unary(self, method: str, request, timeout: float):
+    async def _unary(self, method: str, request, timeout: Optional[float]):
         stub = self._stub_or_raise()
         try:
             return await getattr(stub, method)(request, timeout=timeout)
@@ -590,6 +757,63 @@ class Infrastructure(GpuApi):
         resp = await self._unary("AcquireApiQuota", req, self._timeout_s + wait_ms / 1000.0)
         return quota_answer(resp, component, count or 1)
 
+    # -- the request queues ---------------------------------------------------------------------
+
+    async def submit_detailed(self, queue: str, message, *, timeout: Optional[float] = None,
+                              priority: int = 0, bypass_cache: bool = False,
+                              request_id: Optional[str] = None, component: Optional[str] = None,
+                              response_type=None, type: Optional[str] = None) -> QueueResponse:
+        """Put ``message`` on ``queue`` and wait for a worker's answer; return
+        it as a :class:`jimbot.queues.QueueResponse` (``message``,
+        ``cached``, ``request_id``, ``type``, ``payload``).
+
+        ``message`` is a protobuf message (``type`` defaults to its full
+        name) or bytes with ``type``. ``timeout`` (seconds; None: the
+        queue's ``timeout_ms``) bounds the wait; the gRPC deadline is
+        ``timeout`` + :data:`SUBMIT_DEADLINE_SLACK_S`. Higher ``priority``
+        is handed out first. ``bypass_cache`` neither reads the cache nor
+        joins an equal request in flight. ``request_id`` (default: the
+        daemon's) must be unused in the queue; ``component`` names the
+        submitter for the worker and the logs. ``response_type`` (a message
+        class) decodes the answer instead of its ``type``.
+
+        Raises :class:`~jimbot.errors.WorkerError` (the worker answered an
+        error text), :class:`~jimbot.errors.DeadlineExceededError` (no
+        answer in time), :class:`~jimbot.errors.UnavailableError` (``reason``
+        "no-worker": no worker takes the queue, at once; or no daemon),
+        :class:`~jimbot.errors.BackpressureError` (``reason`` "queue-full":
+        ``max_depth`` wait already; ``retry_after_ms``),
+        :class:`~jimbot.errors.RateLimitedError` (a queue paced by the
+        budget could not get a unit before the deadline; ``retry_after_ms``
+        says when one could), :class:`~jimbot.errors.PoisonedRequestError`
+        (handed to ``max_deliveries`` workers that went away),
+        :class:`~jimbot.errors.NotFoundError` (no such queue),
+        :class:`~jimbot.errors.AlreadyExistsError` (``request_id`` in use),
+        :class:`~jimbot.errors.InvalidArgumentError`. Never retried;
+        cancelling the call withdraws the request unless a worker holds it
+        already or another submitter waits for it too.
+        """
+        req = make_request(queue, message, type=type, timeout=timeout, priority=priority,
+                           bypass_cache=bypass_cache, request_id=request_id, component=component)
+        deadline = None if timeout is None else req.timeout_ms / 1000.0 + SUBMIT_DEADLINE_SLACK_S
+        resp = await self._unary("SubmitRequest", req, deadline)
+        return QueueResponse.from_wire(resp, response_type)
+
+    def take(self, queue: str, max_outstanding: int = 1, worker: Optional[str] = None, *,
+             reconnect: bool = True) -> QueueWorker:
+        """Become a worker of ``queue``: a :class:`QueueWorker` (an async
+        iterator of :class:`jimbot.queues.QueueRequest`, and an async
+        context manager that waits for the registration and closes at exit),
+        holding at most ``max_outstanding`` (0 means 1; at most 1000)
+        unanswered requests. ``worker`` names it in the daemon's logs."""
+        return QueueWorker(self, take_request(queue, max_outstanding, worker),
+                           reconnect=reconnect)
+
+    async def _respond(self, req: QueueRequest, rtype: str, payload: bytes, error: str) -> None:
+        await self._unary("Respond", pb.QueuedResponse(request_id=req.request_id, type=rtype,
+                                                       payload=payload, error=error),
+                          self._timeout_s)
+
     # -- status ---------------------------------------------------------------------------------
 
     async def status(self) -> pb.ResourceStatus:
@@ -602,12 +826,14 @@ class Infrastructure(GpuApi):
     # -- lifetime -------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Release every lease and withdraw every request of this client,
-        then close the channel (idempotent)."""
+        """Release every lease, withdraw every request and end every worker
+        of this client, then close the channel (idempotent)."""
         if self._closed:
             return
         for lease in list(self._leases):
             await lease.release()
+        for w in list(self._workers):
+            await w.close()
         self._closed = True
         if self._channel is not None:
             await self._channel.close()

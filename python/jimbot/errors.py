@@ -16,12 +16,18 @@ anything else            :class:`JimbotError`
 =======================  ==============================
 
 A ``retry-after-ms`` trailer (the daemon sends one with RESOURCE_EXHAUSTED
-and with UNAVAILABLE "shutting down") is kept as ``retry_after_ms``.
+and with UNAVAILABLE "shutting down") is kept as ``retry_after_ms``; a
+``jimbot-error`` trailer (the request queues' reason: ``no-worker``,
+``queue-full``, ``rate-limited``, ``poisoned``) as ``reason``, and two of
+its values choose a class of their own: ``rate-limited`` (with
+RESOURCE_EXHAUSTED) is :class:`RateLimitedError`, ``poisoned`` (with
+ABORTED) is :class:`PoisonedRequestError`.
 
-Three errors come from answers, not from status codes:
+Four errors come from answers, not from status codes:
 :class:`RateLimitedError` (``AcquireApiQuota`` answered ``granted: false``),
-:class:`LeaseExpiredError` (a GPU lease reached its end) and
-:class:`LeaseLostError` (a GPU lease ended otherwise before its release).
+:class:`LeaseExpiredError` (a GPU lease reached its end),
+:class:`LeaseLostError` (a GPU lease ended otherwise before its release) and
+:class:`WorkerError` (a queue's worker answered with an error text).
 
 The original :class:`grpc.aio.AioRpcError`, where there is one, is chained
 as ``__cause__``.
@@ -32,10 +38,13 @@ import grpc
 __all__ = ["JimbotError", "InvalidArgumentError", "BackpressureError", "UnavailableError",
            "NotFoundError", "DeadlineExceededError", "AlreadyExistsError", "UnknownTypeError",
            "ClosedError", "RateLimitedError", "LeaseExpiredError", "LeaseLostError",
-           "from_rpc_error", "RETRY_AFTER_KEY"]
+           "WorkerError", "PoisonedRequestError", "from_rpc_error", "RETRY_AFTER_KEY",
+           "REASON_KEY"]
 
 #: Metadata key of the daemon's retry hint (RESOURCE_EXHAUSTED, UNAVAILABLE at shutdown).
 RETRY_AFTER_KEY = "retry-after-ms"
+#: Metadata key of the daemon's machine-readable reason (the request queues).
+REASON_KEY = "jimbot-error"
 
 
 class JimbotError(Exception):
@@ -49,14 +58,19 @@ class JimbotError(Exception):
     code = None
     #: The daemon's retry hint in milliseconds (trailer ``retry-after-ms``), or None.
     retry_after_ms = None
+    #: The daemon's reason word (trailer ``jimbot-error``: "no-worker",
+    #: "queue-full", "rate-limited", "poisoned"), or None.
+    reason = None
 
-    def __init__(self, details: str = "", *, code=None, retry_after_ms=None):
+    def __init__(self, details: str = "", *, code=None, retry_after_ms=None, reason=None):
         super().__init__(details)
         self.details = details
         if code is not None:
             self.code = code
         if retry_after_ms is not None:
             self.retry_after_ms = retry_after_ms
+        if reason is not None:
+            self.reason = reason
 
 
 class InvalidArgumentError(JimbotError, ValueError):
@@ -68,13 +82,16 @@ class InvalidArgumentError(JimbotError, ValueError):
 
 class BackpressureError(JimbotError):
     """The bus kept refusing a publish for lack of room until the client's
-    deadline passed. ``retry_after_ms`` is the bus's last hint (or None)."""
+    deadline passed, or (``reason`` "queue-full") a request queue holds
+    ``max_depth`` waiting requests already, or too many wait for the GPU or
+    the budget. ``retry_after_ms`` is the daemon's last hint (or None)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class UnavailableError(JimbotError, ConnectionError):
-    """The daemon could not be reached, or is shutting down."""
+    """The daemon could not be reached, or is shutting down; or (``reason``
+    "no-worker") no worker takes the queue a request was submitted to."""
 
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -100,16 +117,19 @@ class AlreadyExistsError(JimbotError):
 
 class RateLimitedError(JimbotError):
     """``Infrastructure.api_quota`` was not granted: the budget's window (or
-    the component's share) has not enough left, also after ``wait``.
+    the component's share) has not enough left, also after ``wait``; or a
+    request submitted to a queue paced by the budget could not get a unit of
+    it before its deadline (RESOURCE_EXHAUSTED, ``reason`` "rate-limited").
 
     ``retry_after`` is the daemon's estimate, in seconds, of when enough
     frees up (``retry_after_ms`` the same in ms); ``remaining`` and
-    ``limit`` are the window's figures. Not a gRPC error: the daemon
-    answers OK with ``granted: false``."""
+    ``limit`` are the window's figures (0 for a queue's refusal). For
+    ``api_quota`` not a gRPC error: the daemon answers OK with
+    ``granted: false``."""
 
     def __init__(self, details: str = "", *, retry_after_ms: int = 0, remaining: int = 0,
-                 limit: int = 0):
-        super().__init__(details, retry_after_ms=retry_after_ms)
+                 limit: int = 0, code=None, reason=None):
+        super().__init__(details, retry_after_ms=retry_after_ms, code=code, reason=reason)
         self.retry_after = retry_after_ms / 1000.0
         self.remaining = remaining
         self.limit = limit
@@ -127,6 +147,26 @@ class LeaseLostError(JimbotError):
     """A GPU lease ended before its release for another reason than its
     expiry: the daemon forgot it (NOT_FOUND on re-attach) or stayed
     unreachable longer than the client's ``reattach_s``."""
+
+
+class WorkerError(JimbotError):
+    """The worker that took a queued request could not answer it: it
+    answered with an error text (the daemon's status was OK and nothing was
+    cached). ``text`` is the worker's text as it sent it, ``request_id`` the
+    submit's id; ``details`` says both."""
+
+    def __init__(self, details: str = "", *, request_id: str = "", text: str = ""):
+        super().__init__(details)
+        self.request_id = request_id
+        self.text = text or details
+
+
+class PoisonedRequestError(JimbotError):
+    """A queued request was handed to ``max_deliveries`` workers that all
+    went away without answering; the daemon keeps it aside and answers
+    ABORTED (``reason`` "poisoned") instead of retrying it again."""
+
+    code = grpc.StatusCode.ABORTED
 
 
 class UnknownTypeError(JimbotError, LookupError):
@@ -149,13 +189,17 @@ def from_rpc_error(err: grpc.RpcError) -> JimbotError:
     """
     code = err.code() if callable(getattr(err, "code", None)) else None
     details = err.details() if callable(getattr(err, "details", None)) else str(err)
+    text = f"{code.name if code else 'error'}: {details or ''}".rstrip(": ")
+    why, retry = reason(err), retry_after_ms(err)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and why == "rate-limited":
+        return RateLimitedError(text, retry_after_ms=retry or 0, code=code, reason=why)
     cls = _BY_CODE.get(code, JimbotError)
-    return cls(f"{code.name if code else 'error'}: {details or ''}".rstrip(": "), code=code,
-               retry_after_ms=retry_after_ms(err))
+    if code == grpc.StatusCode.ABORTED and why == "poisoned":
+        cls = PoisonedRequestError
+    return cls(text, code=code, retry_after_ms=retry, reason=why)
 
 
-def retry_after_ms(err: grpc.RpcError):
-    """The ``retry-after-ms`` trailer of a gRPC error as an int, or None."""
+def _trailer(err: grpc.RpcError, name: str):
     md = None
     if callable(getattr(err, "trailing_metadata", None)):
         try:
@@ -163,9 +207,20 @@ def retry_after_ms(err: grpc.RpcError):
         except Exception:  # noqa: BLE001: a synthetic error may have none
             md = None
     for key, value in md or ():
-        if key == RETRY_AFTER_KEY:
-            try:
-                return int(value.decode() if isinstance(value, bytes) else value)
-            except ValueError:
-                return None
+        if key == name:
+            return value.decode() if isinstance(value, bytes) else value
     return None
+
+
+def retry_after_ms(err: grpc.RpcError):
+    """The ``retry-after-ms`` trailer of a gRPC error as an int, or None."""
+    value = _trailer(err, RETRY_AFTER_KEY)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def reason(err: grpc.RpcError):
+    """The ``jimbot-error`` trailer of a gRPC error (a word), or None."""
+    return _trailer(err, REASON_KEY)

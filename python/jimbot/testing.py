@@ -57,21 +57,26 @@ import bisect
 import collections
 import inspect
 import itertools
+import math
 import time
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
+import grpc
 from google.protobuf import message
 
-from .coordinator import GpuApi, GpuLease, QuotaGrant, gpu_request, quota_answer
-from .errors import (BackpressureError, ClosedError, InvalidArgumentError, LeaseExpiredError,
-                     LeaseLostError, NotFoundError, RateLimitedError)
+from .coordinator import GpuApi, GpuLease, QueueApi, QuotaGrant, gpu_request, quota_answer
+from .errors import (AlreadyExistsError, BackpressureError, ClosedError, DeadlineExceededError,
+                     InvalidArgumentError, LeaseExpiredError, LeaseLostError, NotFoundError,
+                     PoisonedRequestError, RateLimitedError, UnavailableError)
 from .event_bus import Batch, DeliverPolicy, Event, make_event
 from .infra.v1 import event_bus_pb2 as pb
 from .infra.v1 import infrastructure_pb2 as pb_infra
+from .queues import (MAX_QUEUE_BYTES, MAX_REQUEST_ID_BYTES, MAX_SUBMITTER_BYTES, MAX_TYPE_BYTES,
+                     QueueRequest, QueueResponse, make_request, take_request)
 from .topics import matches, validate_pattern, validate_topic
 
 __all__ = ["MockEventBus", "MockSubscription", "MockHandlerSubscription", "MockInfrastructure",
-           "FakeClock"]
+           "MockQueueWorker", "FakeClock"]
 
 #: The bus's limit on one event (payload and envelope).
 MAX_EVENT_BYTES = 1 << 20
@@ -560,6 +565,7 @@ class MockHandlerSubscription:
 #: The daemon's limits on names (include/jimbot/coord.h).
 MAX_COMPONENT_BYTES = 128
 MAX_REASON_BYTES = 256
+MAX_POISON_KEPT = 64
 
 
 class FakeClock:
@@ -618,7 +624,439 @@ def _check_name(what: str, value, limit: int, required: bool) -> None:
         raise InvalidArgumentError(f"{what} of {len(value.encode())} bytes (at most {limit})")
 
 
-class MockInfrastructure(GpuApi):
+# --- The request queues in MockInfrastructure ----------------------------------------------------
+
+#: The daemon's defaults (resource_coordinator.queues.*, claude.cache_*).
+DEFAULT_QUEUE = {"max_depth": 1000, "timeout_ms": 30000, "budget": "claude", "max_deliveries": 3}
+DEFAULT_CACHE_TTL = 3600
+DEFAULT_CACHE_MAX_BYTES = 16 << 20
+
+
+class _QSubmit:
+    """One waiting submit: its id, deadline (clock seconds) and future."""
+
+    def __init__(self, request_id: str, deadline: float, timeout_ms: int, future):
+        self.request_id, self.deadline, self.timeout_ms = request_id, deadline, timeout_ms
+        self.future = future
+        self.job: Optional["_QJob"] = None
+
+
+class _QJob:
+    """One distinct request with the submits waiting for it (as queue.c)."""
+
+    def __init__(self, q: "_MockQueue", req: pb_infra.QueuedRequest, seq: int, now: float):
+        self.q = q
+        self.id = req.request_id
+        self.type, self.payload = req.type, req.payload
+        self.priority, self.seq = req.priority, seq
+        self.submitter = req.submitter
+        self.enqueued_wall_ms = int(time.time() * 1000)
+        self.enqueued = now
+        self.bypass = req.bypass_cache
+        self.deliveries = 0
+        self.worker: Optional["MockQueueWorker"] = None
+        self.subs: List[_QSubmit] = []
+
+    def key(self) -> tuple:
+        return (self.q.name, self.type, self.payload)
+
+
+class _MockQueue:
+    """One configured queue: its pending jobs, workers, counters, poison."""
+
+    def __init__(self, name: str, conf: dict):
+        unknown = set(conf) - set(DEFAULT_QUEUE)
+        if unknown:
+            raise ValueError(f"queue '{name}': unknown settings {sorted(unknown)}")
+        c = dict(DEFAULT_QUEUE, **conf)
+        if c["budget"] not in ("claude", "none"):
+            raise ValueError(f"queue '{name}': budget must be claude or none")
+        self.name = name
+        self.max_depth, self.timeout_ms = int(c["max_depth"]), int(c["timeout_ms"])
+        self.budget, self.max_deliveries = c["budget"], int(c["max_deliveries"])
+        self.pending: List[_QJob] = []
+        self.workers: List["MockQueueWorker"] = []   # newest first, as the daemon picks
+        self.submitted = self.cache_hits = self.coalesced = self.poisoned = 0
+        self.poison: List[pb_infra.QueuedRequest] = []
+
+    def insert(self, job: _QJob) -> None:
+        bisect.insort(self.pending, job, key=lambda j: (-j.priority, j.seq))
+
+    def jobs(self):
+        yield from self.pending
+        for w in self.workers:
+            yield from w._out
+
+    def worker_with_room(self) -> Optional["MockQueueWorker"]:
+        return next((w for w in self.workers if len(w._out) < w.max_outstanding), None)
+
+
+class MockQueueWorker:
+    """What :meth:`MockInfrastructure.take` returns: the surface of
+    :class:`jimbot.QueueWorker` (async iterator of
+    :class:`jimbot.queues.QueueRequest`, ``ready``, ``close``, async context
+    manager). Registered at the ``take()`` call."""
+
+    def __init__(self, mock: "MockInfrastructure", q: _MockQueue, max_outstanding: int,
+                 name: str):
+        self._mock, self._q = mock, q
+        self.queue, self.name = q.name, name
+        self.max_outstanding = max_outstanding or 1
+        self.reconnects = 0
+        self._out: List[_QJob] = []
+        self._inbox: asyncio.Queue = asyncio.Queue()
+        self.active = True
+
+    async def ready(self) -> "MockQueueWorker":
+        """Registered already; returns self."""
+        if not self.active:
+            raise ClosedError("the worker was closed")
+        return self
+
+    def __aiter__(self) -> "MockQueueWorker":
+        return self
+
+    async def __anext__(self) -> QueueRequest:
+        if not self.active and self._inbox.empty():
+            raise StopAsyncIteration
+        req = await self._inbox.get()
+        if req is None:
+            raise StopAsyncIteration
+        return req
+
+    def held(self) -> List[str]:
+        """The ids of the requests this worker holds unanswered."""
+        return [j.id for j in self._out]
+
+    async def close(self) -> None:
+        """Leave the queue (idempotent): unanswered requests go back to it,
+        or are poisoned after the queue's ``max_deliveries``."""
+        self._mock._worker_leave(self)
+
+    async def __aenter__(self) -> "MockQueueWorker":
+        return await self.ready()
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class _MockQueues:
+    """The queue engine of a MockInfrastructure (mixed into it): the rules of
+    src/coord/queue.c, on the mock's clock and budget."""
+
+    def _queues_init(self, queues: Optional[dict], cache_ttl: float, cache_max_bytes: int) -> None:
+        self.cache_ttl, self.cache_max_bytes = cache_ttl, cache_max_bytes
+        given = queues if queues is not None else {"claude": {}}
+        self._queues = {name: _MockQueue(name, conf or {}) for name, conf in given.items()}
+        self._cache = collections.OrderedDict()   # key -> (resp type, payload, expires, bytes)
+        self._cache_bytes = 0
+        self._qseq = itertools.count(1)
+        self._started = int(time.time() * 1000)
+
+    # -- submitting -----------------------------------------------------------------------------
+
+    async def submit_detailed(self, queue: str, message, *, timeout: Optional[float] = None,
+                              priority: int = 0, bypass_cache: bool = False,
+                              request_id: Optional[str] = None, component: Optional[str] = None,
+                              response_type=None, type: Optional[str] = None) -> QueueResponse:
+        """As :meth:`jimbot.Infrastructure.submit_detailed`."""
+        self._check_open()
+        req = make_request(queue, message, type=type, timeout=timeout, priority=priority,
+                           bypass_cache=bypass_cache, request_id=request_id, component=component)
+        s = self._queue_submit(req)
+        try:
+            resp = await s.future
+        finally:
+            if not s.future.done() or s.future.cancelled():
+                self._queue_cancel(s)
+        return QueueResponse.from_wire(resp, response_type)
+
+    def _check_request(self, req: pb_infra.QueuedRequest) -> _MockQueue:
+        for what, value, limit in (("queue name", req.queue, MAX_QUEUE_BYTES),
+                                   ("request id", req.request_id, MAX_REQUEST_ID_BYTES),
+                                   ("type", req.type, MAX_TYPE_BYTES),
+                                   ("submitter", req.submitter, MAX_SUBMITTER_BYTES)):
+            if len(value.encode()) > limit:
+                raise InvalidArgumentError(f"{what} longer than {limit} bytes")
+        if not req.queue:
+            raise InvalidArgumentError("a queue is required")
+        q = self._queues.get(req.queue)
+        if q is None:
+            raise NotFoundError(f"no queue '{req.queue}'")
+        if req.request_id and any(req.request_id == j.id or
+                                  any(s.request_id == req.request_id for s in j.subs)
+                                  for j in q.jobs()):
+            raise AlreadyExistsError(f"request id '{req.request_id}' is in use")
+        return q
+
+    def _queue_submit(self, req: pb_infra.QueuedRequest) -> _QSubmit:
+        q = self._check_request(req)
+        now = self._now()
+        tmo = req.timeout_ms or q.timeout_ms
+        rid = req.request_id or f"{q.name}-{self._started:x}-{next(self._qseq)}"
+        s = _QSubmit(rid, now + tmo / 1000.0, tmo, asyncio.get_running_loop().create_future())
+        key = (q.name, req.type, req.payload)
+        hit = None if req.bypass_cache or not self.cache_ttl else self._cache_get(key, now)
+        if hit is not None:
+            q.submitted += 1
+            q.cache_hits += 1
+            s.future.set_result(pb_infra.QueuedResponse(request_id=rid, type=hit[0],
+                                                        payload=hit[1], cached=True))
+            return s
+        job = None if req.bypass_cache else next(
+            (j for j in q.jobs() if not j.bypass and j.key() == key), None)
+        if job is not None:
+            s.job = job
+            job.subs.append(s)
+            if req.priority > job.priority and job.worker is None:
+                q.pending.remove(job)
+                job.priority = req.priority
+                q.insert(job)
+            q.coalesced += 1
+            q.submitted += 1
+            self._schedule()
+            return s
+        if not q.workers:
+            raise UnavailableError(f"UNAVAILABLE: no worker takes queue '{q.name}'",
+                                   reason="no-worker")
+        if len(q.pending) >= q.max_depth:
+            raise BackpressureError(f"RESOURCE_EXHAUSTED: queue '{q.name}' holds "
+                                    f"{q.max_depth} requests already", retry_after_ms=1000,
+                                    reason="queue-full")
+        if q.budget == "claude":
+            ahead = sum(1 for j in q.pending if j.priority >= req.priority)
+            wait = self._time_until_units(ahead + 1, now)
+            if wait > 0 and now + wait > s.deadline:
+                ms = max(1, math.ceil(wait * 1000))
+                raise RateLimitedError(f"RESOURCE_EXHAUSTED: no unit of budget before the "
+                                       f"deadline: one frees in {ms} ms", retry_after_ms=ms,
+                                       reason="rate-limited",
+                                       code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+        stored = pb_infra.QueuedRequest()
+        stored.CopyFrom(req)
+        stored.request_id = rid
+        job = _QJob(q, stored, next(self._qseq), now)
+        s.job = job
+        job.subs.append(s)
+        q.insert(job)
+        q.submitted += 1
+        self._queue_dispatch()
+        self._schedule()
+        return s
+
+    def _queue_cancel(self, s: _QSubmit) -> None:
+        """The submitter went away: a job no one waits for leaves the queue
+        (one a worker holds stays there)."""
+        job, s.job = s.job, None
+        if job is None:
+            return
+        if s in job.subs:
+            job.subs.remove(s)
+        if not job.subs and job.worker is None and job in job.q.pending:
+            job.q.pending.remove(job)
+        self._schedule()
+
+    def _time_until_units(self, need: int, now: float) -> float:
+        """Seconds until the window holds ``need`` more (jb__quota_time_until)."""
+        self._purge(now)
+        excess = self._used() + need - self.hourly_limit
+        if excess <= 0:
+            return 0.0
+        for t, c, _ in self._spends:
+            excess -= c
+            if excess <= 0:
+                return max(0.0, t + self.window_seconds - now)
+        return float(self.window_seconds)
+
+    # -- the cache ------------------------------------------------------------------------------
+
+    def _cache_get(self, key: tuple, now: float):
+        entry = self._cache.get(key)
+        if entry is not None and entry[2] <= now:
+            self._cache_drop(key)
+            return None
+        return entry
+
+    def _cache_drop(self, key: tuple) -> None:
+        self._cache_bytes -= self._cache.pop(key)[3]
+
+    def _cache_put(self, job: _QJob, rtype: str, payload: bytes) -> None:
+        size = len(job.type) + 1 + len(job.payload) + len(rtype) + 1 + len(payload)
+        if not self.cache_ttl or not self.cache_max_bytes or size > self.cache_max_bytes:
+            return
+        key, now = job.key(), self._now()
+        if key in self._cache:
+            self._cache_drop(key)
+        while self._cache and (next(iter(self._cache.values()))[2] <= now
+                               or self._cache_bytes + size > self.cache_max_bytes):
+            self._cache_drop(next(iter(self._cache)))
+        self._cache[key] = (rtype, payload, now + self.cache_ttl, size)
+        self._cache_bytes += size
+
+    def clear_cache(self) -> None:
+        """Forget every cached response."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def take(self, queue: str, max_outstanding: int = 1, worker: Optional[str] = None, *,
+             reconnect: bool = True) -> MockQueueWorker:
+        """As :meth:`jimbot.Infrastructure.take`; the worker is registered at
+        this call (``ready()`` returns at once), and bad arguments raise here."""
+        self._check_open()
+        treq = take_request(queue, max_outstanding, worker)
+        if not treq.queue or len(treq.queue.encode()) > MAX_QUEUE_BYTES:
+            raise InvalidArgumentError(f"a queue name of 1..{MAX_QUEUE_BYTES} bytes is required")
+        q = self._queues.get(treq.queue)
+        if q is None:
+            raise NotFoundError(f"no queue '{treq.queue}'")
+        w = MockQueueWorker(self, q, treq.max_outstanding, treq.worker)
+        q.workers.insert(0, w)
+        self._queue_dispatch()
+        self._schedule()
+        return w
+
+    def _worker_leave(self, w: MockQueueWorker) -> None:
+        if not w.active:
+            return
+        w.active = False
+        q = w._q
+        q.workers.remove(w)
+        w._inbox.put_nowait(None)
+        for job in list(w._out):
+            w._out.remove(job)
+            job.worker = None
+            if job.deliveries >= q.max_deliveries:
+                self._poison(q, job)
+            elif job.subs:
+                q.insert(job)
+        if not self._closed:
+            self._queue_dispatch()
+            self._schedule()
+
+    def _poison(self, q: _MockQueue, job: _QJob) -> None:
+        text = (f"ABORTED: request poisoned: handed to {job.deliveries} workers that all went "
+                "away without answering")
+        for s in job.subs:
+            s.job = None
+            if not s.future.done():
+                s.future.set_exception(PoisonedRequestError(text, reason="poisoned"))
+        job.subs = []
+        q.poisoned += 1
+        q.poison.append(self._task(job))
+        del q.poison[:-MAX_POISON_KEPT]
+
+    def poisoned(self, queue: str = "claude") -> List[pb_infra.QueuedRequest]:
+        """The poisoned requests kept aside in ``queue``, oldest first."""
+        return list(self._queues[queue].poison)
+
+    def _task(self, job: _QJob) -> pb_infra.QueuedRequest:
+        now = self._now()
+        left = max((s.deadline for s in job.subs), default=now) - now
+        return pb_infra.QueuedRequest(
+            request_id=job.id, queue=job.q.name, type=job.type, payload=job.payload,
+            priority=job.priority, timeout_ms=max(0, int(left * 1000)), submitter=job.submitter,
+            enqueued_ms=job.enqueued_wall_ms, delivery_count=job.deliveries)
+
+    def _unit(self, q: _MockQueue) -> bool:
+        """Whether ``q`` may hand out a job now; spends the unit when so.
+        Budget waiters (``api_quota(wait=...)``) go first."""
+        if q.budget != "claude":
+            return True
+        self._purge(self._now())
+        if self._quota_waiters or self._used() >= self.hourly_limit:
+            return False
+        self._spend(f"queue:{q.name}", 1)
+        return True
+
+    def _queue_dispatch(self) -> None:
+        for q in self._queues.values():
+            while q.pending:
+                w = q.worker_with_room()
+                if w is None or not self._unit(q):
+                    break
+                job = q.pending.pop(0)
+                job.worker = w
+                job.deliveries += 1
+                w._out.append(job)
+                w._inbox.put_nowait(QueueRequest(self._task(job), self._answer))
+
+    async def _answer(self, req: QueueRequest, rtype: str, payload: bytes, error: str) -> None:
+        """Respond: any caller may answer a request a worker holds."""
+        self._check_open()
+        if not req.request_id:
+            raise InvalidArgumentError("a request id is required")
+        job = next((j for q in self._queues.values() for w in q.workers for j in w._out
+                    if j.id == req.request_id), None)
+        if job is None:
+            raise NotFoundError(f"no worker holds request '{req.request_id}'")
+        job.worker._out.remove(job)
+        job.worker = None
+        if not error:
+            self._cache_put(job, rtype, payload)
+        for s in job.subs:
+            s.job = None
+            if not s.future.done():
+                s.future.set_result(pb_infra.QueuedResponse(request_id=s.request_id, type=rtype,
+                                                            payload=payload, error=error))
+        job.subs = []
+        self._queue_dispatch()
+        self._schedule()
+
+    # -- time -----------------------------------------------------------------------------------
+
+    def _queue_tick(self, now: float) -> None:
+        """Answer the submits whose deadline passed; drop pending jobs left
+        without any; hand out what the window freed."""
+        for q in self._queues.values():
+            for job in list(q.jobs()):
+                for s in [s for s in job.subs if s.deadline <= now]:
+                    job.subs.remove(s)
+                    s.job = None
+                    if not s.future.done():
+                        s.future.set_exception(DeadlineExceededError(
+                            "DEADLINE_EXCEEDED: no response from a worker before the "
+                            "request's timeout"))
+                if not job.subs and job.worker is None:
+                    q.pending.remove(job)
+        self._queue_dispatch()
+
+    def _queue_due(self) -> List[float]:
+        times = [s.deadline for q in self._queues.values() for j in q.jobs() for s in j.subs]
+        if self._spends and any(q.pending and q.budget == "claude" and q.worker_with_room()
+                                for q in self._queues.values()):
+            times.append(self._spends[0][0] + self.window_seconds)
+        return times
+
+    def _queues_status(self, st: pb_infra.ResourceStatus) -> None:
+        now = self._now()
+        for name in sorted(self._queues):
+            q = self._queues[name]
+            entries = [e for k, e in self._cache.items() if k[0] == name]
+            st.queues.add(name=name, budget=q.budget, max_depth=q.max_depth,
+                          depth=len(q.pending), in_flight=sum(len(w._out) for w in q.workers),
+                          workers=len(q.workers),
+                          oldest_wait_ms=int(max((now - j.enqueued for j in q.pending),
+                                                 default=0) * 1000),
+                          submitted=q.submitted, cache_hits=q.cache_hits,
+                          coalesced=q.coalesced, poisoned=q.poisoned,
+                          cache_bytes=sum(e[3] for e in entries), cache_entries=len(entries))
+
+    def _queues_close(self) -> None:
+        for q in self._queues.values():
+            for job in list(q.jobs()):
+                for s in job.subs:
+                    s.job = None
+                    if not s.future.done():
+                        s.future.set_exception(ClosedError("the MockInfrastructure closed"))
+                job.subs = []
+            q.pending.clear()
+            for w in list(q.workers):
+                self._worker_leave(w)
+
+
+class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
     """The resource coordinator in memory, with the surface of
     :class:`jimbot.Infrastructure` (``gpu``, ``acquire_gpu``,
     ``start_gpu``, ``release_gpu``, ``api_quota``, ``status``, ``close``).
@@ -642,20 +1080,39 @@ class MockInfrastructure(GpuApi):
     request without ``wait`` takes its place in that order too, granted only
     when it would be served now.
 
+    Request queues (``submit``, ``submit_detailed``, ``take``): ``queues``
+    maps names to the settings of ``resource_coordinator.queues``
+    (``max_depth``, ``timeout_ms``, ``budget`` "claude" or "none",
+    ``max_deliveries``; the daemon's defaults, and ``{"claude": {}}`` when
+    None), ``cache_ttl`` (seconds) and ``cache_max_bytes`` those of
+    ``claude``. The rules are the daemon's (docs/coordinator.md "The request
+    queue"): priority then arrival; UnavailableError at once without a
+    worker; BackpressureError past ``max_depth``; a budget queue spends one
+    unit of this mock's budget (component ``queue:NAME``) per request handed
+    out, after the budget's own waiters, and refuses with RateLimitedError
+    a submit that no unit could reach before its deadline; the cache and
+    the coalescing of equal requests; a worker's close gives its unanswered
+    requests back, and after ``max_deliveries`` they are poisoned
+    (PoisonedRequestError, kept in ``poisoned(queue)``). Status fills
+    ``queues``.
+
     Time is ``clock`` (a callable giving seconds since the epoch; by default
     the real ``time.time``, timers then run on the event loop). With a
     :class:`FakeClock` nothing happens until ``clock.advance(...)``.
 
     Not modelled: NVML and device memory, starvation promotion,
     persistence and re-attach, max_waiters is checked but not
-    ``RESOURCE_EXHAUSTED``'s retry hint.
+    ``RESOURCE_EXHAUSTED``'s retry hint; for the queues the cache file,
+    reloads, and the cache's per-entry overhead in ``cache_max_bytes``.
     """
 
     def __init__(self, *, devices: int = 1, priority_components: Sequence[str] = ("training",
                                                                                  "inference"),
                  max_allocation_seconds: float = 300, expiry_warning_seconds: float = 30,
                  hourly_limit: int = 100, window_seconds: float = 3600,
-                 shares: Optional[dict] = None, max_waiters: int = 1024, clock=None):
+                 shares: Optional[dict] = None, max_waiters: int = 1024, clock=None,
+                 queues: Optional[dict] = None, cache_ttl: float = DEFAULT_CACHE_TTL,
+                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
         if devices < 1:
             raise ValueError("devices must be at least 1")
         self.priority_components = list(priority_components)
@@ -678,6 +1135,7 @@ class MockInfrastructure(GpuApi):
         self._closed = False
         #: Every lease ever granted, in grant order (for assertions).
         self.grants: List[GpuLease] = []
+        self._queues_init(queues, cache_ttl, cache_max_bytes)
 
     def _now(self) -> float:
         return self.clock()
@@ -801,6 +1259,7 @@ class MockInfrastructure(GpuApi):
                     f"GPU lease {lease.lease_id} of '{lease.component}' expired"))
                 self._end(lease)
         self._serve_quota()
+        self._queue_tick(now)
         self._schedule()
 
     def _next_due(self) -> Optional[float]:
@@ -814,6 +1273,7 @@ class MockInfrastructure(GpuApi):
             times.append(w.deadline)
         if self._quota_waiters and self._spends:
             times.append(self._spends[0][0] + self.window_seconds)
+        times.extend(self._queue_due())
         return min(times) if times else None
 
     def _schedule(self) -> None:
@@ -966,6 +1426,7 @@ class MockInfrastructure(GpuApi):
         for comp in comps:
             st.claude_components.add(component=comp, used=self._used(comp),
                                      share=self._share(comp))
+        self._queues_status(st)
         return st
 
     async def close(self) -> None:
@@ -979,6 +1440,7 @@ class MockInfrastructure(GpuApi):
             if not w.future.done():
                 w.future.set_exception(ClosedError("the MockInfrastructure closed"))
         self._quota_waiters.clear()
+        self._queues_close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
