@@ -936,7 +936,8 @@ class _MockQueues:
             self._schedule()
 
     def _poison(self, q: _MockQueue, job: _QJob) -> None:
-        text = (f"ABORTED: request poisoned: handed to {job.deliveries} workers that all went "
+        who = "worker that" if job.deliveries == 1 else "workers that all"
+        text = (f"ABORTED: request poisoned: handed to {job.deliveries} {who} went "
                 "away without answering")
         for s in job.subs:
             s.job = None
