@@ -301,6 +301,7 @@ typedef struct jb_queued_request {
     size_t payload_len;
     int32_t priority;      /* higher first */
     uint32_t timeout_ms;   /* 0: the queue's timeout_ms */
+    uint32_t max_wait_ms;  /* 0: none; else the wait is cut to this (the caller's deadline) */
     const char *submitter; /* who asks (logs, status); may be NULL */
     int bypass_cache;      /* neither read the cache nor join an equal request */
 } jb_queued_request;

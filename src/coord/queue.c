@@ -1000,7 +1000,10 @@ static jb_queue_submit *submit_alloc(jb__queues *qs, queue *q, const jb_queued_r
     s->qs = qs;
     s->cb = cb;
     s->ud = ud;
-    s->deadline = now + (req->timeout_ms > 0 ? req->timeout_ms : q->conf.timeout_ms);
+    uint32_t wait = req->timeout_ms > 0 ? req->timeout_ms : q->conf.timeout_ms;
+    if (req->max_wait_ms > 0 && req->max_wait_ms < wait)
+        wait = req->max_wait_ms;
+    s->deadline = now + wait;
     if (req->request_id != NULL && req->request_id[0] != '\0') {
         s->request_id = strdup(req->request_id);
     } else {

@@ -56,6 +56,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/log.h>
+#include <grpc/support/time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,6 +71,7 @@
 #define CLOSE_TICK_MS       20
 #define CLOSE_SETTLE_MS     300
 #define RETRY_KEY           "retry-after-ms"
+#define REASON_KEY          "jimbot-error"
 #define DEFAULT_GRACE_MS    5000
 /* Half the shortest keepalive interval of our clients (jimbot/client.h). */
 #define MIN_PING_INTERVAL_MS 500
@@ -329,9 +331,9 @@ static void call_free(jb__call *c)
     if (c->m == NULL)
         grpc_call_details_destroy(&c->details);
     grpc_slice_unref(c->status_details);
-    if (c->n_trailer) {
-        grpc_slice_unref(c->trailer.key);
-        grpc_slice_unref(c->trailer.value);
+    for (size_t i = 0; i < c->n_trailer; i++) {
+        grpc_slice_unref(c->trailer[i].key);
+        grpc_slice_unref(c->trailer[i].value);
     }
     if (c->n_initial) {
         grpc_slice_unref(c->initial.key);
@@ -413,7 +415,7 @@ static void post_status(jb__call *c)
     ops[n].data.send_status_from_server.status_details =
         GRPC_SLICE_LENGTH(c->status_details) > 0 ? &c->status_details : NULL;
     ops[n].data.send_status_from_server.trailing_metadata_count = c->n_trailer;
-    ops[n].data.send_status_from_server.trailing_metadata = c->n_trailer ? &c->trailer : NULL;
+    ops[n].data.send_status_from_server.trailing_metadata = c->n_trailer ? c->trailer : NULL;
     n++;
     c->status_sent = 1;
     c->t_done.fn = on_done;
@@ -429,13 +431,23 @@ static void set_status(jb__call *c, grpc_status_code code, const char *details,
         grpc_slice_unref(c->status_details);
         c->status_details = grpc_slice_from_copied_string(details);
     }
-    if (retry_after_ms > 0) {
+    if (retry_after_ms > 0 && c->n_trailer == 0) {
         char v[16];
         snprintf(v, sizeof(v), "%u", retry_after_ms);
-        c->trailer.key = grpc_slice_from_static_string(RETRY_KEY);
-        c->trailer.value = grpc_slice_from_copied_string(v);
+        c->trailer[0].key = grpc_slice_from_static_string(RETRY_KEY);
+        c->trailer[0].value = grpc_slice_from_copied_string(v);
         c->n_trailer = 1;
     }
+    if (c->error_reason != NULL && c->n_trailer < 2) {
+        c->trailer[c->n_trailer].key = grpc_slice_from_static_string(REASON_KEY);
+        c->trailer[c->n_trailer].value = grpc_slice_from_static_string(c->error_reason);
+        c->n_trailer++;
+    }
+}
+
+void jb__call_set_error_reason(jb__call *c, const char *reason)
+{
+    c->error_reason = reason;
 }
 
 static grpc_byte_buffer *pack_message(const ProtobufCMessage *msg)
@@ -574,6 +586,24 @@ int jb__call_send(jb__call *c, grpc_byte_buffer *bb, size_t bytes)
     c->q_bytes += bytes;
     pump_stream(c);
     return 0;
+}
+
+int jb__call_send_message(jb__call *c, const ProtobufCMessage *msg)
+{
+    size_t len = protobuf_c_message_get_packed_size(msg);
+    return jb__call_send(c, pack_message(msg), len);
+}
+
+uint64_t jb__call_ms_left(const jb__call *c)
+{
+    gpr_timespec d = gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC);
+    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
+    if (gpr_time_cmp(d, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0)
+        return UINT64_MAX;
+    if (gpr_time_cmp(d, now) <= 0)
+        return 0;
+    gpr_timespec left = gpr_time_sub(d, now);
+    return (uint64_t)left.tv_sec * 1000 + (uint64_t)left.tv_nsec / 1000000;
 }
 
 void jb__call_end(jb__call *c, grpc_status_code code, const char *details, int drop)

@@ -80,8 +80,9 @@ struct jb__call {
     /* The final status, kept alive until its batch completes. */
     grpc_status_code code;
     grpc_slice status_details;
-    grpc_metadata trailer;
+    grpc_metadata trailer[2]; /* retry-after-ms, jimbot-error */
     size_t n_trailer;
+    const char *error_reason; /* static; the "jimbot-error" trailer, or NULL */
     grpc_metadata initial;
     size_t n_initial;
     grpc_byte_buffer *response;
@@ -125,6 +126,13 @@ void jb__call_finish(jb__call *c, const ProtobufCMessage *msg, grpc_status_code 
 /* The same with a jb_status mapped to its gRPC code, the message as detail. */
 void jb__call_fail(jb__call *c, jb_status st, const char *details, uint32_t retry_after_ms);
 
+/*
+ * Before a call's status is set: adds the trailing metadata "jimbot-error"
+ * with @reason (a static token such as "queue-full", docs/grpc.md), which
+ * tells apart errors that share a status code.
+ */
+void jb__call_set_error_reason(jb__call *c, const char *reason);
+
 /* jb_status to gRPC status code (docs/grpc.md has the table). */
 grpc_status_code jb__grpc_code(jb_status st);
 
@@ -136,6 +144,12 @@ void jb__call_send_initial(jb__call *c, const char *key, const char *value);
  * the stream's queue is over its limit (the caller ends the stream).
  */
 int jb__call_send(jb__call *c, grpc_byte_buffer *bb, size_t bytes);
+
+/* Streams: packs @msg and queues it as jb__call_send() does. */
+int jb__call_send_message(jb__call *c, const ProtobufCMessage *msg);
+
+/* Milliseconds left before the call's deadline; UINT64_MAX when it has none. */
+uint64_t jb__call_ms_left(const jb__call *c);
 
 /*
  * Streams: ends the stream with @code and @details (static or copied).
@@ -153,6 +167,9 @@ ProtobufCMessage *jb__unpack_request(jb__call *c, const ProtobufCMessageDescript
 /* While draining: answers UNAVAILABLE "shutting down" with the retry hint and returns 1. */
 int jb__refuse_if_draining(jb__call *c);
 
+/* Without a coordinator (an embedded server): answers UNIMPLEMENTED and returns 1. */
+int jb__refuse_without_coord(jb__call *c);
+
 /* ---- services_infra.c: Infrastructure's handlers ------------------------- */
 
 void jb__resource_status_start(jb__call *c);
@@ -165,6 +182,18 @@ void jb__api_quota_start(jb__call *c);
 void jb__api_quota_closed(jb__call *c);
 void jb__api_quota_drain(jb__call *c);
 void jb__api_quota_release(jb__call *c);
+
+/* ---- services_queue.c: the request queue's handlers ---------------------- */
+
+void jb__submit_request_start(jb__call *c);
+void jb__submit_request_closed(jb__call *c);
+void jb__submit_request_drain(jb__call *c);
+void jb__submit_request_release(jb__call *c);
+void jb__take_requests_start(jb__call *c);
+void jb__take_requests_closed(jb__call *c);
+void jb__take_requests_drain(jb__call *c);
+void jb__take_requests_release(jb__call *c);
+void jb__respond_start(jb__call *c);
 
 /* The methods served, in registration order, and their count. */
 extern const jb__method jb__methods[];

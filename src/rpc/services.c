@@ -92,6 +92,15 @@ int jb__refuse_if_draining(jb__call *c)
     return 1;
 }
 
+int jb__refuse_without_coord(jb__call *c)
+{
+    if (jb__server_coord(c->srv) != NULL)
+        return 0;
+    jb__call_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, "no resource coordinator in this server",
+                    0);
+    return 1;
+}
+
 /* ---- EventBus.Publish ----------------------------------------------------- */
 
 static void on_published(jb_status st, const uint64_t *seqs, const uint8_t *dups, size_t n,
@@ -543,12 +552,7 @@ static void health_send(jb__call *c, int status)
 {
     Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     resp.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
-    size_t len = protobuf_c_message_get_packed_size(&resp.base);
-    grpc_slice s = grpc_slice_malloc(len);
-    protobuf_c_message_pack(&resp.base, GRPC_SLICE_START_PTR(s));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    jb__call_send(c, bb, len);
+    jb__call_send_message(c, &resp.base);
 }
 
 static void health_watch_start(jb__call *c)
@@ -609,6 +613,11 @@ const jb__method jb__methods[] = {
     {"/jimbot.infra.v1.Infrastructure/ReleaseGpu", jb__release_gpu_start, NULL, NULL, NULL},
     {"/jimbot.infra.v1.Infrastructure/AcquireApiQuota", jb__api_quota_start, jb__api_quota_closed,
      jb__api_quota_drain, jb__api_quota_release},
+    {"/jimbot.infra.v1.Infrastructure/SubmitRequest", jb__submit_request_start,
+     jb__submit_request_closed, jb__submit_request_drain, jb__submit_request_release},
+    {"/jimbot.infra.v1.Infrastructure/TakeRequests", jb__take_requests_start,
+     jb__take_requests_closed, jb__take_requests_drain, jb__take_requests_release},
+    {"/jimbot.infra.v1.Infrastructure/Respond", jb__respond_start, NULL, NULL, NULL},
 };
 
 const size_t jb__n_methods = sizeof(jb__methods) / sizeof(jb__methods[0]);

@@ -3,8 +3,8 @@
  * docs/coordinator.md): GetResourceStatus, AcquireGpu, ReleaseGpu and
  * AcquireApiQuota. server.c owns the calls' life; this file turns requests
  * into coordinator calls and the coordinator's events into stream messages
- * and status codes. The request queue (SubmitRequest...) is a later issue
- * and stays UNIMPLEMENTED.
+ * and status codes. The request queue (SubmitRequest, TakeRequests,
+ * Respond) is services_queue.c's.
  *
  * Invariants:
  *   - A request is decoded and checked before it reaches the coordinator;
@@ -31,7 +31,6 @@
 #include "jimbot/infra/v1/infrastructure.pb-c.h"
 #include "jimbot/log.h"
 
-#include <grpc/support/time.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,41 +39,6 @@
 #define ANSWER_MARGIN_MS 200
 /* The longest wait_ms honoured. */
 #define MAX_QUOTA_WAIT_MS (3600u * 1000)
-
-static int no_coordinator(jb__call *c)
-{
-    if (jb__server_coord(c->srv) != NULL)
-        return 0;
-    jb__call_finish(c, NULL, GRPC_STATUS_UNIMPLEMENTED, "no resource coordinator in this server",
-                    0);
-    return 1;
-}
-
-/* Packs @msg and queues it on the stream @c. */
-static void stream_send(jb__call *c, const ProtobufCMessage *msg)
-{
-    size_t len = protobuf_c_message_get_packed_size(msg);
-    grpc_slice s = grpc_slice_malloc(len);
-    protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
-    grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
-    grpc_slice_unref(s);
-    /* A lease stream sends a few small messages a minute: its queue cannot
-     * fill unless the client stopped reading, and then the keepalive tells. */
-    (void)jb__call_send(c, bb, len);
-}
-
-/* Milliseconds left before the call's deadline (UINT64_MAX: none). */
-static uint64_t ms_to_deadline(const jb__call *c)
-{
-    gpr_timespec d = gpr_convert_clock_type(c->deadline, GPR_CLOCK_MONOTONIC);
-    gpr_timespec now = gpr_now(GPR_CLOCK_MONOTONIC);
-    if (gpr_time_cmp(d, gpr_inf_future(GPR_CLOCK_MONOTONIC)) == 0)
-        return UINT64_MAX;
-    if (gpr_time_cmp(d, now) <= 0)
-        return 0;
-    gpr_timespec left = gpr_time_sub(d, now);
-    return (uint64_t)left.tv_sec * 1000 + (uint64_t)left.tv_nsec / 1000000;
-}
 
 /* ---- AcquireGpu --------------------------------------------------------------- */
 
@@ -117,7 +81,9 @@ static void gpu_send_event(jb__call *c, const jb_gpu_event *ev)
     case JB_GPU_ENDED:
         return;
     }
-    stream_send(c, &out.base);
+    /* A lease stream sends a few small messages a minute: its queue cannot
+     * fill unless the client stopped reading, and then the keepalive tells. */
+    (void)jb__call_send_message(c, &out.base);
 }
 
 static void on_gpu_event(jb_gpu_lease *lease, const jb_gpu_event *ev, void *userdata)
@@ -149,7 +115,7 @@ static void on_gpu_event(jb_gpu_lease *lease, const jb_gpu_event *ev, void *user
 
 void jb__acquire_gpu_start(jb__call *c)
 {
-    if (jb__refuse_if_draining(c) || no_coordinator(c))
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
         return;
     Jimbot__Infra__V1__AcquireGpuRequest *req =
         (Jimbot__Infra__V1__AcquireGpuRequest *)jb__unpack_request(
@@ -216,7 +182,7 @@ void jb__acquire_gpu_release(jb__call *c)
 
 void jb__release_gpu_start(jb__call *c)
 {
-    if (jb__refuse_if_draining(c) || no_coordinator(c))
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
         return;
     Jimbot__Infra__V1__ReleaseGpuRequest *req =
         (Jimbot__Infra__V1__ReleaseGpuRequest *)jb__unpack_request(
@@ -271,7 +237,7 @@ static void on_quota(jb_status st, const jb_quota_result *r, const jb_error *err
 
 void jb__api_quota_start(jb__call *c)
 {
-    if (jb__refuse_if_draining(c) || no_coordinator(c))
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
         return;
     Jimbot__Infra__V1__AcquireApiQuotaRequest *req =
         (Jimbot__Infra__V1__AcquireApiQuotaRequest *)jb__unpack_request(
@@ -286,7 +252,7 @@ void jb__api_quota_start(jb__call *c)
     }
     c->state = s;
     uint64_t wait = req->wait_ms > MAX_QUOTA_WAIT_MS ? MAX_QUOTA_WAIT_MS : req->wait_ms;
-    uint64_t left = ms_to_deadline(c);
+    uint64_t left = jb__call_ms_left(c);
     if (wait > 0 && left != UINT64_MAX)
         wait = left > wait + ANSWER_MARGIN_MS ? wait
                : left > ANSWER_MARGIN_MS      ? left - ANSWER_MARGIN_MS
@@ -345,7 +311,8 @@ typedef struct status_build {
     Jimbot__Infra__V1__GpuWaiter *waiters;
     Jimbot__Infra__V1__ApiQuotaComponent *comps;
     Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry *depths;
-    size_t cap_gpus, cap_waiters, cap_comps, cap_depths;
+    Jimbot__Infra__V1__QueueStatus *queues;
+    size_t cap_gpus, cap_waiters, cap_comps, cap_depths, cap_queues;
     char **strings;
     size_t n_strings, cap_strings;
     int oom;
@@ -435,6 +402,28 @@ static void add_component(const jb_quota_component_info *qc, void *ud)
     b->comps[b->resp.n_claude_components++] = q;
 }
 
+static void add_queue(const jb_queue_info *qi, void *ud)
+{
+    status_build *b = ud;
+    if (grow(b, (void **)&b->queues, b->resp.n_queues, &b->cap_queues, sizeof(*b->queues)) != 0)
+        return;
+    Jimbot__Infra__V1__QueueStatus q = JIMBOT__INFRA__V1__QUEUE_STATUS__INIT;
+    q.name = keep(b, qi->name);
+    q.budget = keep(b, qi->budget);
+    q.max_depth = qi->max_depth;
+    q.depth = qi->depth;
+    q.in_flight = qi->in_flight;
+    q.workers = qi->workers;
+    q.oldest_wait_ms = qi->oldest_wait_ms;
+    q.submitted = qi->submitted;
+    q.cache_hits = qi->cache_hits;
+    q.coalesced = qi->coalesced;
+    q.poisoned = qi->poisoned;
+    q.cache_bytes = qi->cache_bytes;
+    q.cache_entries = qi->cache_entries;
+    b->queues[b->resp.n_queues++] = q;
+}
+
 static void add_depth(const char *group, const jb_bus_group_info *info, void *ud)
 {
     status_build *b = ud;
@@ -474,7 +463,8 @@ static void summarize(status_build *b, const jb_quota_info *qi)
 static int link_arrays(status_build *b, void ***ptrs)
 {
     Jimbot__Infra__V1__ResourceStatus *r = &b->resp;
-    size_t n = r->n_gpus + r->n_gpu_waiters + r->n_claude_components + r->n_queue_depths;
+    size_t n =
+        r->n_gpus + r->n_gpu_waiters + r->n_claude_components + r->n_queue_depths + r->n_queues;
     *ptrs = n > 0 ? malloc(n * sizeof(void *)) : NULL;
     if (n > 0 && *ptrs == NULL)
         return -1;
@@ -489,6 +479,7 @@ static int link_arrays(status_build *b, void ***ptrs)
     LINK(gpu_waiters, waiters);
     LINK(claude_components, comps);
     LINK(queue_depths, depths);
+    LINK(queues, queues);
 #undef LINK
     return 0;
 }
@@ -502,6 +493,7 @@ static void status_build_release(status_build *b)
     free(b->waiters);
     free(b->comps);
     free(b->depths);
+    free(b->queues);
 }
 
 void jb__resource_status_start(jb__call *c)
@@ -521,6 +513,7 @@ void jb__resource_status_start(jb__call *c)
         jb_coord_foreach_gpu_waiter(co, add_waiter, &b);
         jb_coord_quota_info(co, &qi);
         jb_coord_foreach_quota_component(co, add_component, &b);
+        jb_coord_foreach_queue(co, add_queue, &b);
         b.resp.gpu_source = keep(&b, jb_coord_gpu_source(co));
     }
     jb_bus_foreach_group(jb__server_bus(c->srv), add_depth, &b);

@@ -211,11 +211,6 @@ class EventBus(unittest.TestCase):
         with self.assertRaises(grpc.RpcError) as cm:
             self.ch.unary_unary("/jimbot.infra.v1.EventBus/Nope")(b"", timeout=jbtest.TIMEOUT)
         self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
-        # The request queue is a later issue: declared in the proto, not served yet.
-        with self.assertRaises(grpc.RpcError) as cm:
-            self.s.infra.SubmitRequest(infrastructure_pb2.QueuedRequest(queue="claude"),
-                                       timeout=jbtest.TIMEOUT)
-        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
 
     def test_health(self):
         r = self.s.health.Check(health_pb2.HealthCheckRequest(), timeout=jbtest.TIMEOUT)
