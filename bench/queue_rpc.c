@@ -22,7 +22,7 @@
  * requests/s (all threads) and the submit latency p50/p99.
  *
  * The queue must have `budget: none` (a budget queue spends one unit per
- * request) and a max_depth of at least the largest K: bench/queue.sh
+ * request) and a max_depth of at least the largest K: bench/coord.sh
  * starts a jimbotd with one and runs this. Without --addr, or when nothing
  * answers Health there, it says so and exits 0, so that `make bench` runs
  * without a daemon.
@@ -270,7 +270,7 @@ int main(int argc, char **argv)
         }
     }
     if (o.addr == NULL) {
-        printf("queue_rpc: skipped, needs --addr of a jimbotd made for it (bench/queue.sh)\n");
+        printf("queue_rpc: skipped, needs --addr of a jimbotd made for it (bench/coord.sh)\n");
         return 0;
     }
     if (!serving(o.addr)) {

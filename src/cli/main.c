@@ -412,6 +412,17 @@ static void on_signal(int sig)
     stop_requested = 1;
 }
 
+/* SIGINT and SIGTERM set stop_requested; a closed stdout is a write error, not SIGPIPE. */
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
 static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -469,12 +480,7 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
                          optind >= argc ? "" : argv[optind + 1]);
     so.pattern = argv[optind];
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    catch_stop_signals();
 
     jb_error err;
     jb_client_sub *sub = NULL;
@@ -1533,28 +1539,48 @@ static int cmd_gpu_acquire(jb_client **client, const jb_client_options *copts, i
     return rc;
 }
 
-static int cmd_gpu(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+/* A command's subcommand ("gpu acquire"): its word, its full name and what runs it. */
+typedef struct subcommand {
+    const char *word;
+    const char *name;
+    int (*run)(jb_client **client, const jb_client_options *copts, int argc, char **argv);
+} subcommand;
+
+/*
+ * Runs the subcommand of @subs (@n of them) named by argv[1], with the
+ * arguments after it; --help prints @help. The usage errors list the words.
+ */
+static int run_subcommand(jb_client **client, const jb_client_options *copts, int argc, char **argv,
+                          const subcommand *subs, size_t n, void (*help)(FILE *out))
 {
-    const char *sub = argc >= 2 ? argv[1] : "";
-    if (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0) {
-        gpu_usage(stdout);
+    const char *word = argc >= 2 ? argv[1] : "";
+    if (strcmp(word, "-h") == 0 || strcmp(word, "--help") == 0) {
+        help(stdout);
         return 0;
     }
-    if (strcmp(sub, "acquire") == 0) {
-        cmd_name = "gpu acquire";
-        return cmd_gpu_acquire(client, copts, argc - 1, argv + 1);
+    char words[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(word, subs[i].word) == 0) {
+            cmd_name = subs[i].name;
+            return subs[i].run(client, copts, argc - 1, argv + 1);
+        }
+        size_t len = strlen(words);
+        snprintf(words + len, sizeof(words) - len, "%s%s", i > 0 ? ", " : "", subs[i].word);
     }
-    if (strcmp(sub, "release") == 0) {
-        cmd_name = "gpu release";
-        return cmd_gpu_release(client, copts, argc - 1, argv + 1);
-    }
-    if (strcmp(sub, "status") == 0) {
-        cmd_name = "gpu status";
-        return cmd_gpu_status(client, copts, argc - 1, argv + 1);
-    }
-    return bad_usage(argc < 2 ? "expected acquire, release or status%s"
-                              : "unknown subcommand '%s' (acquire, release, status)",
-                     argc < 2 ? "" : sub);
+    if (argc < 2)
+        return bad_usage("expected one of %s", words);
+    return bad_usage("unknown subcommand '%s' (%s)", word, words);
+}
+
+static int cmd_gpu(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const subcommand subs[] = {
+        {"acquire", "gpu acquire", cmd_gpu_acquire},
+        {"release", "gpu release", cmd_gpu_release},
+        {"status", "gpu status", cmd_gpu_status},
+    };
+    return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),
+                          gpu_usage);
 }
 
 /* ---- queue submit, queue take, queue status --------------------------------- */
@@ -1884,12 +1910,7 @@ static int queue_take(jb_client **client, const jb_client_options *copts, int ar
     jb__buf_init(&r.body);
     int rc = build_payload(r.type, json, payload, NULL, &r.body);
     if (rc == 0) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof(sa));
-        sa.sa_handler = on_signal;
-        sigaction(SIGINT, &sa, NULL);
-        sigaction(SIGTERM, &sa, NULL);
-        signal(SIGPIPE, SIG_IGN);
+        catch_stop_signals();
         jb_error err;
         jb_client_worker *w = NULL;
         jb_status st = jb_client_new(copts, client, &err);
@@ -1953,26 +1974,13 @@ static int queue_status(jb_client **client, const jb_client_options *copts, int 
 
 static int cmd_queue(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
-    const char *sub = argc >= 2 ? argv[1] : "";
-    if (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0) {
-        queue_usage(stdout);
-        return 0;
-    }
-    if (strcmp(sub, "submit") == 0) {
-        cmd_name = "queue submit";
-        return queue_submit(client, copts, argc - 1, argv + 1);
-    }
-    if (strcmp(sub, "take") == 0) {
-        cmd_name = "queue take";
-        return queue_take(client, copts, argc - 1, argv + 1);
-    }
-    if (strcmp(sub, "status") == 0) {
-        cmd_name = "queue status";
-        return queue_status(client, copts, argc - 1, argv + 1);
-    }
-    return bad_usage(argc < 2 ? "expected submit, take or status%s"
-                              : "unknown subcommand '%s' (submit, take, status)",
-                     argc < 2 ? "" : sub);
+    static const subcommand subs[] = {
+        {"submit", "queue submit", queue_submit},
+        {"take", "queue take", queue_take},
+        {"status", "queue status", queue_status},
+    };
+    return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),
+                          queue_usage);
 }
 
 /* ---- main ---------------------------------------------------------------- */

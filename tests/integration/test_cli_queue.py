@@ -23,6 +23,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from jbtest import TIMEOUT, Daemon  # noqa: E402
+from test_cli_gpu import ctl  # noqa: E402
 from test_cli_gpu_fake import BUILD, JIMBOTCTL, Proc  # noqa: E402
 
 PROBE = os.path.join(BUILD, "tests", "queue_probe")
@@ -40,13 +41,6 @@ CONFIG = ("resource_coordinator:\n"
           "    poison: {budget: none, max_deliveries: 1}\n")
 
 KNOWN_TYPE = "jimbot.infra.v1.QueueStatus"
-
-
-def ctl(addr, *args):
-    env = dict(os.environ)
-    env.pop("JIMBOT_COMPONENT", None)
-    return subprocess.run([JIMBOTCTL, "--addr", addr, *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env)
 
 
 def probe(addr, *args):
