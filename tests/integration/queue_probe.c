@@ -27,6 +27,13 @@
  *   queue_probe ADDR poison QUEUE      a worker that takes the task and goes away (the
  *                                      queue's max_deliveries is 1): "poison STATUS
  *                                      reason R"
+ *   queue_probe ADDR args QUEUE        argument checks: "NAME STATUS" for a submit with
+ *                                      no queue, an async one with no callback, a
+ *                                      respond with no id and with an unknown id, a
+ *                                      worker with no queue, worker_next on a callback
+ *                                      worker, a blocking submit from a callback
+ *                                      ("in-callback"); then the client is freed with
+ *                                      the worker open: "ended STATUS"
  *
  * Statuses are printed by name (jb_status_name). Exit status 0, or 1 with
  * "error: NAME: message" when a step that must work did not.
@@ -321,6 +328,45 @@ static void verb_poison(const char *queue)
     printf("poison %s reason %s\n", jb_status_name(last_status), last_why.reason);
 }
 
+static void on_args_event(jb_client_worker *w, const jb_client_worker_event *ev, void *userdata)
+{
+    (void)w;
+    const char *queue = userdata;
+    if (ev->kind == JB_CLIENT_WORKER_REGISTERED) {
+        jb_client_response *resp;
+        jb_status st = submit(queue, "x", 0, 0, &resp, NULL, NULL);
+        printf("in-callback %s\n", jb_status_name(st));
+    } else if (ev->kind == JB_CLIENT_WORKER_ENDED) {
+        printf("ended %s\n", jb_status_name(ev->status));
+    }
+}
+
+static void verb_args(const char *queue)
+{
+    jb_client_response *resp;
+    jb_client_request r = {.queue = NULL};
+    jb_error err;
+    printf("no-queue %s\n", jb_status_name(jb_client_submit(client, &r, &resp, NULL, &err)));
+    r.queue = queue;
+    printf("no-callback %s\n",
+           jb_status_name(jb_client_submit_async(client, &r, NULL, NULL, &err)));
+    jb_client_response a = {.request_id = ""};
+    printf("respond-no-id %s\n", jb_status_name(jb_client_respond(client, &a, &err)));
+    a.request_id = "no-such-request";
+    printf("respond-unknown %s\n", jb_status_name(jb_client_respond(client, &a, &err)));
+    jb_client_worker_options o = {.queue = ""};
+    jb_client_worker *w;
+    printf("worker-no-queue %s\n",
+           jb_status_name(jb_client_worker_start(client, &o, NULL, NULL, &w, &err)));
+    o.queue = queue;
+    check(jb_client_worker_start(client, &o, on_args_event, (void *)queue, &w, &err), &err);
+    check(jb_client_worker_wait_registered(w, 30000, &err), &err);
+    jb_client_task *t;
+    printf("next-with-callback %s\n", jb_status_name(jb_client_worker_next(w, 0, &t, &err)));
+    jb_client_free(client); /* ends and frees the worker */
+    client = NULL;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 4) {
@@ -346,6 +392,8 @@ int main(int argc, char **argv)
         verb_paced(queue);
     else if (strcmp(verb, "poison") == 0)
         verb_poison(queue);
+    else if (strcmp(verb, "args") == 0)
+        verb_args(queue);
     else
         fprintf(stderr, "queue_probe: unknown verb or arguments\n");
     jb_client_free(client);

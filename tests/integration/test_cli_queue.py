@@ -9,7 +9,8 @@ cache), a worker's error text (exit 1), no worker (exit 4 with the reason), an u
 probe (queue_probe): a callback worker answering from its callback, the cached flag, an
 asynchronous submit, a pull worker's error text, the refusals (no-worker, unknown queue, a
 worker of an unknown queue), a full queue (queue-full with a retry hint), a request that times
-out, the budget's rate-limited refusal, and a poisoned request.
+out, the budget's rate-limited refusal, a poisoned request, the argument checks (a blocking call
+refused in a callback) and a client freed with its worker open (ENDED with JB_ECLOSED).
 
 Workers are waited for by their "registered" line or by GetResourceStatus, never by sleeping.
 Timeouts only keep a broken build from hanging the suite; nothing here asserts durations.
@@ -30,7 +31,8 @@ PROBE = os.path.join(BUILD, "tests", "queue_probe")
 
 # Each test has queues of its own, so that a worker another test left (killed, and not yet
 # noticed by the daemon) cannot take its requests.
-PLAIN = ["rt", "err", "noworker", "status", "c_echo", "c_fail", "c_refusals", "c_timeout"]
+PLAIN = ["rt", "err", "noworker", "status", "c_echo", "c_fail", "c_refusals", "c_timeout",
+         "c_args"]
 CONFIG = ("resource_coordinator:\n"
           "  claude:\n"
           "    hourly_limit: 1\n"
@@ -191,6 +193,16 @@ class CliQueueTests(unittest.TestCase):
     def test_c_poisoned(self):
         rc, out = probe(self.addr, "poison", "poison")
         self.assertEqual((rc, out), (0, ["poison EIO reason poisoned"]))
+
+    def test_c_argument_checks_and_teardown(self):
+        rc, out = probe(self.addr, "args", "c_args")
+        self.assertEqual(rc, 0, out)
+        # "in-callback" comes from the client thread, in any order with the main thread's lines.
+        self.assertEqual(sorted(out[:7]), sorted([
+            "no-queue EINVAL", "no-callback EINVAL", "respond-no-id EINVAL",
+            "respond-unknown ENOENT", "worker-no-queue EINVAL", "in-callback EINVAL",
+            "next-with-callback EINVAL"]))
+        self.assertEqual(out[7:], ["ended ECLOSED"])
 
 
 if __name__ == "__main__":
