@@ -172,24 +172,24 @@ static int read_file(const char *path, jb__buf *out)
 }
 
 /*
- * Fills @body with the payload given as proto3 JSON of @type (--json), as
- * the bytes of a string (--payload) or of a file (--payload-file); at most
- * one is not NULL, none leaves @body empty. Returns 0 or the exit status.
+ * Fills @body with the payload given as proto3 JSON of @type (the option
+ * @json_flag: "--json", "--reply-json"), as the bytes of a string or of a
+ * file (--payload-file); at most one is not NULL, none leaves @body empty.
+ * Returns 0 or the exit status.
  */
-static int build_payload(const char *type, const char *json, const char *payload, const char *file,
-                         jb__buf *body)
+static int build_payload(const char *json_flag, const char *type, const char *json,
+                         const char *payload, const char *file, jb__buf *body)
 {
     if (json != NULL) {
         if (type == NULL)
-            return bad_usage("--json needs --type");
+            return bad_usage("%s needs --type", json_flag);
         jb_error err;
         jb_status st = jb__pb_json_to_bytes(type, json, strlen(json), body, &err);
         if (st == JB_ENOENT)
-            return fail(EXIT_USAGE,
-                        "--type '%s' is not a known message type (--payload sends raw bytes)",
-                        type);
+            return fail(EXIT_USAGE, "--type '%s' is not a known message type (%s sends raw bytes)",
+                        type, strcmp(json_flag, "--json") == 0 ? "--payload" : "--reply-payload");
         if (st != JB_OK)
-            return fail(EXIT_USAGE, "--json: %s", err.message);
+            return fail(EXIT_USAGE, "%s: %s", json_flag, err.message);
     } else if (payload != NULL) {
         jb__buf_puts(body, payload);
     } else if (file != NULL && read_file(file, body) != 0) {
@@ -320,7 +320,7 @@ static int cmd_publish(jb_client **client, const jb_client_options *copts, int a
 
     jb__buf body;
     jb__buf_init(&body);
-    rc = build_payload(type, json, payload, file, &body);
+    rc = build_payload("--json", type, json, payload, file, &body);
     if (rc == 0) {
         jb_event ev = {.id = id,
                        .topic = argv[optind],
@@ -1742,7 +1742,7 @@ static int queue_submit(jb_client **client, const jb_client_options *copts, int 
     req.queue = argv[optind];
     jb__buf body;
     jb__buf_init(&body);
-    int rc = build_payload(req.type, json, payload, file, &body);
+    int rc = build_payload("--json", req.type, json, payload, file, &body);
     if (rc == 0) {
         req.payload = body.data;
         req.payload_len = body.len;
@@ -1908,7 +1908,7 @@ static int queue_take(jb_client **client, const jb_client_options *copts, int ar
         return bad_usage("give one of --echo, --reply-json, --reply-payload, --fail");
     wo.queue = argv[optind];
     jb__buf_init(&r.body);
-    int rc = build_payload(r.type, json, payload, NULL, &r.body);
+    int rc = build_payload("--reply-json", r.type, json, payload, NULL, &r.body);
     if (rc == 0) {
         catch_stop_signals();
         jb_error err;
