@@ -4,8 +4,9 @@
  * A jb_server serves, on one address, the services of docs/grpc.md:
  * jimbot.infra.v1.EventBus over a jb_bus, grpc.health.v1.Health, and
  * jimbot.infra.v1.Infrastructure over a jb_coord (GetResourceStatus,
- * AcquireGpu, ReleaseGpu, AcquireApiQuota; the request queue comes later);
- * every other method is answered UNIMPLEMENTED.
+ * AcquireGpu, ReleaseGpu, AcquireApiQuota, and the request queue's
+ * SubmitRequest, TakeRequests, Respond); every other method is answered
+ * UNIMPLEMENTED.
  *
  * Threading: the server belongs to the loop it was created on. Every
  * function here must be called on that loop's thread. gRPC core's

@@ -220,21 +220,25 @@ class QueueRpcTest(unittest.TestCase):
         self.assertEqual(waiting.result().payload, b"answer")
 
     def test_timeout_and_call_deadline_answered_by_the_daemon(self):
-        w = self.worker("echo")
-        # The request's own timeout.
+        w = self.worker("echo", max_outstanding=1)
+        held = self.submit_async("echo", payload=b"deadline-held")
+        t = w.next()
+        # Waiting behind the busy worker: the request's own timeout passes.
         with self.assertRaises(grpc.RpcError) as cm:
-            self.submit_async("echo", payload=b"slow", timeout_ms=300).result()
+            self.submit_async("echo", payload=b"deadline-own", timeout_ms=300).result()
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         self.assertIn("no response from a worker", cm.exception.details())
-        t = w.next()
         # The call's deadline, shorter than the request's timeout: the daemon answers first.
         with self.assertRaises(grpc.RpcError) as cm:
-            self.submit_async("echo", payload=b"slow2", timeout=2.0, bypass_cache=True).result()
+            self.submit_async("echo", payload=b"deadline-call", timeout=2.0).result()
         self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
         self.assertIn("no response from a worker", cm.exception.details())
-        # The worker's late answer is still taken (and cached).
+        # The held request's submitter gives up; the worker's late answer is still taken and
+        # cached.
+        held.cancel()
         self.respond(t, b"late")
-        self.assertEqual(self.submit_async("echo", payload=b"slow").result().payload, b"late")
+        again = self.submit_async("echo", payload=b"deadline-held").result()
+        self.assertEqual((again.payload, again.cached), (b"late", True))
 
     def test_cancelled_submit_never_reaches_a_worker(self):
         w = self.worker("echo", max_outstanding=1)

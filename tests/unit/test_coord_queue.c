@@ -44,6 +44,7 @@ typedef struct task_rec {
     char id[160];
     char payload[64];
     uint32_t delivery_count;
+    uint32_t timeout_ms;
 } task_rec;
 
 typedef struct fixture {
@@ -207,6 +208,7 @@ static void on_task(jb_queue_worker *w, const jb_queued_task *t, void *ud)
     snprintf(r->id, sizeof(r->id), "%s", t->request_id);
     snprintf(r->payload, sizeof(r->payload), "%.*s", (int)t->payload_len, (const char *)t->payload);
     r->delivery_count = t->delivery_count;
+    r->timeout_ms = t->timeout_ms;
     if (f->auto_answer) {
         char out[80];
         snprintf(out, sizeof(out), "re:%s", r->payload);
@@ -438,6 +440,32 @@ static void test_timeout(void **state)
     run_for(f, 20);
     assert_int_equal(f->n_tasks, 1);
     assert_int_equal(info_of(f, "q").cache_entries, 1);
+    jb_coord_queue_worker_free(w);
+}
+
+/* The caller's deadline (max_wait_ms) cuts the queue's default timeout. */
+static void test_wait_cut_to_the_callers_deadline(void **state)
+{
+    fixture *f = *state;
+    open_coord(f, PLAIN);
+    jb_queue_worker *w = worker(f, "q", 1);
+    answer_rec a = {0};
+    jb_queued_request r = {.queue = "q", .payload = "cut", .payload_len = 3, .max_wait_ms = 40};
+    assert_int_equal(jb_coord_queue_submit(f->co, &r, on_answer, &a, NULL, NULL, NULL), JB_OK);
+    run_until(f, &f->n_tasks, 1);
+    assert_in_range(f->tasks[0].timeout_ms, 0, 40);
+    run_until(f, &a.done, 1);
+    assert_int_equal(a.status, JB_ETIMEDOUT);
+    /* A longer max_wait_ms than the request's own timeout changes nothing. */
+    answer_rec b = {0};
+    jb_queued_request r2 = {
+        .queue = "q", .payload = "own", .payload_len = 3, .timeout_ms = 30, .max_wait_ms = 60000};
+    respond(f, f->tasks[0].id, "late", NULL);
+    assert_int_equal(jb_coord_queue_submit(f->co, &r2, on_answer, &b, NULL, NULL, NULL), JB_OK);
+    run_until(f, &f->n_tasks, 2);
+    assert_in_range(f->tasks[1].timeout_ms, 0, 30);
+    run_until(f, &b.done, 1);
+    assert_int_equal(b.status, JB_ETIMEDOUT);
     jb_coord_queue_worker_free(w);
 }
 
@@ -828,6 +856,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_queue_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cancel_before_hand_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wait_cut_to_the_callers_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_worker_gone_redelivers_then_poison, setup, teardown),
         cmocka_unit_test_setup_teardown(test_poison_kept_aside, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cache_hit_and_expiry, setup, teardown),
