@@ -606,7 +606,7 @@ jb_status jb_client_quota_acquire_async(jb_client *c, const jb_client_quota_requ
  * those given to callbacks are borrowed until the callback returns.
  */
 
-/* Sizes of the strings in jb_client_submit_refusal and jb_client_worker_event, with the NUL. */
+/* The size of jb_client_submit_refusal.reason, with the NUL. */
 #define JB_CLIENT_REASON_MAX 32
 
 /* What to submit; copied. */
@@ -628,7 +628,7 @@ typedef struct jb_client_request {
 /*
  * An answer (QueuedResponse): what jb_client_submit() gives, and what a
  * worker passes to jb_client_respond() (which ignores cached). Read-only
- * when given by the library.
+ * when given by the library, whose strings are never NULL ("" when unset).
  */
 typedef struct jb_client_response {
     const char *request_id;
