@@ -4,13 +4,14 @@ One daemon (jbtest.Daemon) has a queue per test, with `budget: none` but for `pa
 hourly budget of 1; `small` has max_depth 2 and `poison` max_deliveries 1. Covered through
 jimbotctl: a submit answered by `queue take --echo` (the payload back as base64, and as proto3
 JSON for a known type; --json-out with request_id and cached; the repeat answered from the
-cache), a worker's error text (exit 1), no worker (exit 4 with the reason), an unknown queue
-(exit 1), usage errors (exit 2), and `status`/`queue status` showing the queue. Through the C
-probe (queue_probe): a callback worker answering from its callback, the cached flag, an
-asynchronous submit, a pull worker's error text, the refusals (no-worker, unknown queue, a
-worker of an unknown queue), a full queue (queue-full with a retry hint), a request that times
-out, the budget's rate-limited refusal, a poisoned request, the argument checks (a blocking call
-refused in a callback) and a client freed with its worker open (ENDED with JB_ECLOSED).
+cache), `--reply-json` and `--reply-payload` answers, a worker's error text (exit 1), no worker
+(exit 4 with the reason), an unknown queue (exit 1), usage errors (exit 2), and `status`/`queue
+status` showing the queue. Through the C probe (queue_probe): a callback worker answering from
+its callback, the cached flag, an asynchronous submit, a pull worker's error text, the refusals
+(no-worker, unknown queue, a worker of an unknown queue), a full queue (queue-full with a retry
+hint), a request that times out, the budget's rate-limited refusal, a poisoned request, the
+argument checks (a blocking call refused in a callback) and a client freed with its worker open
+(ENDED with JB_ECLOSED).
 
 Workers are waited for by their "registered" line or by GetResourceStatus, never by sleeping.
 Timeouts only keep a broken build from hanging the suite; nothing here asserts durations.
@@ -31,8 +32,8 @@ PROBE = os.path.join(BUILD, "tests", "queue_probe")
 
 # Each test has queues of its own, so that a worker another test left (killed, and not yet
 # noticed by the daemon) cannot take its requests.
-PLAIN = ["rt", "err", "noworker", "status", "c_echo", "c_fail", "c_refusals", "c_timeout",
-         "c_args"]
+PLAIN = ["rt", "reply", "err", "noworker", "status", "c_echo", "c_fail", "c_refusals",
+         "c_timeout", "c_args"]
 CONFIG = ("resource_coordinator:\n"
           "  claude:\n"
           "    hourly_limit: 1\n"
@@ -106,6 +107,16 @@ class CliQueueTests(unittest.TestCase):
         r = ctl(self.addr, "queue", "submit", "rt", "--payload", "json-out", "--json-out")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertTrue(json.loads(r.stdout)["cached"])
+
+    def test_take_replies_with_json_or_bytes(self):
+        self.worker("reply", "--reply-json", '{"name": "answer"}', "--type", KNOWN_TYPE, count=1)
+        r = ctl(self.addr, "queue", "submit", "reply", "--payload", "q1", "--no-cache")
+        self.assertEqual((r.returncode, json.loads(r.stdout)), (0, {"name": "answer"}), r.stderr)
+        self.worker("reply", "--reply-payload", "plain words", count=1)
+        r = ctl(self.addr, "queue", "submit", "reply", "--payload", "q2", "--no-cache",
+                "--json-out")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(base64.b64decode(json.loads(r.stdout)["payload_base64"]), b"plain words")
 
     def test_worker_error_exits_1(self):
         self.worker("err", "--fail", "model overloaded", count=1)
