@@ -3,9 +3,12 @@
 #
 # Runs BUILD_DIR/bench/coord_engine (in process, its data under a temporary
 # folder), then starts BUILD_DIR/bin/jimbotd on a free loopback port with one
-# GPU device, no NVML and a budget that does not run out
-# (hourly_limit 1000000), runs BUILD_DIR/bench/coord_rpc against it and stops
-# it. Knobs: ROUNDS (500), THREADS (4), DURATION (3).
+# GPU device, no NVML, a budget that does not run out (hourly_limit 1000000)
+# and a request queue `bench` (budget: none, max_depth 10000), runs
+# BUILD_DIR/bench/coord_rpc and BUILD_DIR/bench/queue_rpc against it and
+# stops it. Knobs: ROUNDS (500), THREADS (4), DURATION (3); for queue_rpc
+# REQUESTS (2000), SUBMITTERS ("1 4 32"), SIZE (100); ONLY=queue runs
+# queue_rpc alone.
 set -euo pipefail
 build=${1:?usage: bench/coord.sh BUILD_DIR}
 tmp=$(mktemp -d)
@@ -16,8 +19,10 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-echo "== coord_engine (in process)"
-"$build/bench/coord_engine" "$tmp"
+if [ "${ONLY:-}" != queue ]; then
+    echo "== coord_engine (in process)"
+    "$build/bench/coord_engine" "$tmp"
+fi
 
 cat > "$tmp/bench.yaml" <<YAML
 resource_coordinator:
@@ -26,6 +31,8 @@ resource_coordinator:
     nvml_library: ''
   claude:
     hourly_limit: 1000000
+  queues:
+    bench: {budget: none, max_depth: 10000}
 log:
   level: warn
 YAML
@@ -39,5 +46,10 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 [ -n "$addr" ] || { echo "coord.sh: jimbotd did not start:" >&2; cat "$tmp/jimbotd.log" >&2; exit 1; }
-echo "== coord_rpc (jimbotd at $addr, data on $(df --output=source "$tmp" | tail -1))"
-"$build/bench/coord_rpc" --addr "$addr" -r "${ROUNDS:-500}" -t "${THREADS:-4}" -d "${DURATION:-3}"
+if [ "${ONLY:-}" != queue ]; then
+    echo "== coord_rpc (jimbotd at $addr, data on $(df --output=source "$tmp" | tail -1))"
+    "$build/bench/coord_rpc" --addr "$addr" -r "${ROUNDS:-500}" -t "${THREADS:-4}" -d "${DURATION:-3}"
+fi
+echo "== queue_rpc (jimbotd at $addr)"
+"$build/bench/queue_rpc" --addr "$addr" -q bench -n "${REQUESTS:-2000}" \
+    -k "${SUBMITTERS:-1 4 32}" -d "${DURATION:-3}" -s "${SIZE:-100}"

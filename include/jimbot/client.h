@@ -19,7 +19,9 @@
  *   INVALID_ARGUMENT, OUT_OF_RANGE,
  *   FAILED_PRECONDITION                   JB_EINVAL
  *   RESOURCE_EXHAUSTED                    JB_EBACKPRESSURE (retry hint from the
- *                                         trailing metadata "retry-after-ms")
+ *                                         trailing metadata "retry-after-ms";
+ *                                         a submit "rate-limited":
+ *                                         JB_ERATELIMITED)
  *   UNAVAILABLE                           JB_EUNAVAILABLE (no server, or it is
  *                                         shutting down)
  *   DEADLINE_EXCEEDED                     JB_ETIMEDOUT
@@ -559,6 +561,220 @@ typedef void (*jb_client_quota_cb)(jb_status status, const jb_client_quota *q, c
 jb_status jb_client_quota_acquire_async(jb_client *c, const jb_client_quota_request *req,
                                         jb_client_quota_cb cb, void *userdata, jb_error *err);
 
+/* ---- Infrastructure: the request queue ----------------------------------- */
+
+/*
+ * Components put a request on a named queue of jimbotd (SubmitRequest) and
+ * wait for its answer; workers, the processes that call the LLM, take
+ * requests off the queue (a TakeRequests stream) and answer each one
+ * (Respond). docs/coordinator.md "The request queue" has the semantics:
+ * priority, the budget pacing, the cache and coalescing, poison.
+ *
+ * How a submit ends:
+ *   JB_OK               the worker's answer (or the cache's: cached 1). A
+ *                       worker that could not answer gives an error text:
+ *                       JB_OK still, with error non-empty (never cached)
+ *   JB_EUNAVAILABLE     no worker takes the queue (reason "no-worker"), or
+ *                       jimbotd is shutting down or unreachable (no reason)
+ *   JB_EBACKPRESSURE    the queue is full (reason "queue-full"); retry after
+ *                       the hint
+ *   JB_ERATELIMITED     a queue paced by the API budget cannot hand the
+ *                       request out before its deadline (reason
+ *                       "rate-limited"); the hint is when it could
+ *   JB_EIO              the request is poisoned (reason "poisoned"): it was
+ *                       handed to max_deliveries workers that went away
+ *                       without answering
+ *   JB_ETIMEDOUT        no answer within the request's timeout
+ *   JB_ENOENT           no such queue
+ *   JB_EEXIST           the request_id is in use in that queue
+ *   JB_EINVAL           bad queue name, request_id or type
+ *   others              as in the table at the top of this header
+ *
+ * A worker is one stream: it is registered once jimbotd has answered it
+ * with its initial metadata (REGISTERED), after which submits find it; then
+ * it gets at most max_outstanding tasks unanswered at once (TASK), each to
+ * be answered with jb_client_respond() (from any thread, by anyone who
+ * knows the request_id). When its stream ends (ENDED: jb_client_worker_free(),
+ * an error, jimbotd shutting down), the tasks it did not answer go back to
+ * the queue for another worker. A worker does not re-open its stream by
+ * itself: start a new one.
+ *
+ * Ownership: the strings and payloads of requests and responses given to
+ * these functions are copied before they return. A response from
+ * jb_client_submit() and a task from jb_client_worker_next() are the
+ * caller's, freed with jb_client_response_free() and jb_client_task_free();
+ * those given to callbacks are borrowed until the callback returns.
+ */
+
+/* The size of jb_client_submit_refusal.reason, with the NUL. */
+#define JB_CLIENT_REASON_MAX 32
+
+/* What to submit; copied. */
+typedef struct jb_client_request {
+    const char *queue;      /* required ("claude") */
+    const char *request_id; /* NULL or "": jimbotd assigns one */
+    const char *type;       /* the payload's protobuf type; NULL: none */
+    const void *payload;
+    size_t payload_len;
+    int32_t priority; /* higher first */
+    /* How long to wait for the answer; 0: the queue's timeout_ms (30000
+     * unless configured). The call's deadline is this plus the client's
+     * deadline_ms (with 0: plus the longest a queue may be configured). */
+    uint32_t timeout_ms;
+    const char *submitter; /* who asks, for status and logs; NULL: the peer's address */
+    int bypass_cache;      /* neither answer from the cache nor join an equal request */
+} jb_client_request;
+
+/*
+ * An answer (QueuedResponse): what jb_client_submit() gives, and what a
+ * worker passes to jb_client_respond() (which ignores cached). Read-only
+ * when given by the library, whose strings are never NULL ("" when unset).
+ */
+typedef struct jb_client_response {
+    const char *request_id;
+    const char *type; /* the payload's type; NULL: none */
+    const void *payload;
+    size_t payload_len;
+    const char *error; /* non-empty: the worker could not answer; NULL or "": it did */
+    int cached;        /* answered from jimbotd's cache */
+} jb_client_response;
+
+/* Why a submit was refused: jimbotd's "jimbot-error" trailer and "retry-after-ms" hint. */
+typedef struct jb_client_submit_refusal {
+    /* "no-worker", "queue-full", "rate-limited", "poisoned"; "" for other failures. */
+    char reason[JB_CLIENT_REASON_MAX];
+    uint32_t retry_after_ms; /* queue-full, rate-limited, shutting down: retry after; else 0 */
+} jb_client_submit_refusal;
+
+/*
+ * Submits @req and waits for its answer (see above). On JB_OK *@out is the
+ * caller's response (free it with jb_client_response_free()); otherwise no
+ * response, and *@why (may be NULL) says why jimbotd refused it. Not from a
+ * client callback.
+ */
+jb_status jb_client_submit(jb_client *c, const jb_client_request *req, jb_client_response **out,
+                           jb_client_submit_refusal *why, jb_error *err);
+
+/*
+ * The end of an asynchronous submit, on the client thread: @resp on JB_OK,
+ * else @why and @err; all borrowed until it returns.
+ */
+typedef void (*jb_client_submit_cb)(jb_status status, const jb_client_response *resp,
+                                    const jb_client_submit_refusal *why, const jb_error *err,
+                                    void *userdata);
+
+/* jb_client_submit() without waiting: @cb runs once (never if this fails). */
+jb_status jb_client_submit_async(jb_client *c, const jb_client_request *req, jb_client_submit_cb cb,
+                                 void *userdata, jb_error *err);
+
+/* Frees a response from jb_client_submit(). NULL is a no-op. */
+void jb_client_response_free(jb_client_response *resp);
+
+/*
+ * Answers the task @resp->request_id (Respond): with @resp's type and
+ * payload, or with its error text. JB_ENOENT when no worker holds that id
+ * (unknown, answered already, or given back because its worker's stream
+ * ended); JB_EINVAL for an empty id.
+ */
+jb_status jb_client_respond(jb_client *c, const jb_client_response *resp, jb_error *err);
+
+/* The same without waiting; @cb may be NULL. If this fails, @cb is never called. */
+jb_status jb_client_respond_async(jb_client *c, const jb_client_response *resp,
+                                  jb_client_done_cb cb, void *userdata, jb_error *err);
+
+typedef struct jb_client_worker jb_client_worker;
+
+/* A request handed to a worker (QueuedRequest). Read-only. */
+typedef struct jb_client_task {
+    const char *request_id; /* answer with this */
+    const char *queue;
+    const char *type;
+    const void *payload;
+    size_t payload_len;
+    int32_t priority;
+    uint32_t timeout_ms;     /* left before its last submitter stops waiting */
+    const char *submitter;   /* the request's submitter, or its peer address */
+    int64_t enqueued_ms;     /* wall clock, ms since the epoch */
+    uint32_t delivery_count; /* 1 the first time; more after workers went away */
+} jb_client_task;
+
+typedef enum jb_client_worker_kind {
+    JB_CLIENT_WORKER_REGISTERED = 1, /* submits find this worker from now on */
+    JB_CLIENT_WORKER_TASK,           /* task: answer it */
+    JB_CLIENT_WORKER_ENDED,          /* the last event: status, err */
+} jb_client_worker_kind;
+
+typedef struct jb_client_worker_event {
+    jb_client_worker_kind kind;
+    const jb_client_task *task; /* TASK: borrowed until the callback returns */
+    /* ENDED: JB_OK when the stream ended cleanly, JB_ECLOSED after
+     * jb_client_worker_free() or jb_client_free(), JB_ENOENT for an unknown
+     * queue, JB_EINVAL for bad options, JB_EUNAVAILABLE when jimbotd shut
+     * down or could not be reached... */
+    jb_status status;
+    jb_error err; /* ENDED with status != JB_OK */
+} jb_client_worker_event;
+
+/*
+ * Called on the client thread for each event of @w (@ev borrowed); ENDED is
+ * the last call. It may answer the task with jb_client_respond_async() (or
+ * keep a copy of its request_id and answer later from any thread), and may
+ * call jb_client_worker_free(@w) (no call follows then); not the blocking
+ * functions. The next task is received once it returns.
+ */
+typedef void (*jb_client_worker_fn)(jb_client_worker *w, const jb_client_worker_event *ev,
+                                    void *userdata);
+
+/* A worker; copied. */
+typedef struct jb_client_worker_options {
+    const char *queue;        /* required */
+    uint32_t max_outstanding; /* tasks held unanswered at once; 0: 1; at most 1000 */
+    const char *name;         /* the worker's name for status and logs; NULL: none */
+} jb_client_worker_options;
+
+/*
+ * Opens a TakeRequests stream for @opts->queue; returns at once. With @cb,
+ * events go to it (with @userdata); with @cb NULL, take tasks with
+ * jb_client_worker_next() and wait for the registration with
+ * jb_client_worker_wait_registered(). Refusals by jimbotd (unknown queue...)
+ * come as ENDED. On JB_OK *@out is the caller's handle, freed with
+ * jb_client_worker_free() exactly once; if this fails there is no handle
+ * and no callback.
+ */
+jb_status jb_client_worker_start(jb_client *c, const jb_client_worker_options *opts,
+                                 jb_client_worker_fn cb, void *userdata, jb_client_worker **out,
+                                 jb_error *err);
+
+/*
+ * Waits until @w is registered, at most @timeout_ms (negative: no limit):
+ * JB_OK once it is; the ending status (as ENDED's) when the stream ended
+ * first; JB_ETIMEDOUT. In either mode; not from a client callback.
+ */
+jb_status jb_client_worker_wait_registered(jb_client_worker *w, int timeout_ms, jb_error *err);
+
+/*
+ * Pull mode: the next task of @w, waiting at most @timeout_ms (0: do not
+ * wait; negative: no limit). On JB_OK *@out is the caller's (free it with
+ * jb_client_task_free(), answered or not); JB_ETIMEDOUT when none came; once
+ * the stream has ended and no task is left, its ending status every time
+ * (JB_ECLOSED for a stream that ended cleanly).
+ * JB_EINVAL for a worker with a callback. One thread at a time per worker.
+ */
+jb_status jb_client_worker_next(jb_client_worker *w, int timeout_ms, jb_client_task **out,
+                                jb_error *err);
+
+/* Frees a task from jb_client_worker_next(). NULL is a no-op. */
+void jb_client_task_free(jb_client_task *task);
+
+/*
+ * Ends @w's stream, if still open (its unanswered tasks go back to the
+ * queue), and frees it. When this returns its callback is not running and
+ * will not run again (from inside its own callback: once that returns). No
+ * other thread may be inside a function of @w. Tasks taken with
+ * jb_client_worker_next() stay valid until freed. NULL is a no-op.
+ */
+void jb_client_worker_free(jb_client_worker *w);
+
 /* ---- Infrastructure: resource status -------------------------------------- */
 
 /* One GPU device and its lease. */
@@ -599,6 +815,24 @@ typedef struct jb_client_queue_depth {
     uint32_t depth;
 } jb_client_queue_depth;
 
+/* One request queue (QueueStatus). */
+typedef struct jb_client_queue_status {
+    const char *name;
+    const char *budget; /* "claude": paced by the API budget; "none" */
+    uint32_t max_depth;
+    uint32_t depth;     /* waiting for a worker (or a unit of budget) */
+    uint32_t in_flight; /* held by workers */
+    uint32_t workers;
+    uint64_t oldest_wait_ms; /* how long the oldest waiting request has waited */
+    /* Counters since jimbotd started. */
+    uint64_t submitted;
+    uint64_t cache_hits;
+    uint64_t coalesced;
+    uint64_t poisoned;
+    uint64_t cache_bytes; /* the queue's share of the response cache */
+    uint32_t cache_entries;
+} jb_client_queue_status;
+
 typedef enum jb_client_breaker_state {
     JB_CLIENT_BREAKER_CLOSED = 0,
     JB_CLIENT_BREAKER_OPEN = 1,
@@ -632,8 +866,12 @@ typedef struct jb_client_resource_status {
     int64_t budget_next_slot_ms; /* when the next request frees up; 0: available now */
     const jb_client_quota_component *budget_components;
     size_t n_budget_components;
+    /* The depth of each queue (the older queue_depths map; request_queues has more). */
     const jb_client_queue_depth *queues;
     size_t n_queues;
+    /* Every request queue, by name. */
+    const jb_client_queue_status *request_queues;
+    size_t n_request_queues;
     const jb_client_breaker *breakers;
     size_t n_breakers;
     /* The ResourceStatus message as received (serialized protobuf). */

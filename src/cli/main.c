@@ -10,7 +10,9 @@
  *   1  the call failed, or health is not SERVING
  *   2  usage error (bad option, bad --json, unknown --type)
  *   3  jimbotd could not be reached (UNAVAILABLE, deadline exceeded)
- *   4  not granted: quota --take found no budget, gpu acquire --timeout passed
+ *   4  not granted: quota --take found no budget, gpu acquire --timeout passed,
+ *      queue submit was not answered for now (no worker, queue full, rate-limited,
+ *      no answer in time)
  *   124  gpu acquire: the lease expired and COMMAND was stopped
  *  gpu acquire otherwise exits with COMMAND's status (128+N for signal N).
  *
@@ -81,6 +83,12 @@ static void usage(FILE *out)
             "                     GPU devices, holders, expiry, memory; the waiters in order\n"
             "  quota [--take N] [--component C] [--wait MS] [--json]\n"
             "                     the LLM API budget; --take N spends N from it\n"
+            "  queue submit QUEUE [--type T] [--json J | --payload S | --payload-file F]\n"
+            "                     put a request on a queue; print the worker's answer\n"
+            "  queue take QUEUE (--echo | --reply-json J --type T | --fail TEXT) [--count N]\n"
+            "                     be a worker: print each request as JSON and answer it\n"
+            "  queue status [QUEUE] [--json]\n"
+            "                     request queues: depth, workers, waits, cache, counters\n"
             "  groups [--json]    consumer groups: pattern, members, pending, lag, ack floor\n"
             "  group delete NAME  delete a consumer group that has no members\n"
             "  version            print the version\n"
@@ -91,8 +99,9 @@ static void usage(FILE *out)
             "  -h, --help         this help; COMMAND --help for a command's options\n"
             "\n"
             "Exit status: 0 success, 1 failure, 2 usage error, 3 jimbotd unreachable,\n"
-            "4 not granted (quota --take, gpu acquire --timeout); gpu acquire: COMMAND's\n"
-            "status, or 124 when the lease expired and COMMAND was stopped.\n",
+            "4 not granted (quota --take, gpu acquire --timeout; queue submit: not answered\n"
+            "for now); gpu acquire: COMMAND's status, or 124 when the lease expired and\n"
+            "COMMAND was stopped.\n",
             JB_CLIENT_DEFAULT_ADDR);
 }
 
@@ -160,6 +169,56 @@ static int read_file(const char *path, jb__buf *out)
     if (f != stdin)
         fclose(f);
     return bad ? -1 : 0;
+}
+
+/*
+ * Fills @body with the payload given as proto3 JSON of @type (the option
+ * @json_flag: "--json", "--reply-json"), as the bytes of a string or of a
+ * file (--payload-file); at most one is not NULL, none leaves @body empty.
+ * Returns 0 or the exit status.
+ */
+static int build_payload(const char *json_flag, const char *type, const char *json,
+                         const char *payload, const char *file, jb__buf *body)
+{
+    if (json != NULL) {
+        if (type == NULL)
+            return bad_usage("%s needs --type", json_flag);
+        jb_error err;
+        jb_status st = jb__pb_json_to_bytes(type, json, strlen(json), body, &err);
+        if (st == JB_ENOENT)
+            return fail(EXIT_USAGE, "--type '%s' is not a known message type (%s sends raw bytes)",
+                        type, strcmp(json_flag, "--json") == 0 ? "--payload" : "--reply-payload");
+        if (st != JB_OK)
+            return fail(EXIT_USAGE, "%s: %s", json_flag, err.message);
+    } else if (payload != NULL) {
+        jb__buf_puts(body, payload);
+    } else if (file != NULL && read_file(file, body) != 0) {
+        return fail(EXIT_FAILED, "--payload-file %s: %s", file, strerror(errno));
+    }
+    return 0;
+}
+
+/*
+ * Appends `"payload":` and the decoded message when @type is a known
+ * protobuf type, else `"payload_base64":` and the bytes.
+ */
+static void put_payload(jb__buf *line, const char *type, const void *data, size_t len)
+{
+    size_t mark = line->len;
+    jb__buf_puts(line, "\"payload\":");
+    if (jb__pb_bytes_to_json(type != NULL ? type : "", data, len, line) != JB_OK) {
+        line->len = mark;
+        line->data[mark] = '\0';
+        jb__buf_puts(line, "\"payload_base64\":");
+        jb__json_put_base64(line, data, len);
+    }
+}
+
+/* Appends `,"KEY":` and @s as a JSON string (NULL as ""). */
+static void put_field(jb__buf *line, const char *key, const char *s)
+{
+    jb__buf_printf(line, ",\"%s\":", key);
+    jb__json_put_string(line, s != NULL ? s : "", s != NULL ? strlen(s) : 0);
 }
 
 /* ---- publish ------------------------------------------------------------- */
@@ -261,24 +320,7 @@ static int cmd_publish(jb_client **client, const jb_client_options *copts, int a
 
     jb__buf body;
     jb__buf_init(&body);
-    if (json != NULL) {
-        if (type == NULL) {
-            rc = bad_usage("--json needs --type");
-        } else {
-            jb_error err;
-            jb_status st = jb__pb_json_to_bytes(type, json, strlen(json), &body, &err);
-            if (st == JB_ENOENT)
-                rc = fail(EXIT_USAGE,
-                          "--type '%s' is not a known message type (--payload sends raw bytes)",
-                          type);
-            else if (st != JB_OK)
-                rc = fail(EXIT_USAGE, "--json: %s", err.message);
-        }
-    } else if (payload != NULL) {
-        jb__buf_puts(&body, payload);
-    } else if (file != NULL && read_file(file, &body) != 0) {
-        rc = fail(EXIT_FAILED, "--payload-file %s: %s", file, strerror(errno));
-    }
+    rc = build_payload("--json", type, json, payload, file, &body);
     if (rc == 0) {
         jb_event ev = {.id = id,
                        .topic = argv[optind],
@@ -360,14 +402,7 @@ static void print_event(jb__buf *line, const jb_event *ev)
         jb__json_put_string(line, v, strlen(v));
     }
     jb__buf_printf(line, "},\"delivery_attempt\":%u,", ev->delivery_attempt);
-    size_t mark = line->len;
-    jb__buf_puts(line, "\"payload\":");
-    if (jb__pb_bytes_to_json(type, ev->payload, ev->payload_len, line) != JB_OK) {
-        line->len = mark;
-        line->data[mark] = '\0';
-        jb__buf_puts(line, "\"payload_base64\":");
-        jb__json_put_base64(line, ev->payload, ev->payload_len);
-    }
+    put_payload(line, type, ev->payload, ev->payload_len);
     jb__buf_puts(line, "}\n");
 }
 
@@ -375,6 +410,17 @@ static void on_signal(int sig)
 {
     (void)sig;
     stop_requested = 1;
+}
+
+/* SIGINT and SIGTERM set stop_requested; a closed stdout is a write error, not SIGPIPE. */
+static void catch_stop_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
 }
 
 static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int argc, char **argv)
@@ -434,12 +480,7 @@ static int cmd_subscribe(jb_client **client, const jb_client_options *copts, int
                          optind >= argc ? "" : argv[optind + 1]);
     so.pattern = argv[optind];
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    catch_stop_signals();
 
     jb_error err;
     jb_client_sub *sub = NULL;
@@ -800,16 +841,54 @@ static const char *breaker_name(jb_client_breaker_state st)
     return "?";
 }
 
+static void print_queues(const jb_client_resource_status *s, const char *only)
+{
+    char wait[32];
+    printf("%-16s %-6s %11s %9s %7s %-8s %9s %9s %9s %8s %s\n", "QUEUE", "BUDGET", "DEPTH/MAX",
+           "IN_FLIGHT", "WORKERS", "OLDEST", "SUBMITTED", "CACHE_HIT", "COALESCED", "POISONED",
+           "CACHED");
+    for (size_t i = 0; i < s->n_request_queues; i++) {
+        const jb_client_queue_status *q = &s->request_queues[i];
+        if (only != NULL && strcmp(q->name, only) != 0)
+            continue;
+        char depth[32], cached[48];
+        snprintf(depth, sizeof(depth), "%u/%u", q->depth, q->max_depth);
+        snprintf(cached, sizeof(cached), "%u (%" PRIu64 " B)", q->cache_entries, q->cache_bytes);
+        printf("%-16s %-6s %11s %9u %7u %-8s %9" PRIu64 " %9" PRIu64 " %9" PRIu64 " %8" PRIu64
+               " %s\n",
+               q->name, q->budget, depth, q->in_flight, q->workers,
+               q->depth > 0 ? fmt_span(wait, sizeof(wait), (int64_t)q->oldest_wait_ms) : "-",
+               q->submitted, q->cache_hits, q->coalesced, q->poisoned, cached);
+    }
+}
+
+static void put_queue_json(jb__buf *b, const jb_client_queue_status *q)
+{
+    jb__buf_puts(b, "{\"name\":");
+    jb__json_put_string(b, q->name, strlen(q->name));
+    put_field(b, "budget", q->budget);
+    jb__buf_printf(b,
+                   ",\"max_depth\":%u,\"depth\":%u,\"in_flight\":%u,\"workers\":%u,"
+                   "\"oldest_wait_ms\":%" PRIu64 ",\"submitted\":%" PRIu64
+                   ",\"cache_hits\":%" PRIu64 ",\"coalesced\":%" PRIu64 ",\"poisoned\":%" PRIu64
+                   ",\"cache_bytes\":%" PRIu64 ",\"cache_entries\":%u}",
+                   q->max_depth, q->depth, q->in_flight, q->workers, q->oldest_wait_ms,
+                   q->submitted, q->cache_hits, q->coalesced, q->poisoned, q->cache_bytes,
+                   q->cache_entries);
+}
+
 static void print_status_table(const jb_client_resource_status *s)
 {
     printf("GPUs (%zu, from %s)\n", s->n_gpus, s->gpu_source[0] ? s->gpu_source : "?");
     print_gpus(s);
     printf("\nLLM API budget\n");
     print_budget(s);
-    printf("\nQueues\n");
-    if (s->n_queues == 0)
+    printf("\nRequest queues\n");
+    if (s->n_request_queues > 0)
+        print_queues(s, NULL);
+    else if (s->n_queues == 0)
         printf("none\n");
-    for (size_t i = 0; i < s->n_queues; i++)
+    for (size_t i = 0; i < s->n_queues && s->n_request_queues == 0; i++)
         printf("%-24s %6u\n", s->queues[i].queue, s->queues[i].depth);
     printf("\nBreakers\n");
     if (s->n_breakers == 0)
@@ -889,7 +968,8 @@ static void status_usage(FILE *out)
                  "Prints jimbotd's resource status (Infrastructure/GetResourceStatus) as tables:\n"
                  "the GPU devices (holder, lease, time left, memory), the GPU waiters in the\n"
                  "order they will be served, the LLM API budget (limit, used, remaining, next\n"
-                 "free slot, waiting calls, per component), queue depths and circuit breakers.\n"
+                 "free slot, waiting calls, per component), the request queues\n"
+                 "(as `queue status` shows them) and circuit breakers.\n"
                  "--json prints the ResourceStatus message as one line of proto3 JSON.\n");
 }
 
@@ -1459,28 +1539,448 @@ static int cmd_gpu_acquire(jb_client **client, const jb_client_options *copts, i
     return rc;
 }
 
-static int cmd_gpu(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+/* A command's subcommand ("gpu acquire"): its word, its full name and what runs it. */
+typedef struct subcommand {
+    const char *word;
+    const char *name;
+    int (*run)(jb_client **client, const jb_client_options *copts, int argc, char **argv);
+} subcommand;
+
+/*
+ * Runs the subcommand of @subs (@n of them) named by argv[1], with the
+ * arguments after it; --help prints @help. The usage errors list the words.
+ */
+static int run_subcommand(jb_client **client, const jb_client_options *copts, int argc, char **argv,
+                          const subcommand *subs, size_t n, void (*help)(FILE *out))
 {
-    const char *sub = argc >= 2 ? argv[1] : "";
-    if (strcmp(sub, "-h") == 0 || strcmp(sub, "--help") == 0) {
-        gpu_usage(stdout);
+    const char *word = argc >= 2 ? argv[1] : "";
+    if (strcmp(word, "-h") == 0 || strcmp(word, "--help") == 0) {
+        help(stdout);
         return 0;
     }
-    if (strcmp(sub, "acquire") == 0) {
-        cmd_name = "gpu acquire";
-        return cmd_gpu_acquire(client, copts, argc - 1, argv + 1);
+    char words[128] = "";
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(word, subs[i].word) == 0) {
+            cmd_name = subs[i].name;
+            return subs[i].run(client, copts, argc - 1, argv + 1);
+        }
+        size_t len = strlen(words);
+        snprintf(words + len, sizeof(words) - len, "%s%s", i > 0 ? ", " : "", subs[i].word);
     }
-    if (strcmp(sub, "release") == 0) {
-        cmd_name = "gpu release";
-        return cmd_gpu_release(client, copts, argc - 1, argv + 1);
+    if (argc < 2)
+        return bad_usage("expected one of %s", words);
+    return bad_usage("unknown subcommand '%s' (%s)", word, words);
+}
+
+static int cmd_gpu(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const subcommand subs[] = {
+        {"acquire", "gpu acquire", cmd_gpu_acquire},
+        {"release", "gpu release", cmd_gpu_release},
+        {"status", "gpu status", cmd_gpu_status},
+    };
+    return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),
+                          gpu_usage);
+}
+
+/* ---- queue submit, queue take, queue status --------------------------------- */
+
+static void queue_usage(FILE *out)
+{
+    fprintf(
+        out,
+        "usage: jimbotctl queue submit QUEUE [OPTIONS]\n"
+        "       jimbotctl queue take QUEUE (--echo | --reply-json J --type T |\n"
+        "                                   --reply-payload S | --fail TEXT) [OPTIONS]\n"
+        "       jimbotctl queue status [QUEUE] [--json]\n"
+        "\n"
+        "submit puts one request on QUEUE (Infrastructure/SubmitRequest), waits for a\n"
+        "worker's answer and prints its payload: as proto3 JSON when its type is a known\n"
+        "message type, else as base64. It exits 4 when the request was not answered for\n"
+        "now (no worker takes the queue, the queue is full, the API budget allows none\n"
+        "before its timeout, no answer in time; the retry hint on stderr), 1 when the\n"
+        "worker answered with an error or the request was poisoned.\n"
+        "  --type T             the payload's type, e.g. jimbot.StrategyRequest\n"
+        "  --json J             the payload as proto3 JSON of --type (a known type)\n"
+        "  --payload S          the payload as raw bytes (the string S)\n"
+        "  --payload-file F     the payload read from file F (- for stdin)\n"
+        "  --priority P         higher first (default 0)\n"
+        "  --timeout-ms N       wait at most N ms (default: the queue's timeout_ms)\n"
+        "  --no-cache           neither answer from the cache nor join an equal request\n"
+        "  --id ID              the request's id (default: jimbotd assigns one)\n"
+        "  --submitter NAME     who asks (default $JIMBOT_COMPONENT, else jimbotctl)\n"
+        "  --json-out           print one JSON line: {\"request_id\",\"type\",\"cached\",\n"
+        "                       \"error\",\"payload\" or \"payload_base64\"}\n"
+        "\n"
+        "take registers as a worker of QUEUE (Infrastructure/TakeRequests), says so on\n"
+        "stderr, prints each request as one JSON line {\"request_id\",\"queue\",\"type\",\n"
+        "\"priority\",\"timeout_ms\",\"submitter\",\"enqueued_ms\",\"delivery_count\",\"payload\"\n"
+        "or \"payload_base64\"} and answers it (Respond). SIGINT and SIGTERM end it with\n"
+        "status 0; requests it did not answer go back to the queue.\n"
+        "  --echo               answer with the request's own type and payload\n"
+        "  --reply-json J       answer with J, proto3 JSON of --type\n"
+        "  --reply-payload S    answer with the bytes of S (of --type, if given)\n"
+        "  --fail TEXT          answer with the error TEXT\n"
+        "  --type T             the answer's type\n"
+        "  --count N            exit 0 after answering N requests\n"
+        "  --max-outstanding N  requests held unanswered at once (default 1)\n"
+        "  --worker NAME        the worker's name (default $JIMBOT_COMPONENT, else\n"
+        "                       jimbotctl)\n"
+        "\n"
+        "status prints each request queue (or QUEUE only): its budget, waiting requests\n"
+        "and the limit, those held by workers, workers, the oldest wait, and the counters\n"
+        "since jimbotd started (submitted, cache hits, coalesced, poisoned) with the\n"
+        "cache's entries and bytes; --json prints them as one line of JSON.\n");
+}
+
+/* Prints a response: its payload alone, or (@json) all of it as one JSON line. */
+static void print_response(const jb_client_response *r, int json)
+{
+    jb__buf line;
+    jb__buf_init(&line);
+    if (json) {
+        jb__buf_puts(&line, "{\"request_id\":");
+        jb__json_put_string(&line, r->request_id, strlen(r->request_id));
+        put_field(&line, "type", r->type);
+        jb__buf_printf(&line, ",\"cached\":%s", r->cached ? "true" : "false");
+        if (r->error[0] != '\0')
+            put_field(&line, "error", r->error);
+        jb__buf_putc(&line, ',');
+        put_payload(&line, r->type, r->payload, r->payload_len);
+        jb__buf_putc(&line, '}');
+    } else if (r->error[0] == '\0' &&
+               jb__pb_bytes_to_json(r->type, r->payload, r->payload_len, &line) != JB_OK) {
+        jb__buf_reset(&line);
+        jb__json_put_base64(&line, r->payload, r->payload_len);
+        /* The bare base64, without the JSON string's quotes. */
+        memmove(line.data, line.data + 1, line.len - 2);
+        line.len -= 2;
+        line.data[line.len] = '\0';
     }
-    if (strcmp(sub, "status") == 0) {
-        cmd_name = "gpu status";
-        return cmd_gpu_status(client, copts, argc - 1, argv + 1);
+    if (json || r->error[0] == '\0')
+        printf("%s\n", line.data);
+    jb__buf_release(&line);
+}
+
+/* The exit status of a refused submit, after its one line on stderr. */
+static int submit_failed(jb_status st, const jb_client_submit_refusal *why, const jb_error *err)
+{
+    int later = st == JB_ETIMEDOUT || st == JB_EBACKPRESSURE || st == JB_ERATELIMITED ||
+                (st == JB_EUNAVAILABLE && strcmp(why->reason, "no-worker") == 0);
+    if (!later)
+        return fail_status(st, err);
+    if (why->retry_after_ms > 0)
+        return fail(EXIT_NOT_GRANTED, "%s (retry after %u ms)", err->message, why->retry_after_ms);
+    return fail(EXIT_NOT_GRANTED, "%s", err->message);
+}
+
+static int queue_submit(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"type", required_argument, NULL, 't'},
+        {"json", required_argument, NULL, 'j'},
+        {"payload", required_argument, NULL, 'p'},
+        {"payload-file", required_argument, NULL, 'f'},
+        {"priority", required_argument, NULL, 'P'},
+        {"timeout-ms", required_argument, NULL, 'T'},
+        {"no-cache", no_argument, NULL, 'n'},
+        {"id", required_argument, NULL, 'i'},
+        {"submitter", required_argument, NULL, 's'},
+        {"json-out", no_argument, NULL, 'o'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    jb_client_request req = {.submitter = default_component()};
+    const char *json = NULL, *payload = NULL, *file = NULL;
+    int json_out = 0, c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 't':
+            req.type = optarg;
+            break;
+        case 'j':
+            json = optarg;
+            break;
+        case 'p':
+            payload = optarg;
+            break;
+        case 'f':
+            file = optarg;
+            break;
+        case 'P':
+            if (parse_i32(optarg, &req.priority) != 0)
+                return bad_usage("--priority '%s': expected a number", optarg);
+            break;
+        case 'T':
+            if (parse_u32(optarg, &req.timeout_ms) != 0 || req.timeout_ms == 0)
+                return bad_usage("--timeout-ms '%s': expected positive milliseconds", optarg);
+            break;
+        case 'n':
+            req.bypass_cache = 1;
+            break;
+        case 'i':
+            req.request_id = optarg;
+            break;
+        case 's':
+            req.submitter = optarg;
+            break;
+        case 'o':
+            json_out = 1;
+            break;
+        case 'h':
+            queue_usage(stdout);
+            return 0;
+        default:
+            return bad_usage("bad option '%s'", argv[optind - 1]);
+        }
     }
-    return bad_usage(argc < 2 ? "expected acquire, release or status%s"
-                              : "unknown subcommand '%s' (acquire, release, status)",
-                     argc < 2 ? "" : sub);
+    if (optind + 1 != argc)
+        return bad_usage(optind >= argc ? "expected a QUEUE%s" : "unexpected argument '%s'",
+                         optind >= argc ? "" : argv[optind + 1]);
+    if ((json != NULL) + (payload != NULL) + (file != NULL) > 1)
+        return bad_usage("give one of --json, --payload, --payload-file");
+    req.queue = argv[optind];
+    jb__buf body;
+    jb__buf_init(&body);
+    int rc = build_payload("--json", req.type, json, payload, file, &body);
+    if (rc == 0) {
+        req.payload = body.data;
+        req.payload_len = body.len;
+        jb_error err;
+        jb_client_response *resp = NULL;
+        jb_client_submit_refusal why;
+        jb_status st = jb_client_new(copts, client, &err);
+        memset(&why, 0, sizeof(why));
+        if (st == JB_OK)
+            st = jb_client_submit(*client, &req, &resp, &why, &err);
+        if (st != JB_OK) {
+            rc = submit_failed(st, &why, &err);
+        } else {
+            print_response(resp, json_out);
+            if (resp->error[0] != '\0')
+                rc = fail(EXIT_FAILED, "the worker could not answer: %s", resp->error);
+            jb_client_response_free(resp);
+        }
+    }
+    jb__buf_release(&body);
+    return rc;
+}
+
+/* How queue take answers. */
+typedef struct take_reply {
+    int echo;
+    const char *type;
+    jb__buf body;
+    const char *error;
+} take_reply;
+
+static void print_task(jb__buf *line, const jb_client_task *t)
+{
+    jb__buf_reset(line);
+    jb__buf_puts(line, "{\"request_id\":");
+    jb__json_put_string(line, t->request_id, strlen(t->request_id));
+    put_field(line, "queue", t->queue);
+    put_field(line, "type", t->type);
+    jb__buf_printf(line, ",\"priority\":%d,\"timeout_ms\":%u", t->priority, t->timeout_ms);
+    put_field(line, "submitter", t->submitter);
+    jb__buf_printf(line, ",\"enqueued_ms\":%" PRId64 ",\"delivery_count\":%u,", t->enqueued_ms,
+                   t->delivery_count);
+    put_payload(line, t->type, t->payload, t->payload_len);
+    jb__buf_puts(line, "}\n");
+}
+
+/* Answers @t as @r says; 0 or the exit status. */
+static int answer_task(jb_client *client, const jb_client_task *t, const take_reply *r)
+{
+    jb_client_response resp = {.request_id = t->request_id};
+    if (r->echo) {
+        resp.type = t->type;
+        resp.payload = t->payload;
+        resp.payload_len = t->payload_len;
+    } else if (r->error != NULL) {
+        resp.error = r->error;
+    } else {
+        resp.type = r->type;
+        resp.payload = r->body.data;
+        resp.payload_len = r->body.len;
+    }
+    jb_error err;
+    jb_status st = jb_client_respond(client, &resp, &err);
+    if (st == JB_ENOENT) {
+        /* Given back meanwhile (its submitter left, or a reload): not this worker's any more. */
+        fprintf(stderr, "jimbotctl: %s: %s\n", cmd_name, err.message);
+        return 0;
+    }
+    return st == JB_OK ? 0 : fail_status(st, &err);
+}
+
+/* Takes and answers requests until @count (0: no limit), a signal or the stream's end. */
+static int take_loop(jb_client *client, jb_client_worker *w, const char *queue, uint64_t count,
+                     const take_reply *r)
+{
+    jb_error err;
+    jb_status st = jb_client_worker_wait_registered(w, -1, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    fprintf(stderr, "jimbotctl: %s: registered as a worker of queue %s\n", cmd_name, queue);
+    jb__buf line;
+    jb__buf_init(&line);
+    uint64_t answered = 0;
+    int rc = 0;
+    while (rc == 0 && !stop_requested && (count == 0 || answered < count)) {
+        jb_client_task *t;
+        st = jb_client_worker_next(w, 200, &t, &err);
+        if (st == JB_ETIMEDOUT)
+            continue;
+        if (st != JB_OK) {
+            rc = fail_status(st, &err);
+            break;
+        }
+        print_task(&line, t);
+        if (fwrite(line.data, 1, line.len, stdout) != line.len || fflush(stdout) != 0)
+            stop_requested = 1; /* the reader went away: the request goes back */
+        else if ((rc = answer_task(client, t, r)) == 0)
+            answered++;
+        jb_client_task_free(t);
+    }
+    jb__buf_release(&line);
+    return rc;
+}
+
+static int queue_take(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"echo", no_argument, NULL, 'e'},
+        {"reply-json", required_argument, NULL, 'j'},
+        {"reply-payload", required_argument, NULL, 'p'},
+        {"fail", required_argument, NULL, 'F'},
+        {"type", required_argument, NULL, 't'},
+        {"count", required_argument, NULL, 'n'},
+        {"max-outstanding", required_argument, NULL, 'm'},
+        {"worker", required_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    jb_client_worker_options wo = {.name = default_component()};
+    take_reply r = {0};
+    const char *json = NULL, *payload = NULL;
+    uint64_t count = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'e':
+            r.echo = 1;
+            break;
+        case 'j':
+            json = optarg;
+            break;
+        case 'p':
+            payload = optarg;
+            break;
+        case 'F':
+            r.error = optarg;
+            break;
+        case 't':
+            r.type = optarg;
+            break;
+        case 'n':
+            if (parse_u64(optarg, &count) != 0 || count == 0)
+                return bad_usage("--count '%s': expected a positive number", optarg);
+            break;
+        case 'm':
+            if (parse_u32(optarg, &wo.max_outstanding) != 0 || wo.max_outstanding == 0)
+                return bad_usage("--max-outstanding '%s': expected a positive number", optarg);
+            break;
+        case 'w':
+            wo.name = optarg;
+            break;
+        case 'h':
+            queue_usage(stdout);
+            return 0;
+        default:
+            return bad_usage("bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind + 1 != argc)
+        return bad_usage(optind >= argc ? "expected a QUEUE%s" : "unexpected argument '%s'",
+                         optind >= argc ? "" : argv[optind + 1]);
+    if (r.echo + (json != NULL) + (payload != NULL) + (r.error != NULL) != 1)
+        return bad_usage("give one of --echo, --reply-json, --reply-payload, --fail");
+    wo.queue = argv[optind];
+    jb__buf_init(&r.body);
+    int rc = build_payload("--reply-json", r.type, json, payload, NULL, &r.body);
+    if (rc == 0) {
+        catch_stop_signals();
+        jb_error err;
+        jb_client_worker *w = NULL;
+        jb_status st = jb_client_new(copts, client, &err);
+        if (st == JB_OK)
+            st = jb_client_worker_start(*client, &wo, NULL, NULL, &w, &err);
+        rc = st == JB_OK ? take_loop(*client, w, wo.queue, count, &r) : fail_status(st, &err);
+        jb_client_worker_free(w);
+    }
+    jb__buf_release(&r.body);
+    return rc;
+}
+
+static int queue_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    const char *only = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            queue_usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (argv[i][0] != '-' && only == NULL)
+            only = argv[i];
+        else
+            return bad_usage("unexpected argument '%s'", argv[i]);
+    }
+    jb_error err;
+    jb_client_resource_status *s;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_resource_status_get(*client, &s, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    int rc = 0, found = only == NULL;
+    for (size_t i = 0; i < s->n_request_queues && !found; i++)
+        found = strcmp(s->request_queues[i].name, only) == 0;
+    if (!found) {
+        rc = fail(EXIT_FAILED, "no queue '%s'", only);
+    } else if (!json) {
+        print_queues(s, only);
+    } else {
+        jb__buf b;
+        jb__buf_init(&b);
+        jb__buf_putc(&b, '[');
+        for (size_t i = 0, n = 0; i < s->n_request_queues; i++) {
+            if (only != NULL && strcmp(s->request_queues[i].name, only) != 0)
+                continue;
+            if (n++ > 0)
+                jb__buf_putc(&b, ',');
+            put_queue_json(&b, &s->request_queues[i]);
+        }
+        jb__buf_putc(&b, ']');
+        printf("%s\n", b.data);
+        jb__buf_release(&b);
+    }
+    jb_client_resource_status_free(s);
+    return rc;
+}
+
+static int cmd_queue(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const subcommand subs[] = {
+        {"submit", "queue submit", queue_submit},
+        {"take", "queue take", queue_take},
+        {"status", "queue status", queue_status},
+    };
+    return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),
+                          queue_usage);
 }
 
 /* ---- main ---------------------------------------------------------------- */
@@ -1573,6 +2073,8 @@ int main(int argc, char **argv)
         rc = cmd_gpu(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "quota") == 0) {
         rc = cmd_quota(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "queue") == 0) {
+        rc = cmd_queue(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "groups") == 0) {
         rc = cmd_groups(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "group") == 0) {

@@ -198,25 +198,56 @@ struct jb__unary {
     grpc_status_code status;
     grpc_slice details;
     jb__unary_fn done;
+    jb__unary_md_fn done_md; /* instead of done: also gets the trailing metadata */
     void *userdata;
 };
 
-uint32_t jb__client_retry_after(const grpc_metadata_array *md)
+const char *jb__client_md_get(const grpc_metadata_array *md, const char *key, char *buf,
+                              size_t size)
 {
+    buf[0] = '\0';
     for (size_t i = 0; i < md->count; i++) {
         const grpc_metadata *m = &md->metadata[i];
-        if (grpc_slice_str_cmp(m->key, "retry-after-ms") != 0)
+        if (grpc_slice_str_cmp(m->key, key) != 0)
             continue;
-        char tmp[24];
         size_t n = GRPC_SLICE_LENGTH(m->value);
-        if (n == 0 || n >= sizeof(tmp))
-            return 0;
-        memcpy(tmp, GRPC_SLICE_START_PTR(m->value), n);
-        tmp[n] = '\0';
-        unsigned long v = strtoul(tmp, NULL, 10);
-        return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+        if (n >= size)
+            n = size - 1;
+        memcpy(buf, GRPC_SLICE_START_PTR(m->value), n);
+        buf[n] = '\0';
+        break;
     }
-    return 0;
+    return buf;
+}
+
+uint32_t jb__client_retry_after(const grpc_metadata_array *md)
+{
+    char tmp[24];
+    if (jb__client_md_get(md, "retry-after-ms", tmp, sizeof(tmp))[0] == '\0')
+        return 0;
+    unsigned long v = strtoul(tmp, NULL, 10);
+    return v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+uint8_t *jb__client_pack(const ProtobufCMessage *m, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    uint8_t *out = jb__xmalloc(*len + 1);
+    protobuf_c_message_pack(m, out);
+    return out;
+}
+
+struct timespec jb__client_realtime_in(int64_t ms)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += (time_t)(ms / 1000);
+    t.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (t.tv_nsec >= 1000000000) {
+        t.tv_sec++;
+        t.tv_nsec -= 1000000000;
+    }
+    return t;
 }
 
 uint8_t *jb__client_read_all(grpc_byte_buffer *bb, size_t *len)
@@ -264,6 +295,10 @@ static void unary_complete(jb__tag *tag, int ok)
         if (st == JB_OK)
             resp = jb__client_read_all(u->recv, &len);
     }
+    if (u->done_md != NULL)
+        u->done_md(c, st, &err, resp, len, &u->md_trailing, u->userdata);
+    else
+        u->done(c, st, &err, resp, len, hint, u->userdata);
     grpc_byte_buffer_destroy(u->send);
     if (u->recv != NULL)
         grpc_byte_buffer_destroy(u->recv);
@@ -271,18 +306,18 @@ static void unary_complete(jb__tag *tag, int ok)
     grpc_metadata_array_destroy(&u->md_trailing);
     grpc_slice_unref(u->details);
     grpc_call_unref(u->call);
-    u->done(c, st, &err, resp, len, hint, u->userdata);
     free(resp);
     free(u);
 }
 
 /*
  * Starts a unary call of registered method @m, or of @path when @m < 0,
- * with @len bytes of request. @done runs on the client thread once it
- * ends, unless this fails. c->mu must not be held.
+ * with @len bytes of request. @done (or @done_md when not NULL) runs on the
+ * client thread once it ends, unless this fails. c->mu must not be held.
  */
 static jb_status unary_start_ex(jb_client *c, int m, const char *path, const void *req, size_t len,
-                                uint32_t extra_ms, jb__unary_fn done, void *userdata, jb_error *err)
+                                uint32_t extra_ms, jb__unary_fn done, jb__unary_md_fn done_md,
+                                void *userdata, jb_error *err)
 {
     jb__unary *u = calloc(1, sizeof(*u));
     if (u == NULL)
@@ -290,6 +325,7 @@ static jb_status unary_start_ex(jb_client *c, int m, const char *path, const voi
     u->tag.fn = unary_complete;
     u->c = c;
     u->done = done;
+    u->done_md = done_md;
     u->userdata = userdata;
     const char *p = m >= 0 ? method_paths[m] : path;
     const char *slash = strrchr(p, '/');
@@ -356,14 +392,21 @@ static jb_status unary_start_ex(jb_client *c, int m, const char *path, const voi
 static jb_status unary_start(jb_client *c, int m, const char *path, const void *req, size_t len,
                              jb__unary_fn done, void *userdata, jb_error *err)
 {
-    return unary_start_ex(c, m, path, req, len, 0, done, userdata, err);
+    return unary_start_ex(c, m, path, req, len, 0, done, NULL, userdata, err);
 }
 
 jb_status jb__client_unary_start(jb_client *c, const char *path, const void *req, size_t len,
                                  uint32_t extra_ms, jb__unary_fn done, void *userdata,
                                  jb_error *err)
 {
-    return unary_start_ex(c, -1, path, req, len, extra_ms, done, userdata, err);
+    return unary_start_ex(c, -1, path, req, len, extra_ms, done, NULL, userdata, err);
+}
+
+jb_status jb__client_unary_start_md(jb_client *c, const char *path, const void *req, size_t len,
+                                    uint32_t extra_ms, jb__unary_md_fn done, void *userdata,
+                                    jb_error *err)
+{
+    return unary_start_ex(c, -1, path, req, len, extra_ms, NULL, done, userdata, err);
 }
 
 /* ---- Waiting for an asynchronous call ------------------------------------ */
@@ -436,7 +479,7 @@ static jb_status unary_wait_ex(jb_client *c, int m, const char *path, const char
     jb_status st = jb__client_refuse_on_thread(c, what, err);
     if (st != JB_OK)
         return st;
-    st = unary_start_ex(c, m, path, req, len, extra_ms, waiter_unary_done, w, err);
+    st = unary_start_ex(c, m, path, req, len, extra_ms, waiter_unary_done, NULL, w, err);
     if (st != JB_OK)
         return st;
     pthread_mutex_lock(&w->mu);
@@ -626,6 +669,7 @@ void jb_client_free(jb_client *c)
         grpc_call_cancel(u->call, NULL);
     jb__client_subs_cancel_all(c);
     jb__client_gpus_cancel_all(c);
+    jb__client_workers_cancel_all(c);
     pthread_mutex_unlock(&c->mu);
 
     /* Completes the pending alarms; calls keep their own references. */
@@ -635,6 +679,7 @@ void jb_client_free(jb_client *c)
     grpc_completion_queue_destroy(c->cq);
     jb__client_subs_free_all(c);
     jb__client_gpus_free_all(c);
+    jb__client_workers_free_all(c);
     while (c->sending != NULL) {
         jb__buffered *b = c->sending;
         c->sending = b->next;
@@ -1039,6 +1084,17 @@ static void done_call_done(jb_client *c, jb_status status, const jb_error *err,
     if (d->cb != NULL)
         d->cb(status, status == JB_OK ? NULL : err, d->userdata);
     free(d);
+}
+
+jb_status jb__client_unary_start_done(jb_client *c, const char *path, const void *req, size_t len,
+                                      jb_client_done_cb cb, void *userdata, jb_error *err)
+{
+    done_call *d = jb__xmalloc(sizeof(*d));
+    *d = (done_call){.cb = cb, .userdata = userdata};
+    jb_status st = unary_start_ex(c, -1, path, req, len, 0, done_call_done, NULL, d, err);
+    if (st != JB_OK)
+        free(d);
+    return st;
 }
 
 /* Packs an AckRequest (@nack 0) or NackRequest into a malloc'd buffer. */

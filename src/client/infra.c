@@ -94,28 +94,6 @@ static void copy_str(char *dst, size_t size, const char *src)
     snprintf(dst, size, "%s", src != NULL ? src : "");
 }
 
-static struct timespec realtime_in(int64_t ms)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    t.tv_sec += (time_t)(ms / 1000);
-    t.tv_nsec += (long)(ms % 1000) * 1000000;
-    if (t.tv_nsec >= 1000000000) {
-        t.tv_sec++;
-        t.tv_nsec -= 1000000000;
-    }
-    return t;
-}
-
-/* Packs a protobuf-c message into a malloc'd buffer. */
-static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
-{
-    *len = protobuf_c_message_get_packed_size(m);
-    uint8_t *out = jb__xmalloc(*len + 1);
-    protobuf_c_message_pack(m, out);
-    return out;
-}
-
 /* ---- Lease events ---------------------------------------------------------- */
 
 static void queue_push_locked(jb_client_gpu *g, const jb_client_gpu_event *ev)
@@ -259,7 +237,7 @@ static void stream_start_locked(jb_client_gpu *g, const char *lease_id)
     r.pid = g->pid;
     r.lease_id = (char *)(lease_id != NULL ? lease_id : "");
     size_t len;
-    uint8_t *buf = pack(&r.base, &len);
+    uint8_t *buf = jb__client_pack(&r.base, &len);
     jb__stream_start(&g->s, -1, M_ACQUIRE_GPU, buf, len);
     free(buf);
     post_recv_locked(g);
@@ -510,7 +488,7 @@ jb_status jb_client_gpu_wait(jb_client_gpu *g, int timeout_ms, jb_client_gpu_eve
     if (g->cb != NULL)
         return jb_error_set(err, JB_EINVAL, "gpu_wait: the lease has a callback");
     jb_client *c = g->c;
-    struct timespec until = realtime_in(timeout_ms > 0 ? timeout_ms : 0);
+    struct timespec until = jb__client_realtime_in(timeout_ms > 0 ? timeout_ms : 0);
     pthread_mutex_lock(&c->mu);
     for (;;) {
         if (g->q_len > 0) {
@@ -565,7 +543,7 @@ static uint8_t *pack_release(const char *lease_id, size_t *len)
 {
     Jimbot__Infra__V1__ReleaseGpuRequest r = JIMBOT__INFRA__V1__RELEASE_GPU_REQUEST__INIT;
     r.lease_id = (char *)lease_id;
-    return pack(&r.base, len);
+    return jb__client_pack(&r.base, len);
 }
 
 jb_status jb_client_gpu_release_id(jb_client *c, const char *lease_id,
@@ -591,7 +569,7 @@ jb_status jb_client_gpu_release_id(jb_client *c, const char *lease_id,
 static int wait_end(jb_client_gpu *g, uint32_t ms)
 {
     jb_client *c = g->c;
-    struct timespec until = realtime_in(ms);
+    struct timespec until = jb__client_realtime_in(ms);
     pthread_mutex_lock(&c->mu);
     while (!g->ended) {
         if (pthread_cond_timedwait(&g->cv, &c->mu, &until) != 0)
@@ -788,7 +766,7 @@ static jb_status pack_quota(const jb_client_quota_request *q, uint8_t **buf, siz
     r.count = q->count;
     r.wait_ms = q->wait_ms;
     r.priority = q->priority;
-    *buf = pack(&r.base, len);
+    *buf = jb__client_pack(&r.base, len);
     return JB_OK;
 }
 
@@ -872,6 +850,7 @@ typedef struct status_impl {
     jb_client_gpu_waiter *waiters;
     jb_client_quota_component *components;
     jb_client_queue_depth *queues;
+    jb_client_queue_status *request_queues;
     jb_client_breaker *breakers;
 } status_impl;
 
@@ -931,6 +910,23 @@ static void fill_rest(status_impl *s, const Jimbot__Infra__V1__ResourceStatus *m
     for (size_t i = 0; i < m->n_queue_depths; i++)
         s->queues[i] = (jb_client_queue_depth){.queue = m->queue_depths[i]->key,
                                                .depth = m->queue_depths[i]->value};
+    s->request_queues = array(m->n_queues, sizeof(*s->request_queues));
+    for (size_t i = 0; i < m->n_queues; i++) {
+        const Jimbot__Infra__V1__QueueStatus *q = m->queues[i];
+        s->request_queues[i] = (jb_client_queue_status){.name = q->name,
+                                                        .budget = q->budget,
+                                                        .max_depth = q->max_depth,
+                                                        .depth = q->depth,
+                                                        .in_flight = q->in_flight,
+                                                        .workers = q->workers,
+                                                        .oldest_wait_ms = q->oldest_wait_ms,
+                                                        .submitted = q->submitted,
+                                                        .cache_hits = q->cache_hits,
+                                                        .coalesced = q->coalesced,
+                                                        .poisoned = q->poisoned,
+                                                        .cache_bytes = q->cache_bytes,
+                                                        .cache_entries = q->cache_entries};
+    }
     s->breakers = array(m->n_breakers, sizeof(*s->breakers));
     for (size_t i = 0; i < m->n_breakers; i++) {
         const Jimbot__Infra__V1__BreakerStatus *b = m->breakers[i];
@@ -950,6 +946,8 @@ static void fill_rest(status_impl *s, const Jimbot__Infra__V1__ResourceStatus *m
     p->n_budget_components = m->n_claude_components;
     p->queues = s->queues;
     p->n_queues = m->n_queue_depths;
+    p->request_queues = s->request_queues;
+    p->n_request_queues = m->n_queues;
     p->breakers = s->breakers;
     p->n_breakers = m->n_breakers;
 }
@@ -986,6 +984,7 @@ void jb_client_resource_status_free(jb_client_resource_status *st)
     free(s->waiters);
     free(s->components);
     free(s->queues);
+    free(s->request_queues);
     free(s->breakers);
     free(s);
 }

@@ -2,8 +2,9 @@
  * Internals of the client library (include/jimbot/client.h), shared by
  * client.c (the channel, the client thread, unary calls, alarms, publishing),
  * stream.c (the plumbing of one server-streaming call), sub.c
- * (subscriptions) and infra.c (the Infrastructure calls: GPU leases, the API
- * budget, resource status).
+ * (subscriptions), infra.c (the Infrastructure calls: GPU leases, the API
+ * budget, resource status) and queue.c (the request queue: submits,
+ * workers, responses).
  *
  * Locking: one mutex per client, c->mu, guards every mutable field of the
  * client and of its subscriptions. gRPC calls are started from whichever
@@ -18,9 +19,11 @@
 #include "jimbot/client.h"
 
 #include <grpc/grpc.h>
+#include <protobuf-c/protobuf-c.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #define JB__CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
@@ -69,7 +72,8 @@ struct jb_client {
     unsigned rand_state;
     jb__unary *calls; /* unary calls in flight, to cancel at close */
     jb_client_sub *subs;
-    jb_client_gpu *gpus; /* GPU lease handles not yet freed (infra.c) */
+    jb_client_gpu *gpus;       /* GPU lease handles not yet freed (infra.c) */
+    jb_client_worker *workers; /* queue workers not yet freed (queue.c) */
 
     /* Client-side batching: the open window's encoded PublishRequest. */
     jb__buffered *open;
@@ -106,6 +110,19 @@ jb_status jb__client_map_status(grpc_status_code code, const char *name, grpc_sl
 uint32_t jb__client_retry_after(const grpc_metadata_array *md);
 
 /*
+ * The value of @key in @md copied into @buf (NUL-terminated, truncated to
+ * @size), "" when absent; returns @buf.
+ */
+const char *jb__client_md_get(const grpc_metadata_array *md, const char *key, char *buf,
+                              size_t size);
+
+/* Packs a protobuf-c message into a malloc'd buffer that the caller frees. */
+uint8_t *jb__client_pack(const ProtobufCMessage *m, size_t *len);
+
+/* The wall clock @ms from now, for pthread_cond_timedwait(). */
+struct timespec jb__client_realtime_in(int64_t ms);
+
+/*
  * Copies a received message out of gRPC's slices into a malloc'd buffer
  * that the caller frees; NULL and *@len 0 when @bb is NULL or unreadable.
  * @bb stays the caller's.
@@ -120,6 +137,20 @@ uint8_t *jb__client_read_all(grpc_byte_buffer *bb, size_t *len);
 jb_status jb__client_unary_start(jb_client *c, const char *path, const void *req, size_t len,
                                  uint32_t extra_ms, jb__unary_fn done, void *userdata,
                                  jb_error *err);
+
+/* As jb__unary_fn, with the call's trailing metadata instead of the hint (borrowed). */
+typedef void (*jb__unary_md_fn)(jb_client *c, jb_status status, const jb_error *err,
+                                const uint8_t *response, size_t len,
+                                const grpc_metadata_array *trailing, void *userdata);
+
+/* jb__client_unary_start() whose @done gets the trailing metadata. */
+jb_status jb__client_unary_start_md(jb_client *c, const char *path, const void *req, size_t len,
+                                    uint32_t extra_ms, jb__unary_md_fn done, void *userdata,
+                                    jb_error *err);
+
+/* jb__client_unary_start() of @path whose end is told to @cb (may be NULL) as a done call. */
+jb_status jb__client_unary_start_done(jb_client *c, const char *path, const void *req, size_t len,
+                                      jb_client_done_cb cb, void *userdata, jb_error *err);
 
 /*
  * One server-streaming call at a time (stream.c), embedded in its owner (a
@@ -204,6 +235,12 @@ void jb__client_gpus_cancel_all(jb_client *c);
 
 /* Frees the GPU lease handles left (client.c calls it after the thread ends). */
 void jb__client_gpus_free_all(jb_client *c);
+
+/* Cancels every queue worker's stream; c->mu held, c->closing set (queue.c). */
+void jb__client_workers_cancel_all(jb_client *c);
+
+/* Frees the queue workers left (client.c calls it after the thread ends). */
+void jb__client_workers_free_all(jb_client *c);
 
 /* Frees the client's subscriptions (client.c calls it after the thread ends). */
 void jb__client_subs_free_all(jb_client *c);

@@ -479,16 +479,7 @@ jb_status jb_client_sub_next(jb_client_sub *sub, int timeout_ms, jb_client_batch
     jb_client *c = sub->c;
     if (sub->deliver != NULL)
         return jb_error_set(err, JB_EINVAL, "sub_next: the subscription has a deliver callback");
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    if (timeout_ms > 0) {
-        until.tv_sec += timeout_ms / 1000;
-        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-        if (until.tv_nsec >= 1000000000) {
-            until.tv_sec++;
-            until.tv_nsec -= 1000000000;
-        }
-    }
+    struct timespec until = jb__client_realtime_in(timeout_ms > 0 ? timeout_ms : 0);
     pthread_mutex_lock(&c->mu);
     for (;;) {
         if (sub->q_head != NULL) {
