@@ -85,6 +85,8 @@ RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100),
 #: What a submit's gRPC deadline adds to its timeout, so that the daemon's own
 #: DEADLINE_EXCEEDED (at the timeout) comes first.
 SUBMIT_DEADLINE_SLACK_S = 1.0
+#: Initial metadata key by which jimbotd says that a worker is registered.
+WORKER_KEY = "jimbot-worker"
 _UINT32_MAX = (1 << 32) - 1
 _INT32 = (-(1 << 31), (1 << 31) - 1)
 
@@ -560,13 +562,16 @@ class QueueWorker:
         self._infra._workers.add(self)
 
     async def _register(self) -> None:
-        """Wait for the initial metadata: the daemon sends it once the worker
-        is registered. A call that ended instead raises its error."""
+        """Wait for the initial metadata: the daemon sends it, marked
+        ``jimbot-worker``, once the worker is registered. A refusal comes as a
+        status alone, for which gRPC reports empty metadata: then the call's
+        end raises its error."""
         if self._registered:
             return
-        await self._call.initial_metadata()
-        if self._call.done():
+        md = await self._call.initial_metadata()
+        if not any(k == WORKER_KEY for k, _ in (md or ())):
             await self._call.read()   # raises the call's error (EOF: ended OK)
+            raise UnavailableError("TakeRequests ended before the worker was registered")
         self._registered = True
 
     async def ready(self) -> "QueueWorker":

@@ -14,16 +14,14 @@
  * the response over instead of copying it.
  *
  * A worker holds one TakeRequests stream, a jb__stream (stream.c) as a GPU
- * lease's: the start batch, the status batch, one RECV_MESSAGE at a time
- * and the confirm alarm, counted in w->ops. jimbotd sends the initial
- * metadata once the worker is registered; a refusal (unknown queue) is a
- * status alone ("trailers only"), and gRPC's C core ends the start batch for
- * that too, with empty metadata, in either order with the status. So the
- * start batch's end means "registered" only when the metadata carries
- * "jimbot-worker" (a daemon that sends it), or else when the status has
- * still not come once the completions already queued have run: the confirm
- * alarm, armed for now, comes after them. A stream is never started again:
- * its end is the worker's ENDED.
+ * lease's: the start batch, the status batch and one RECV_MESSAGE at a
+ * time, counted in w->ops. jimbotd sends the initial metadata, with
+ * "jimbot-worker", once the worker is registered; a refusal (unknown queue)
+ * is a status alone ("trailers only"), and gRPC's C core ends the start
+ * batch for that too, with empty metadata, in either order with the status.
+ * So the start batch's end means "registered" only when the metadata carries
+ * "jimbot-worker"; without it the status that follows says why not. A
+ * stream is never started again: its end is the worker's ENDED.
  *
  *     start ──▶ REGISTERED ──▶ TASK... ──(status)──▶ ENDED
  *
@@ -349,9 +347,8 @@ struct jb_client_worker {
     jb_client_worker_fn cb;
     void *userdata;
 
-    jb__stream s;      /* the TakeRequests stream */
-    int ops;           /* its outstanding batches and the confirm alarm: the stream is over at 0 */
-    jb__alarm confirm; /* registered unless the status came first (see the top) */
+    jb__stream s; /* the TakeRequests stream */
+    int ops;      /* its outstanding batches: the stream is over at 0 */
 
     int registered;
     int ended;
@@ -455,18 +452,6 @@ static void registered_locked(jb_client_worker *w)
     emit_locked(w, JB_CLIENT_WORKER_REGISTERED, NULL);
 }
 
-static void confirm_fire(jb__alarm *a)
-{
-    jb_client_worker *w = JB__CONTAINER_OF(a, jb_client_worker, confirm);
-    jb_client *c = w->c;
-    pthread_mutex_lock(&c->mu);
-    w->ops--;
-    registered_locked(w);
-    stream_over_locked(w);
-    maybe_free_locked(w);
-    pthread_mutex_unlock(&c->mu);
-}
-
 static void on_start(jb__tag *tag, int ok)
 {
     jb_client_worker *w = JB__CONTAINER_OF(tag, jb_client_worker, s.t_start);
@@ -475,15 +460,10 @@ static void on_start(jb__tag *tag, int ok)
     w->ops--;
     jb__stream_sent(&w->s);
     char mark[8];
-    if (!ok || w->s.status_done || w->ended || c->closing) {
-        /* Refused or ending: the status says how. */
-    } else if (jb__client_md_get(&w->s.md_initial, "jimbot-worker", mark, sizeof(mark))[0]) {
+    /* Without the mark (refused, ending) the status says how. */
+    if (ok && !w->s.status_done && !w->ended && !c->closing &&
+        jb__client_md_get(&w->s.md_initial, "jimbot-worker", mark, sizeof(mark))[0])
         registered_locked(w);
-    } else {
-        w->confirm.fire = confirm_fire;
-        w->ops++;
-        jb__client_alarm_arm(c, &w->confirm, jb__client_now_ms());
-    }
     stream_over_locked(w);
     maybe_free_locked(w);
     pthread_mutex_unlock(&c->mu);

@@ -11,9 +11,9 @@
  *     else waits for leaves the queue and never reaches a worker. Its wait
  *     is cut to the call's deadline less a margin, so the client is told
  *     DEADLINE_EXCEEDED by us, with a reason, not by its own clock.
- *   - A TakeRequests stream owns one jb_queue_worker. Initial metadata goes
- *     out once the worker is registered, so a client that has it knows that
- *     submits find a worker. The stream ending in any way frees the worker,
+ *   - A TakeRequests stream owns one jb_queue_worker. Initial metadata with
+ *     "jimbot-worker" goes out once the worker is registered, so a client
+ *     that has it knows that submits find a worker. The stream ending in any way frees the worker,
  *     and its unanswered requests go back to the queue. The engine never
  *     hands a worker more than max_outstanding requests, which bounds what
  *     its stream queues.
@@ -36,6 +36,10 @@
 #define ANSWER_MARGIN_MS 200
 /* The most requests one worker may hold unanswered. */
 #define MAX_OUTSTANDING 1000
+#define JB__STR_(x)     #x
+#define JB__STR(x)      JB__STR_(x)
+/* Initial metadata of a registered worker: its name (else the queue's). */
+#define WORKER_KEY "jimbot-worker"
 
 /* ---- SubmitRequest ------------------------------------------------------------ */
 
@@ -230,6 +234,22 @@ static void on_task(jb_queue_worker *w, const jb_queued_task *t, void *ud)
         take_end(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "worker too slow: its stream is full");
 }
 
+/* Why @req cannot be served, or NULL. The worker's name goes into metadata:
+ * printable ASCII only, as gRPC requires of a header value. */
+static const char *take_request_invalid(const Jimbot__Infra__V1__TakeRequestsRequest *req)
+{
+    if (req->max_outstanding > MAX_OUTSTANDING)
+        return "max_outstanding above " JB__STR(MAX_OUTSTANDING);
+    size_t n = strlen(req->worker);
+    if (n > JB_COORD_MAX_NAME)
+        return "worker name longer than " JB__STR(JB_COORD_MAX_NAME) " bytes";
+    for (size_t i = 0; i < n; i++) {
+        if (req->worker[i] < 0x20 || req->worker[i] > 0x7e)
+            return "worker name holds a byte that is not printable ASCII";
+    }
+    return NULL;
+}
+
 void jb__take_requests_start(jb__call *c)
 {
     if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
@@ -239,11 +259,10 @@ void jb__take_requests_start(jb__call *c)
             c, &jimbot__infra__v1__take_requests_request__descriptor);
     if (req == NULL)
         return; /* jb__unpack_request() answered */
-    if (req->max_outstanding > MAX_OUTSTANDING) {
+    const char *bad = take_request_invalid(req);
+    if (bad != NULL) {
         protobuf_c_message_free_unpacked(&req->base, NULL);
-        char text[96];
-        snprintf(text, sizeof(text), "max_outstanding above %d", MAX_OUTSTANDING);
-        jb__call_fail(c, JB_EINVAL, text, 0);
+        jb__call_fail(c, JB_EINVAL, bad, 0);
         return;
     }
     take_state *s = calloc(1, sizeof(*s));
@@ -256,14 +275,16 @@ void jb__take_requests_start(jb__call *c)
     jb_error err;
     jb_status st = jb_coord_queue_worker_new(jb__server_coord(c->srv), req->queue,
                                              req->max_outstanding, on_task, c, &s->worker, &err);
-    protobuf_c_message_free_unpacked(&req->base, NULL);
     if (st != JB_OK) {
+        protobuf_c_message_free_unpacked(&req->base, NULL);
         s->worker = NULL;
         jb__call_fail(c, st, err.message, 0);
         return;
     }
-    /* Registered: submits from now on find this worker. */
-    jb__call_send_initial(c, NULL, NULL);
+    /* Registered: submits from now on find this worker. The mark tells this
+     * metadata from the empty one gRPC reports for a refusal (trailers only). */
+    jb__call_send_initial(c, WORKER_KEY, req->worker[0] != '\0' ? req->worker : req->queue);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
 }
 
 void jb__take_requests_closed(jb__call *c)

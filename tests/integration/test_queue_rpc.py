@@ -48,8 +48,9 @@ class Worker:
         self.code = None
         self.call = stubs.infra.TakeRequests(pb.TakeRequestsRequest(
             queue=queue_name, max_outstanding=max_outstanding, worker=name))
-        # The daemon sends initial metadata once the worker is registered.
-        self.call.initial_metadata()
+        # The daemon sends initial metadata, marked, once the worker is registered.
+        md = dict(self.call.initial_metadata())
+        assert md.get("jimbot-worker") == (name or queue_name), md
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -177,6 +178,12 @@ class QueueRpcTest(unittest.TestCase):
              grpc.StatusCode.NOT_FOUND),
             (lambda: next(iter(self.s.infra.TakeRequests(
                 pb.TakeRequestsRequest(queue="echo", max_outstanding=1001), timeout=TIMEOUT))),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (lambda: next(iter(self.s.infra.TakeRequests(
+                pb.TakeRequestsRequest(queue="echo", worker="w\n1"), timeout=TIMEOUT))),
+             grpc.StatusCode.INVALID_ARGUMENT),
+            (lambda: next(iter(self.s.infra.TakeRequests(
+                pb.TakeRequestsRequest(queue="echo", worker="w" * 129), timeout=TIMEOUT))),
              grpc.StatusCode.INVALID_ARGUMENT),
             (lambda: self.s.infra.Respond(pb.QueuedResponse(request_id="nobody-holds-it"),
                                           timeout=TIMEOUT), grpc.StatusCode.NOT_FOUND),
