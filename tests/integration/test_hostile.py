@@ -45,6 +45,8 @@ from jbtest import Collector, Daemon, Stubs, event  # noqa: E402
 from jimbot.infra.v1 import event_bus_pb2 as eb  # noqa: E402
 
 MIB = 1024 * 1024
+# What a call reads when gRPC closed its connection (docs/grpc.md "Memory").
+CONNECTION_CLOSED = ("GOAWAY", "Broken pipe", "Connection reset", "Socket closed")
 MAX_RECEIVE = 16 * MIB  # jimbotd's default largest request
 REQUEST_MEMORY = 128 * MIB
 THREADS = 6
@@ -189,7 +191,10 @@ class HostileRequests(unittest.TestCase):
             self.assertIn(code, ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE"),
                           f"{name}: {code} {details}")
             if code == "UNAVAILABLE":
-                self.assertIn("GOAWAY", details, name)
+                # The connection was closed by gRPC under memory pressure: the client hears
+                # the GOAWAY, or, when it was still writing its 16 MiB request, its write
+                # fails first (EPIPE, ECONNRESET).
+                self.assertTrue(any(w in details for w in CONNECTION_CLOSED), f"{name}: {details}")
         print(f"test_hostile: {len(results)} requests: {codes}", file=sys.stderr)
         self.assertEqual(len(results), THREADS * ROUNDS * (len(SHAPES) + 1))
         if under_asan(pid):
