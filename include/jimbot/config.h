@@ -51,6 +51,9 @@ typedef enum jb_config_type {
 /* Flags of a key. */
 #define JB_CONFIG_SECRET     0x1u /* masked as *** everywhere */
 #define JB_CONFIG_RELOADABLE 0x2u /* may change without a restart */
+/* On a MAP: an entry may be written `NAME: VALUE`, short for `NAME: {FIELD: VALUE}`
+ * with the map's first field. */
+#define JB_CONFIG_SHORTHAND 0x4u
 
 /*
  * An extra check for a string (or each item of a list): returns NULL when

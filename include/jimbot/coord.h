@@ -47,7 +47,7 @@
  * meanwhile ride the next one (group commit). It carries a CRC; a damaged
  * file stops the start (JB_ECORRUPT), never silently refills the budget.
  *
- * Request queues: see "Request queues" below.
+ * Request queues: see "Request queues" below. Shared Redis: see "Shared Redis".
  *
  * Must not depend on: gRPC, protobuf-c, the bus.
  */
@@ -94,6 +94,9 @@ typedef struct jb_coord_options {
     /* The request queues' cache file (jimbotd: <data-dir>/queue.cache),
      * loaded at start and written off the loop; NULL: memory only. */
     const char *cache_path;
+    /* The Redis users' passwords (jimbotd: <data-dir>/redis.users), mode
+     * 0600; NULL: kept in memory only (new passwords at each start). */
+    const char *redis_users_path;
 } jb_coord_options;
 
 /*
@@ -426,6 +429,89 @@ void jb_coord_foreach_queue(jb_coord *co, void (*fn)(const jb_queue_info *q, voi
 /* The poisoned requests kept aside in @queue, oldest first (delivery_count as handed out). */
 void jb_coord_foreach_queue_poison(jb_coord *co, const char *queue,
                                    void (*fn)(const jb_queued_task *t, void *ud), void *ud);
+
+/* ---- Shared Redis -------------------------------------------------------- */
+
+/*
+ * The shared Redis (resource_coordinator.redis.*; docs/redis.md). With a url,
+ * the coordinator keeps one connection to Redis on the loop (never blocking
+ * it; reconnecting with backoff when Redis is down, which never stops the
+ * rest of the coordinator) and:
+ *   - creates or updates one ACL user per component of redis.namespaces,
+ *     "jimbot-<component>", allowed keys <prefix>* read-write and the shared
+ *     prefix as shared_access says, nothing else, dangerous commands denied;
+ *     its password generated once, kept in jb_coord_options.redis_users_path
+ *     (mode 0600), stable across restarts, changed by
+ *     jb_coord_redis_rotate();
+ *   - every check_interval_ms lists Redis's clients and ends a component's
+ *     connections beyond its allowance, newest first, logging each.
+ * Allowances: max_connections less one (jimbotd's own) is shared out; a
+ * namespace's max_connections takes that many, the others split the rest
+ * evenly (at least one each, else the configuration is refused).
+ */
+
+/* Longest Redis URL, user name, password and key prefix handled, in bytes. */
+#define JB_COORD_MAX_REDIS_URL    256
+#define JB_COORD_MAX_REDIS_USER   (JB_COORD_MAX_NAME + 8)
+#define JB_COORD_MAX_REDIS_PASS   64
+#define JB_COORD_MAX_REDIS_PREFIX 64
+
+/* A component's credentials, copied out. */
+typedef struct jb_redis_access {
+    char url[JB_COORD_MAX_REDIS_URL + 1]; /* redis://HOST:PORT, no credentials */
+    char username[JB_COORD_MAX_REDIS_USER + 1];
+    char password[JB_COORD_MAX_REDIS_PASS + 1];
+    char key_prefix[JB_COORD_MAX_REDIS_PREFIX + 1];
+    char shared_prefix[JB_COORD_MAX_REDIS_PREFIX + 1]; /* "" when none is configured */
+    const char *shared_access;                         /* "readwrite", "read", "none" */
+    uint32_t max_connections;                          /* the allowance */
+} jb_redis_access;
+
+/*
+ * @component's access. JB_EUNSUPPORTED: no Redis configured (url empty);
+ * JB_ENOENT: no such namespace ("shared" is none); JB_EUNAVAILABLE: its ACL
+ * user is not in place yet (Redis not reached since the start or since the
+ * namespace was added). On error @out is untouched.
+ */
+jb_status jb_coord_redis_access(jb_coord *co, const char *component, jb_redis_access *out,
+                                jb_error *err);
+
+/*
+ * Gives @component a new password (durable in the users file, then set in
+ * Redis; connections already authenticated stay open) and answers the new
+ * access through @cb, on the loop, never inside this call. Errors as
+ * jb_coord_redis_access(), before anything changed.
+ */
+typedef void (*jb_redis_access_cb)(jb_status st, const jb_redis_access *access,
+                                   const jb_error *err, void *userdata);
+jb_status jb_coord_redis_rotate(jb_coord *co, const char *component, jb_redis_access_cb cb,
+                                void *userdata, jb_error *err);
+
+/* Redis as the coordinator sees it. Strings borrowed until the next call into the engine. */
+typedef struct jb_redis_info {
+    int configured;
+    const char *url; /* without credentials */
+    int reachable;   /* connected, authenticated, users in place */
+    const char *error;
+    int64_t checked_ms;   /* the last CLIENT LIST, wall clock; 0: none yet */
+    uint32_t connections; /* every client it counted */
+    uint32_t max_connections;
+} jb_redis_info;
+
+typedef struct jb_redis_component_info {
+    const char *component;
+    const char *username;
+    const char *key_prefix;
+    uint32_t connections; /* at the last check */
+    uint32_t allowance;
+    uint64_t connections_closed; /* ended beyond the allowance, since the start */
+} jb_redis_component_info;
+
+void jb_coord_redis_info(jb_coord *co, jb_redis_info *out);
+/* The namespaces' components, in name order. */
+void jb_coord_foreach_redis_component(jb_coord *co,
+                                      void (*fn)(const jb_redis_component_info *c, void *ud),
+                                      void *ud);
 
 /* ---- Status ------------------------------------------------------------ */
 

@@ -384,7 +384,9 @@ static int convert_entry(vctx *c, jb_config_map *m, const char *key, const char 
         verr(c, line, display, "%s", bad);
         return -1;
     }
-    if (node->kind != JB__YNODE_MAP) {
+    int shorthand =
+        node->kind == JB__YNODE_SCALAR && (mk->flags & JB_CONFIG_SHORTHAND) && m->n_fields > 0;
+    if (node->kind != JB__YNODE_MAP && !shorthand) {
         verr(c, line, display, "expected a map of fields, got a %s",
              node->kind == JB__YNODE_SEQ ? "list" : "single value");
         return -1;
@@ -401,7 +403,13 @@ static int convert_entry(vctx *c, jb_config_map *m, const char *key, const char 
     }
     m->count++;
     int rc = 0;
-    for (size_t j = 0; j < node->count; j++) {
+    if (shorthand) {
+        /* NAME: VALUE is NAME: {FIRST_FIELD: VALUE}. */
+        const jb_config_key *first = &m->schema->keys[m->key + 1];
+        snprintf(fkey, sizeof(fkey), "%s.%s", display, last_word(first->path));
+        rc = convert(c, first, fkey, node, &it->fields[0]);
+    }
+    for (size_t j = 0; !shorthand && j < node->count; j++) {
         snprintf(fkey, sizeof(fkey), "%s.%.100s", display, node->keys[j]);
         long f = field_of(m, node->keys[j]);
         if (f < 0) {

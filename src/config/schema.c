@@ -125,12 +125,27 @@ static const char *check_http_url(const char *v)
     return NULL;
 }
 
+/* A key prefix: non-empty printable ASCII without glob characters or spaces
+ * (it becomes an ACL key pattern PREFIX*). */
+static const char *check_redis_prefix(const char *v)
+{
+    if (v[0] == '\0')
+        return "a key prefix cannot be empty";
+    if (strlen(v) > 64)
+        return "a key prefix is at most 64 bytes";
+    for (const char *p = v; *p; p++) {
+        if (*p <= ' ' || *p > '~' || strchr("*?[]\\", *p) != NULL)
+            return "a key prefix is printable ASCII without spaces, *, ?, [, ] or \\";
+    }
+    return NULL;
+}
+
 static const char *check_redis_url(const char *v)
 {
-    if (strncmp(v, "redis://", 8) == 0 || strncmp(v, "rediss://", 9) == 0 ||
+    if (v[0] == '\0' || strncmp(v, "redis://", 8) == 0 || strncmp(v, "rediss://", 9) == 0 ||
         (strncmp(v, "unix:", 5) == 0 && v[5] != '\0'))
         return NULL;
-    return "expected redis://HOST:PORT, rediss://HOST:PORT or unix:PATH";
+    return "expected redis://HOST:PORT, rediss://HOST:PORT, unix:PATH or empty (no Redis)";
 }
 
 static const char *check_listen(const char *v)
@@ -156,6 +171,7 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL}
 static const char *const aggregate_kinds[] = {"keep", "last", "count", NULL};
 
 static const char *const queue_budgets[] = {"none", "claude", NULL};
+static const char *const redis_shared_access[] = {"readwrite", "read", "none", NULL};
 
 #define R JB_CONFIG_RELOADABLE
 #define S JB_CONFIG_SECRET
@@ -298,14 +314,34 @@ static const jb_config_key builtin_keys[] = {
     {"resource_coordinator.queues.*.max_deliveries", JB_CONFIG_INT, R, "3", 1, 100, NULL, NULL,
      "Workers a request may be handed to; when that many went away without answering, it is "
      "answered with an error and kept aside (poison)."},
-    {"resource_coordinator.redis.url", JB_CONFIG_STRING, 0, "'redis://127.0.0.1:6379'", 0, 0, NULL,
-     check_redis_url, "The shared Redis server."},
+    {"resource_coordinator.redis.url", JB_CONFIG_STRING, 0, "''", 0, 0, NULL, check_redis_url,
+     "The shared Redis server (redis://HOST:PORT); empty: no Redis (GetRedisAccess answers "
+     "FAILED_PRECONDITION)."},
     {"resource_coordinator.redis.password", JB_CONFIG_STRING, S, "''", 0, 0, NULL, NULL,
-     "Redis password (AUTH); empty for none. Use ${VAR} or ${file:PATH}."},
-    {"resource_coordinator.redis.max_connections", JB_CONFIG_INT, 0, "20", 1, 10000, NULL, NULL,
-     "Size of the Redis connection pool."},
+     "The password jimbotd authenticates with (AUTH; its user must be allowed ACL and CLIENT); "
+     "empty for none. Use ${VAR} or ${file:PATH}."},
+    {"resource_coordinator.redis.max_connections", JB_CONFIG_INT, R, "20", 2, 10000, NULL, NULL,
+     "Connections to Redis for everyone together: jimbotd's own one, and the components' "
+     "allowances (which add up to at most this less one)."},
     {"resource_coordinator.redis.connection_timeout", JB_CONFIG_INT, R, "5", 1, 300, NULL, NULL,
-     "Seconds to wait for a Redis connection."},
+     "Seconds to wait for a Redis connection or a reply before counting it a failure."},
+    {"resource_coordinator.redis.namespaces", JB_CONFIG_MAP, R | JB_CONFIG_SHORTHAND,
+     "{claude: 'claude:', analytics: 'analytics:', shared: 'shared:'}", 0, 0, NULL, check_name,
+     "Components and their key prefixes: COMPONENT: PREFIX, or COMPONENT: {prefix, "
+     "max_connections}. Each gets a Redis ACL user allowed only PREFIX* and the shared prefix. "
+     "The entry `shared` names the common prefix, not a component."},
+    {"resource_coordinator.redis.namespaces.*.prefix", JB_CONFIG_STRING, R, NULL, 0, 0, NULL,
+     check_redis_prefix, "The component's key prefix (\"claude:\")."},
+    {"resource_coordinator.redis.namespaces.*.max_connections", JB_CONFIG_INT, R, "~", 0, 10000,
+     NULL, NULL,
+     "The component's connection allowance; unset: an even share of what the others leave."},
+    {"resource_coordinator.redis.shared_access", JB_CONFIG_ENUM, R, "readwrite", 0, 0,
+     redis_shared_access, NULL,
+     "What every component may do with keys under the shared prefix: readwrite, read or none."},
+    {"resource_coordinator.redis.check_interval_ms", JB_CONFIG_INT, R, "1000", 100, 60000, NULL,
+     NULL,
+     "How often jimbotd lists Redis's clients (CLIENT LIST) and ends a component's connections "
+     "beyond its allowance."},
 
     /* Monitoring. */
     {"monitoring.metrics_flush_interval", JB_CONFIG_FLOAT, R, "1.0", 0.01, 3600, NULL, NULL,

@@ -812,6 +812,45 @@ static void test_map_errors(void **state)
     assert_non_null(strstr(find_error(f, ":2: event_bus.windows"), "expected a map"));
 }
 
+/* A JB_CONFIG_SHORTHAND map takes NAME: VALUE for its first field; its default uses it. */
+static void test_map_shorthand(void **state)
+{
+    fixture *f = *state;
+    write_file(f, "infrastructure.yaml", "{}\n");
+    assert_int_equal(load(f), JB_OK);
+    const char *key = "resource_coordinator.redis.namespaces";
+    const jb_config_map *m = jb_config_get_map(f->cfg, key, NULL, NULL);
+    assert_int_equal(jb_config_map_count(m), 3);
+    assert_string_equal(jb_config_map_name(m, 0), "analytics");
+    assert_string_equal(jb_config_map_get_string(m, 0, "prefix"), "analytics:");
+    assert_false(jb_config_map_has(m, 0, "max_connections"));
+
+    write_file(f, "infrastructure.yaml",
+               "resource_coordinator:\n  redis:\n    namespaces:\n"
+               "      a: 'a:'\n"
+               "      b: {prefix: 'b:', max_connections: 3}\n");
+    assert_int_equal(load(f), JB_OK);
+    m = jb_config_get_map(f->cfg, key, NULL, NULL);
+    assert_int_equal(jb_config_map_count(m), 2);
+    assert_string_equal(jb_config_map_get_string(m, 0, "prefix"), "a:");
+    assert_string_equal(jb_config_map_get_string(m, 1, "prefix"), "b:");
+    assert_int_equal(jb_config_map_get_int(m, 1, "max_connections"), 3);
+
+    /* The value is checked as its field; a list is still refused; a map without the shorthand
+     * flag takes no scalar. */
+    write_file(f, "infrastructure.yaml",
+               "resource_coordinator:\n  redis:\n    namespaces:\n"
+               "      a: 'a*'\n"                                    /* 4 */
+               "      b: [x]\n"                                     /* 5 */
+               "event_bus:\n  aggregation:\n    jimbot.A: last\n"); /* 8 */
+    assert_int_equal(load(f), JB_ECONFIG);
+    assert_non_null(strstr(find_error(f, ":4: resource_coordinator.redis.namespaces.a.prefix"),
+                           "without spaces, *"));
+    assert_non_null(
+        strstr(find_error(f, ":5: resource_coordinator.redis.namespaces.b"), "a map of fields"));
+    assert_non_null(strstr(find_error(f, ":8: event_bus.aggregation.jimbot.A"), "a map of fields"));
+}
+
 /* Entries merge by name across layers; an entry of the higher layer replaces the lower one. */
 static void test_map_merges_by_name(void **state)
 {
@@ -1238,6 +1277,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_getter_misuse_is_a_bug, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_aggregation_and_windows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_shorthand, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_merges_by_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_valid_edit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_map_change, setup, teardown),
