@@ -577,7 +577,7 @@ static void test_users_and_noperm(void **state)
     cli(f, acc.username, acc.password, "GET other", out, sizeof(out));
     assert_non_null(strstr(out, "NOPERM"));
     static const char *const denied[] = {
-        "KEYS *",      "SCAN 0",   "RANDOMKEY", "FLUSHALL", "CONFIG GET maxmemory",
+        "KEYS '*'",    "SCAN 0",   "RANDOMKEY", "FLUSHALL", "CONFIG GET maxmemory",
         "CLIENT LIST", "SELECT 1", "ACL LIST",  "DBSIZE",   "SUBSCRIBE claude:c"};
     for (size_t i = 0; i < sizeof(denied) / sizeof(denied[0]); i++) {
         cli(f, acc.username, acc.password, denied[i], out, sizeof(out));
