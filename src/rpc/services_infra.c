@@ -443,6 +443,23 @@ static void add_component(const jb_quota_component_info *qc, void *ud)
     b->comps[b->resp.n_claude_components++] = q;
 }
 
+/* One queue_depths entry; a name given already (a request queue) keeps its first value. */
+static void add_depth_entry(status_build *b, const char *name, uint64_t depth)
+{
+    for (size_t i = 0; i < b->resp.n_queue_depths; i++) {
+        if (strcmp(b->depths[i].key, name) == 0)
+            return;
+    }
+    if (grow(b, (void **)&b->depths, b->resp.n_queue_depths, &b->cap_depths, sizeof(*b->depths)) !=
+        0)
+        return;
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry e =
+        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
+    e.key = keep(b, name);
+    e.value = depth > UINT32_MAX ? UINT32_MAX : (uint32_t)depth;
+    b->depths[b->resp.n_queue_depths++] = e;
+}
+
 static void add_queue(const jb_queue_info *qi, void *ud)
 {
     status_build *b = ud;
@@ -463,6 +480,7 @@ static void add_queue(const jb_queue_info *qi, void *ud)
     q.cache_bytes = qi->cache_bytes;
     q.cache_entries = qi->cache_entries;
     b->queues[b->resp.n_queues++] = q;
+    add_depth_entry(b, qi->name, qi->depth);
 }
 
 static void add_redis_component(const jb_redis_component_info *rc, void *ud)
@@ -499,15 +517,7 @@ static void add_redis(status_build *b, jb_coord *co)
 
 static void add_depth(const char *group, const jb_bus_group_info *info, void *ud)
 {
-    status_build *b = ud;
-    if (grow(b, (void **)&b->depths, b->resp.n_queue_depths, &b->cap_depths, sizeof(*b->depths)) !=
-        0)
-        return;
-    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry e =
-        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
-    e.key = keep(b, group);
-    e.value = info->pending > UINT32_MAX ? UINT32_MAX : (uint32_t)info->pending;
-    b->depths[b->resp.n_queue_depths++] = e;
+    add_depth_entry(ud, group, info->pending);
 }
 
 /* The legacy summary fields (1-6) from the lists. */
