@@ -1,0 +1,573 @@
+/*
+ * The hiredis adapter (see redis.h): one connection to Redis, kept up on the
+ * coordinator's libuv loop with hiredis's asynchronous API and its libuv
+ * adapter. No other file includes hiredis.
+ *
+ * One attempt, from the retry timer:
+ *
+ *   connect ──► queue AUTH (when a password is set) and PING ──► PONG: "up"
+ *      │              (hiredis writes them once the socket connects)
+ *      └─ refused, timed out, AUTH or PING refused, connection lost
+ *           ──► tear the context down ──► "down" ──► retry timer (backoff)
+ *
+ * Every command sent, ours (AUTH, PING) and the caller's, has a node in the
+ * FIFO `inflight`, in the order hiredis sends them; Redis answers in that
+ * order, so hiredis's callbacks always pop the head. The deadline timer
+ * watches the head only: a head older than timeout_ms means the server (or
+ * the TCP connect) is stuck, and the whole connection goes, as the header
+ * says. The connect is bounded the same way: the first command is queued
+ * as the connect starts.
+ *
+ * Invariants:
+ * - r->ac is the live context or NULL; it goes NULL before any teardown
+ *   this file starts, so hiredis's connect and disconnect callbacks tell a
+ *   context being torn down here (ignored) from one hiredis lost.
+ * - redisAsyncFree() is never called from hiredis's connect or disconnect
+ *   callbacks (hiredis frees the context itself after them); from a reply
+ *   callback it is safe (hiredis defers it until the callback returns).
+ * - Every node in `inflight` belongs to a hiredis callback that will run
+ *   exactly once (with a reply, or NULL when the context goes away), so
+ *   the FIFO drains by itself; a node's callback never runs inside
+ *   jb__redis_command().
+ * - The state callback runs when (up, error) changes: down to up, up to
+ *   down, and down with a different reason (so the caller sees why it is
+ *   not up without a call per retry).
+ * - `handles` counts open libuv handles: the two timers and the libuv
+ *   adapter's uv_poll_t while a context is attached. The adapter frees its
+ *   handle in a close callback; this file replaces its cleanup hook with
+ *   one that does the same and counts, so jb__redis_close()'s `done` runs
+ *   only once the last handle's close callback has run and nothing of
+ *   hiredis's is left.
+ *
+ * Host names are resolved by hiredis with getaddrinfo() on the loop: fine
+ * for addresses and /etc/hosts names (the configuration's usual
+ * redis://127.0.0.1:6379), a stall for a slow DNS.
+ *
+ * Loop thread only. Depends on hiredis, libuv and core only.
+ */
+#include "coord/redis.h"
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define JB__REDIS_BACKOFF_MIN_MS     100u
+#define JB__REDIS_BACKOFF_MAX_MS     30000u
+#define JB__REDIS_DEFAULT_TIMEOUT_MS 5000u
+
+/* The errors a command gets when its connection goes (redis.h). */
+static const char closed_text[] = "closed";
+static const char timeout_text[] = "timed out";
+static const char lost_text[] = "connection lost";
+
+typedef struct cmd {
+    struct cmd *next;
+    jb__redis_reply_cb cb;
+    void *userdata;
+    uint64_t deadline; /* uv_now() + timeout_ms at sending */
+} cmd;
+
+struct jb__redis {
+    uv_loop_t *loop;
+    char *host; /* NULL for a Unix socket */
+    char *path; /* NULL for TCP */
+    int port;
+    char *password; /* NULL: no AUTH */
+    uint64_t timeout_ms;
+    jb__redis_state_cb state_cb;
+    void *userdata;
+
+    redisAsyncContext *ac; /* the live context, or NULL */
+    int connected;         /* the TCP (or Unix) connect has completed */
+    int authed;            /* AUTH answered OK (or none needed) */
+    int up;
+    int closing;
+    const char *fail_text; /* what in-flight commands get when the context goes */
+
+    cmd *head, *tail; /* in flight, in sending order */
+
+    uv_timer_t deadline; /* the head's reply deadline */
+    uv_timer_t retry;    /* the next attempt */
+    uint32_t backoff_ms;
+    uint64_t rng;
+    int handles;
+
+    int told;           /* a state callback has run */
+    int told_up;        /* what it said */
+    char told_err[256]; /* and why, when down */
+    void (*done)(void *userdata);
+    void *done_userdata;
+};
+
+static void start_attempt(jb__redis *r);
+static void on_deadline(uv_timer_t *t);
+
+/* ---- URL ----------------------------------------------------------------- */
+
+static jb_status parse_port(const char *s, int *out, jb_error *err)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || (*end != '\0' && strcmp(end, "/") != 0) || v < 1 || v > 65535)
+        return jb_error_set(err, JB_EINVAL, "redis url: bad port '%s'", s);
+    *out = (int)v;
+    return JB_OK;
+}
+
+/* Splits "HOST[:PORT][/]" (HOST may be "[v6]") into r->host and r->port. */
+static jb_status parse_tcp(jb__redis *r, const char *hp, jb_error *err)
+{
+    const char *host = hp, *colon, *host_end;
+    if (*hp == '[') {
+        host = hp + 1;
+        host_end = strchr(host, ']');
+        if (host_end == NULL)
+            return jb_error_set(err, JB_EINVAL, "redis url: unclosed '[' in '%s'", hp);
+        colon = host_end[1] == ':' ? host_end + 1 : NULL;
+        if (colon == NULL && host_end[1] != '\0' && strcmp(host_end + 1, "/") != 0)
+            return jb_error_set(err, JB_EINVAL, "redis url: junk after ']' in '%s'", hp);
+    } else {
+        colon = strchr(hp, ':');
+        host_end = colon != NULL ? colon : hp + strcspn(hp, "/");
+    }
+    if (strchr(hp, '@') != NULL)
+        return jb_error_set(err, JB_EINVAL,
+                            "redis url: credentials belong in the password setting, not the URL");
+    if (host_end == host)
+        return jb_error_set(err, JB_EINVAL, "redis url: no host in '%s'", hp);
+    r->port = 6379;
+    if (colon != NULL) {
+        jb_status st = parse_port(colon + 1, &r->port, err);
+        if (st != JB_OK)
+            return st;
+    } else if (*host_end != '\0' && *host_end != ']' && strcmp(host_end, "/") != 0) {
+        return jb_error_set(err, JB_EINVAL, "redis url: unexpected '%s' (no database numbers)",
+                            host_end);
+    }
+    r->host = strndup(host, (size_t)(host_end - host));
+    return r->host != NULL ? JB_OK : jb_error_set(err, JB_ENOMEM, "out of memory");
+}
+
+static jb_status parse_url(jb__redis *r, const char *url, jb_error *err)
+{
+    if (url == NULL || *url == '\0')
+        return jb_error_set(err, JB_EINVAL, "redis url: empty");
+    if (strncmp(url, "rediss://", 9) == 0)
+        return jb_error_set(err, JB_EINVAL, "redis url '%s': TLS (rediss://) is not supported",
+                            url);
+    if (strncmp(url, "redis://", 8) == 0)
+        return parse_tcp(r, url + 8, err);
+    if (strncmp(url, "unix:", 5) == 0) {
+        const char *p = url + 5;
+        if (strncmp(p, "//", 2) == 0)
+            p += 2;
+        if (*p == '\0')
+            return jb_error_set(err, JB_EINVAL, "redis url '%s': no socket path", url);
+        r->path = strdup(p);
+        return r->path != NULL ? JB_OK : jb_error_set(err, JB_ENOMEM, "out of memory");
+    }
+    return jb_error_set(err, JB_EINVAL, "redis url '%s': expected redis://HOST:PORT or unix:PATH",
+                        url);
+}
+
+/* ---- State and backoff --------------------------------------------------- */
+
+/* Tells the caller when (up, error) changed since it was last told. */
+static void tell(jb__redis *r, int up, const char *error)
+{
+    if (r->closing)
+        return;
+    if (r->told && r->told_up == up && (up || strcmp(r->told_err, error) == 0))
+        return;
+    r->told = 1;
+    r->told_up = up;
+    snprintf(r->told_err, sizeof(r->told_err), "%s", up ? "" : error);
+    if (r->state_cb != NULL)
+        r->state_cb(r, up, up ? NULL : r->told_err, r->userdata);
+}
+
+static uint32_t next_random(jb__redis *r)
+{
+    /* xorshift64: jitter only, no secrets. */
+    r->rng ^= r->rng << 13;
+    r->rng ^= r->rng >> 7;
+    r->rng ^= r->rng << 17;
+    return (uint32_t)(r->rng >> 32);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    start_attempt((jb__redis *)t->data);
+}
+
+/* Schedules the next attempt: half the backoff plus up to as much again. */
+static void schedule_retry(jb__redis *r)
+{
+    if (r->closing)
+        return;
+    uint32_t half = r->backoff_ms / 2;
+    uint32_t delay = half + next_random(r) % (r->backoff_ms - half + 1);
+    r->backoff_ms =
+        r->backoff_ms * 2 > JB__REDIS_BACKOFF_MAX_MS ? JB__REDIS_BACKOFF_MAX_MS : r->backoff_ms * 2;
+    uv_timer_start(&r->retry, on_retry, delay, 0);
+}
+
+/* ---- In-flight commands -------------------------------------------------- */
+
+static void arm_deadline(jb__redis *r)
+{
+    if (r->closing)
+        return;
+    if (r->head == NULL) {
+        uv_timer_stop(&r->deadline);
+        return;
+    }
+    uint64_t now = uv_now(r->loop);
+    uint64_t due = r->head->deadline > now ? r->head->deadline - now : 0;
+    uv_timer_start(&r->deadline, on_deadline, due, 0);
+}
+
+/* Errors this file gives commands, as opposed to Redis's own error replies. */
+static int is_connection_error(const char *error)
+{
+    return error == closed_text || error == timeout_text || error == lost_text;
+}
+
+static void convert(const redisReply *rep, const char *gone, jb__redis_reply *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (rep == NULL) {
+        out->error = gone;
+        return;
+    }
+    switch (rep->type) {
+    case REDIS_REPLY_ERROR:
+        out->error = rep->str != NULL ? rep->str : "ERR";
+        break;
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_STRING:
+        out->str = rep->str;
+        out->len = rep->len;
+        break;
+    case REDIS_REPLY_NIL:
+        break;
+    case REDIS_REPLY_INTEGER:
+        out->integer = rep->integer;
+        break;
+    default:
+        out->error = "unexpected array reply";
+        break;
+    }
+}
+
+/*
+ * hiredis's reply callback for every command: pops the head (Redis answers
+ * in order) and hands the reply on. NULL @reply: the context is going, by
+ * this file's doing (r->ac already NULL: r->fail_text says why) or hiredis's
+ * (connection lost).
+ */
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    jb__redis *r = ac->data;
+    cmd *c = privdata;
+    if (r->head != c)
+        JB_BUG("redis: a reply for a command that is not the oldest in flight");
+    r->head = c->next;
+    if (r->head == NULL)
+        r->tail = NULL;
+    if (reply == NULL && r->ac == ac)
+        r->up = 0;
+    jb__redis_reply out;
+    convert(reply, r->ac == ac ? lost_text : r->fail_text, &out);
+    if (c->cb != NULL)
+        c->cb(r, &out, c->userdata);
+    free(c);
+    if (reply != NULL && r->ac == ac)
+        arm_deadline(r);
+}
+
+/* Queues a command on the live context; -1 when hiredis refuses it. */
+static int send_cmd(jb__redis *r, jb__redis_reply_cb cb, void *userdata, int argc,
+                    const char *const *argv, const size_t *lens)
+{
+    cmd *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return -1;
+    c->cb = cb;
+    c->userdata = userdata;
+    c->deadline = uv_now(r->loop) + r->timeout_ms;
+    if (redisAsyncCommandArgv(r->ac, on_reply, c, argc, (const char **)argv, lens) != REDIS_OK) {
+        free(c);
+        return -1;
+    }
+    if (r->tail != NULL)
+        r->tail->next = c;
+    else
+        r->head = c;
+    r->tail = c;
+    if (r->head == c)
+        arm_deadline(r);
+    return 0;
+}
+
+/* ---- Teardown ------------------------------------------------------------- */
+
+/*
+ * Ends the live context on this file's initiative: its commands fail with
+ * @text, the caller hears "down" with @why, and the next attempt is
+ * scheduled. Never from hiredis's connect or disconnect callbacks. @r stays
+ * valid (it is freed only after jb__redis_close's handles are closed).
+ */
+static void drop(jb__redis *r, const char *text, const char *why)
+{
+    char reason[256];
+    snprintf(reason, sizeof(reason), "%s", why);
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    r->up = 0;
+    r->fail_text = text;
+    uv_timer_stop(&r->deadline);
+    if (ac != NULL)
+        redisAsyncFree(ac);
+    tell(r, 0, reason);
+    schedule_retry(r);
+}
+
+/* hiredis lost @ac (it frees the context itself once this returns). */
+static void lose(jb__redis *r, const redisAsyncContext *ac)
+{
+    char why[256];
+    snprintf(why, sizeof(why), "%s",
+             ac->err != 0 && ac->errstr != NULL ? ac->errstr : "connection closed by the server");
+    r->ac = NULL;
+    r->up = 0;
+    r->fail_text = lost_text;
+    uv_timer_stop(&r->deadline);
+    tell(r, 0, why);
+    schedule_retry(r);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    jb__redis *r = ac->data;
+    if (r->ac != ac)
+        return;
+    if (status == REDIS_OK)
+        r->connected = 1;
+    else
+        lose(r, ac);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    jb__redis *r = ac->data;
+    (void)status;
+    if (r->ac == ac)
+        lose(r, ac);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    jb__redis *r = t->data;
+    if (r->head == NULL || r->ac == NULL)
+        return;
+    if (r->head->deadline > uv_now(r->loop)) {
+        arm_deadline(r);
+        return;
+    }
+    char why[128];
+    snprintf(why, sizeof(why), "%s within %llu ms", r->connected ? "no reply" : "could not connect",
+             (unsigned long long)r->timeout_ms);
+    drop(r, timeout_text, why);
+}
+
+/* ---- Handles ---------------------------------------------------------------- */
+
+/* The last handle closed after jb__redis_close(): free @r, then say so. */
+static void handle_closed(jb__redis *r)
+{
+    if (--r->handles > 0 || !r->closing)
+        return;
+    void (*done)(void *) = r->done;
+    void *ud = r->done_userdata;
+    free(r->host);
+    free(r->path);
+    free(r->password);
+    free(r);
+    if (done != NULL)
+        done(ud);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    handle_closed(h->data);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    jb__redis *r = h->data;
+    free((char *)h - offsetof(redisLibuvEvents, handle));
+    handle_closed(r);
+}
+
+/*
+ * Replaces the libuv adapter's cleanup hook, which hiredis calls as it frees
+ * a context: the same uv_close of the adapter's poll handle, with a close
+ * callback that frees it and counts it (the adapter's own says nothing).
+ */
+static void on_cleanup(void *privdata)
+{
+    redisLibuvEvents *p = privdata;
+    jb__redis *r = p->context->data;
+    p->context = NULL;
+    p->handle.data = r;
+    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+}
+
+/* ---- The handshake ---------------------------------------------------------- */
+
+static void on_auth(jb__redis *r, const jb__redis_reply *reply, void *userdata)
+{
+    (void)userdata;
+    if (is_connection_error(reply->error))
+        return;
+    if (reply->error == NULL) {
+        r->authed = 1;
+        return;
+    }
+    char why[300];
+    snprintf(why, sizeof(why), "AUTH refused: %s", reply->error);
+    drop(r, lost_text, why);
+}
+
+static void on_ping(jb__redis *r, const jb__redis_reply *reply, void *userdata)
+{
+    (void)userdata;
+    if (is_connection_error(reply->error) || r->ac == NULL)
+        return;
+    if (reply->error != NULL || !r->authed) {
+        char why[300];
+        snprintf(why, sizeof(why), "PING refused: %s", reply->error ? reply->error : "no AUTH");
+        drop(r, lost_text, why);
+        return;
+    }
+    r->up = 1;
+    r->backoff_ms = JB__REDIS_BACKOFF_MIN_MS;
+    tell(r, 1, NULL);
+}
+
+/* Queues AUTH (when a password is set) and PING; hiredis sends them on connect. */
+static int send_handshake(jb__redis *r)
+{
+    if (r->password != NULL) {
+        const char *auth[] = {"AUTH", r->password};
+        if (send_cmd(r, on_auth, NULL, 2, auth, NULL) != 0)
+            return -1;
+    }
+    const char *ping[] = {"PING"};
+    return send_cmd(r, on_ping, NULL, 1, ping, NULL);
+}
+
+/* One attempt: a context, attached to the loop, with the handshake queued. */
+static void start_attempt(jb__redis *r)
+{
+    redisAsyncContext *ac =
+        r->path != NULL ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(r->host, r->port);
+    char why[256];
+    if (ac == NULL || ac->err != 0) {
+        snprintf(why, sizeof(why), "%s", ac != NULL ? ac->errstr : "out of memory");
+        redisAsyncFree(ac);
+        tell(r, 0, why);
+        schedule_retry(r);
+        return;
+    }
+    ac->data = r;
+    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+        ac->ev.cleanup = NULL; /* the adapter's would dereference its NULL data */
+        redisAsyncFree(ac);
+        tell(r, 0, "could not watch the socket");
+        schedule_retry(r);
+        return;
+    }
+    ac->ev.cleanup = on_cleanup;
+    r->handles++;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    r->ac = ac;
+    r->connected = 0;
+    r->authed = r->password == NULL;
+    r->fail_text = lost_text;
+    if (send_handshake(r) != 0)
+        drop(r, lost_text, "could not queue the handshake");
+}
+
+/* ---- API ------------------------------------------------------------------ */
+
+jb_status jb__redis_new(uv_loop_t *loop, const jb__redis_options *opts, jb__redis_state_cb cb,
+                        void *userdata, jb__redis **out, jb_error *err)
+{
+    jb__redis *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return jb_error_set(err, JB_ENOMEM, "out of memory");
+    jb_status st = parse_url(r, opts->url, err);
+    if (st == JB_OK && opts->password != NULL && *opts->password != '\0' &&
+        (r->password = strdup(opts->password)) == NULL)
+        st = jb_error_set(err, JB_ENOMEM, "out of memory");
+    if (st != JB_OK) {
+        free(r->host);
+        free(r->path);
+        free(r);
+        return st;
+    }
+    r->loop = loop;
+    r->timeout_ms = opts->timeout_ms != 0 ? opts->timeout_ms : JB__REDIS_DEFAULT_TIMEOUT_MS;
+    r->state_cb = cb;
+    r->userdata = userdata;
+    r->backoff_ms = JB__REDIS_BACKOFF_MIN_MS;
+    r->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)r) | 1;
+    uv_timer_init(loop, &r->deadline);
+    uv_timer_init(loop, &r->retry);
+    r->deadline.data = r;
+    r->retry.data = r;
+    r->handles = 2;
+    uv_timer_start(&r->retry, on_retry, 0, 0);
+    *out = r;
+    return JB_OK;
+}
+
+int jb__redis_up(const jb__redis *r)
+{
+    return r->up;
+}
+
+int jb__redis_command(jb__redis *r, jb__redis_reply_cb cb, void *userdata, int argc,
+                      const char *const *argv, const size_t *lens)
+{
+    if (!r->up || r->closing || r->ac == NULL || argc < 1)
+        return -1;
+    return send_cmd(r, cb, userdata, argc, argv, lens);
+}
+
+void jb__redis_close(jb__redis *r, void (*done)(void *userdata), void *userdata)
+{
+    if (r == NULL)
+        return;
+    if (r->closing)
+        JB_BUG("jb__redis_close called twice");
+    r->closing = 1;
+    r->done = done;
+    r->done_userdata = userdata;
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    r->up = 0;
+    r->fail_text = closed_text;
+    uv_close((uv_handle_t *)&r->deadline, on_timer_closed);
+    uv_close((uv_handle_t *)&r->retry, on_timer_closed);
+    if (ac != NULL)
+        redisAsyncFree(ac);
+}
