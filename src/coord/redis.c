@@ -1,7 +1,9 @@
 /*
  * The hiredis adapter (see redis.h): one connection to Redis, kept up on the
- * coordinator's libuv loop with hiredis's asynchronous API and its libuv
- * adapter. No other file includes hiredis.
+ * coordinator's libuv loop with hiredis's asynchronous API. The socket is
+ * watched by this file's own event hooks over a uv_poll_t rather than
+ * hiredis 0.14's <adapters/libuv.h>, which loses a refused connect (see
+ * "The socket's watcher"). No other file includes hiredis.
  *
  * One attempt, from the retry timer:
  *
@@ -11,7 +13,7 @@
  *           ──► tear the context down ──► "down" ──► retry timer (backoff)
  *
  * Every command sent, ours (AUTH, PING) and the caller's, has a node in the
- * FIFO `inflight`, in the order hiredis sends them; Redis answers in that
+ * FIFO r->head..r->tail, in the order hiredis sends them; Redis answers in that
  * order, so hiredis's callbacks always pop the head. The deadline timer
  * watches the head only: a head older than timeout_ms means the server (or
  * the TCP connect) is stuck, and the whole connection goes, as the header
@@ -25,19 +27,17 @@
  * - redisAsyncFree() is never called from hiredis's connect or disconnect
  *   callbacks (hiredis frees the context itself after them); from a reply
  *   callback it is safe (hiredis defers it until the callback returns).
- * - Every node in `inflight` belongs to a hiredis callback that will run
+ * - Every node in that FIFO belongs to a hiredis callback that will run
  *   exactly once (with a reply, or NULL when the context goes away), so
  *   the FIFO drains by itself; a node's callback never runs inside
  *   jb__redis_command().
  * - The state callback runs when (up, error) changes: down to up, up to
  *   down, and down with a different reason (so the caller sees why it is
  *   not up without a call per retry).
- * - `handles` counts open libuv handles: the two timers and the libuv
- *   adapter's uv_poll_t while a context is attached. The adapter frees its
- *   handle in a close callback; this file replaces its cleanup hook with
- *   one that does the same and counts, so jb__redis_close()'s `done` runs
- *   only once the last handle's close callback has run and nothing of
- *   hiredis's is left.
+ * - `handles` counts open libuv handles: the two timers and each context's
+ *   uv_poll_t (the watch, below) until its close callback has run, so
+ *   jb__redis_close()'s `done` runs only once nothing of hiredis's or
+ *   libuv's is left.
  *
  * Host names are resolved by hiredis with getaddrinfo() on the loop: fine
  * for addresses and /etc/hosts names (the configuration's usual
@@ -47,7 +47,6 @@
  */
 #include "coord/redis.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
@@ -342,8 +341,8 @@ static void drop(jb__redis *r, const char *text, const char *why)
 static void lose(jb__redis *r, const redisAsyncContext *ac)
 {
     char why[256];
-    snprintf(why, sizeof(why), "%s",
-             ac->err != 0 && ac->errstr != NULL ? ac->errstr : "connection closed by the server");
+    /* The context's own error: ac->err is copied from it only after onConnect. */
+    snprintf(why, sizeof(why), "%s", ac->c.err != 0 ? ac->c.errstr : "connection closed");
     r->ac = NULL;
     r->up = 0;
     r->fail_text = lost_text;
@@ -408,25 +407,107 @@ static void on_timer_closed(uv_handle_t *h)
     handle_closed(h->data);
 }
 
-static void on_poll_closed(uv_handle_t *h)
+/* ---- The socket's watcher ------------------------------------------------ */
+
+/*
+ * hiredis's event hooks over a uv_poll_t, one per context. This replaces
+ * hiredis 0.14's <adapters/libuv.h>, whose poll callback drops libuv's
+ * error status: libuv reports a refused connect (POLLERR) as UV_EBADF and
+ * stops the handle, the adapter returns, and hiredis never learns that the
+ * connect failed (it would wait for the connect timeout every time). Here
+ * an error status runs the handlers hiredis asked for, and hiredis finds
+ * the socket's error itself. The watch is freed in its close callback, and
+ * that close counts as one of r->handles.
+ */
+typedef struct watch {
+    uv_poll_t poll;
+    redisAsyncContext *ac; /* NULL once hiredis has let go (cleanup) */
+    jb__redis *r;
+    int events;
+} watch;
+
+static void on_poll(uv_poll_t *h, int status, int events)
 {
-    jb__redis *r = h->data;
-    free((char *)h - offsetof(redisLibuvEvents, handle));
+    watch *w = h->data;
+    int ev = status < 0 ? w->events : events;
+    if (w->ac != NULL && (ev & UV_READABLE))
+        redisAsyncHandleRead(w->ac);
+    if (w->ac != NULL && (ev & UV_WRITABLE))
+        redisAsyncHandleWrite(w->ac);
+}
+
+static void watch_update(watch *w)
+{
+    if (w->events != 0)
+        uv_poll_start(&w->poll, w->events, on_poll);
+    else
+        uv_poll_stop(&w->poll);
+}
+
+static void watch_add_read(void *privdata)
+{
+    watch *w = privdata;
+    w->events |= UV_READABLE;
+    watch_update(w);
+}
+
+static void watch_del_read(void *privdata)
+{
+    watch *w = privdata;
+    w->events &= ~UV_READABLE;
+    watch_update(w);
+}
+
+static void watch_add_write(void *privdata)
+{
+    watch *w = privdata;
+    w->events |= UV_WRITABLE;
+    watch_update(w);
+}
+
+static void watch_del_write(void *privdata)
+{
+    watch *w = privdata;
+    w->events &= ~UV_WRITABLE;
+    watch_update(w);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    watch *w = h->data;
+    jb__redis *r = w->r;
+    free(w);
     handle_closed(r);
 }
 
-/*
- * Replaces the libuv adapter's cleanup hook, which hiredis calls as it frees
- * a context: the same uv_close of the adapter's poll handle, with a close
- * callback that frees it and counts it (the adapter's own says nothing).
- */
-static void on_cleanup(void *privdata)
+/* hiredis frees the context: the watch goes once its handle is closed. */
+static void watch_cleanup(void *privdata)
 {
-    redisLibuvEvents *p = privdata;
-    jb__redis *r = p->context->data;
-    p->context = NULL;
-    p->handle.data = r;
-    uv_close((uv_handle_t *)&p->handle, on_poll_closed);
+    watch *w = privdata;
+    w->ac = NULL;
+    uv_close((uv_handle_t *)&w->poll, on_watch_closed);
+}
+
+static int watch_attach(jb__redis *r, redisAsyncContext *ac)
+{
+    watch *w = calloc(1, sizeof(*w));
+    if (w == NULL)
+        return -1;
+    if (uv_poll_init_socket(r->loop, &w->poll, ac->c.fd) != 0) {
+        free(w);
+        return -1;
+    }
+    w->poll.data = w;
+    w->ac = ac;
+    w->r = r;
+    ac->ev.data = w;
+    ac->ev.addRead = watch_add_read;
+    ac->ev.delRead = watch_del_read;
+    ac->ev.addWrite = watch_add_write;
+    ac->ev.delWrite = watch_del_write;
+    ac->ev.cleanup = watch_cleanup;
+    r->handles++;
+    return 0;
 }
 
 /* ---- The handshake ---------------------------------------------------------- */
@@ -487,15 +568,12 @@ static void start_attempt(jb__redis *r)
         return;
     }
     ac->data = r;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
-        ac->ev.cleanup = NULL; /* the adapter's would dereference its NULL data */
+    if (watch_attach(r, ac) != 0) {
         redisAsyncFree(ac);
         tell(r, 0, "could not watch the socket");
         schedule_retry(r);
         return;
     }
-    ac->ev.cleanup = on_cleanup;
-    r->handles++;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     r->ac = ac;
