@@ -51,6 +51,7 @@ typedef struct fixture {
     char error[256];  /* the last "down" reason */
     const char *want; /* wait_error()'s substring */
     int matched;
+    int close_on; /* on_state closes: 1 on "down", 2 on "up" */
 } fixture;
 
 /* One command's outcome. */
@@ -157,6 +158,8 @@ static void stop_redis(fixture *f)
     f->redis = 0;
 }
 
+static void on_closed(void *userdata);
+
 static void on_state(jb__redis *r, int up, const char *error, void *userdata)
 {
     fixture *f = userdata;
@@ -172,6 +175,10 @@ static void on_state(jb__redis *r, int up, const char *error, void *userdata)
         f->downs++;
         if (f->want != NULL && strstr(error, f->want) != NULL)
             f->matched = 1;
+    }
+    if (f->close_on == (up ? 2 : 1)) {
+        jb__redis_close(r, on_closed, f);
+        f->r = NULL;
     }
 }
 
@@ -364,9 +371,13 @@ static void test_restart(void **state)
     answer a;
     CALL(f, &a, "SET", "k", "v");
     int downs = f->downs;
+    answer blocked = {0};
+    const char *blpop[] = {"BLPOP", "nothing", "0"};
+    assert_int_equal(jb__redis_command(f->r, on_answer, &blocked, 3, blpop, NULL), 0);
     stop_redis(f);
     run_until(f, &f->downs, downs + 1);
     assert_false(jb__redis_up(f->r));
+    assert_string_equal(blocked.error, "connection lost");
     const char *get[] = {"GET", "k"};
     assert_int_equal(jb__redis_command(f->r, on_answer, &a, 2, get, NULL), -1);
 
@@ -469,6 +480,28 @@ static void test_close_in_flight(void **state)
     assert_int_equal(f->closed, 3);
 }
 
+/* The state callback may close the connection, from hiredis's callbacks too. */
+static void test_close_from_state_cb(void **state)
+{
+    fixture *f = *state;
+    f->close_on = 1;
+    open_local(f, NULL, 0); /* refused: hiredis's connect callback */
+    run_until(f, &f->closed, 1);
+    assert_int_equal(f->downs, 1);
+
+    start_redis(f);
+    f->close_on = 2;
+    open_local(f, NULL, 0); /* up: inside PING's reply callback */
+    run_until(f, &f->closed, 2);
+    assert_int_equal(f->ups, 1);
+
+    f->close_on = 1;
+    open_local(f, NULL, 0);
+    run_until(f, &f->ups, 2);
+    stop_redis(f); /* down: hiredis's disconnect callback */
+    run_until(f, &f->closed, 3);
+}
+
 static void test_unix_socket(void **state)
 {
     fixture *f = *state;
@@ -524,6 +557,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reply_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_silent_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_from_state_cb, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_urls, setup, teardown),
     };
