@@ -34,14 +34,14 @@
  * - The state callback runs when (up, error) changes: down to up, up to
  *   down, and down with a different reason (so the caller sees why it is
  *   not up without a call per retry).
- * - `handles` counts open libuv handles: the two timers and each context's
- *   uv_poll_t (the watch, below) until its close callback has run, so
- *   jb__redis_close()'s `done` runs only once nothing of hiredis's or
- *   libuv's is left.
+ * - `handles` counts what libuv still holds of @r: the two timers, each
+ *   context's uv_poll_t (the watch, below) until its close callback has
+ *   run, and a name resolution in flight, so jb__redis_close()'s `done`
+ *   runs only once nothing of hiredis's or libuv's is left.
  *
- * Host names are resolved by hiredis with getaddrinfo() on the loop: fine
- * for addresses and /etc/hosts names (the configuration's usual
- * redis://127.0.0.1:6379), a stall for a slow DNS.
+ * Host names are resolved on libuv's threadpool before each attempt (its
+ * first IPv4 address, else its first), so hiredis only ever sees an
+ * address and never calls getaddrinfo() on the loop.
  *
  * Loop thread only. Depends on hiredis, libuv and core only.
  */
@@ -50,6 +50,8 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +97,8 @@ struct jb__redis {
     uint32_t backoff_ms;
     uint64_t rng;
     int handles;
+    uv_getaddrinfo_t resolve;
+    int resolving; /* resolve is in flight */
 
     int told;           /* a state callback has run */
     int told_up;        /* what it said */
@@ -554,11 +558,11 @@ static int send_handshake(jb__redis *r)
     return send_cmd(r, on_ping, NULL, 1, ping, NULL);
 }
 
-/* One attempt: a context, attached to the loop, with the handshake queued. */
-static void start_attempt(jb__redis *r)
+/* A context for @ip (NULL: the Unix socket), watched, with the handshake queued. */
+static void connect_to(jb__redis *r, const char *ip)
 {
     redisAsyncContext *ac =
-        r->path != NULL ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(r->host, r->port);
+        ip == NULL ? redisAsyncConnectUnix(r->path) : redisAsyncConnect(ip, r->port);
     char why[256];
     if (ac == NULL || ac->err != 0) {
         snprintf(why, sizeof(why), "%s", ac != NULL ? ac->errstr : "out of memory");
@@ -582,6 +586,70 @@ static void start_attempt(jb__redis *r)
     r->fail_text = lost_text;
     if (send_handshake(r) != 0)
         drop(r, lost_text, "could not queue the handshake");
+}
+
+/* The first IPv4 address, else the first: "localhost" often lists ::1 first. */
+static const struct addrinfo *pick(const struct addrinfo *res)
+{
+    for (const struct addrinfo *a = res; a != NULL; a = a->ai_next)
+        if (a->ai_family == AF_INET)
+            return a;
+    return res;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    jb__redis *r = req->data;
+    r->resolving = 0;
+    if (r->closing) {
+        uv_freeaddrinfo(res);
+        handle_closed(r);
+        return;
+    }
+    r->handles--;
+    char ip[INET6_ADDRSTRLEN] = "";
+    const struct addrinfo *a = status == 0 ? pick(res) : NULL;
+    if (a != NULL && a->ai_family == AF_INET)
+        uv_ip4_name((const struct sockaddr_in *)(const void *)a->ai_addr, ip, sizeof(ip));
+    else if (a != NULL && a->ai_family == AF_INET6)
+        uv_ip6_name((const struct sockaddr_in6 *)(const void *)a->ai_addr, ip, sizeof(ip));
+    uv_freeaddrinfo(res);
+    if (ip[0] != '\0') {
+        connect_to(r, ip);
+        return;
+    }
+    char why[300];
+    snprintf(why, sizeof(why), "could not resolve '%s': %s", r->host,
+             status < 0 ? uv_strerror(status) : "no address");
+    tell(r, 0, why);
+    schedule_retry(r);
+}
+
+/*
+ * One attempt, from the retry timer. A host name is resolved on libuv's
+ * threadpool (getaddrinfo blocks); the request counts as a handle, so a
+ * close meanwhile waits for its callback.
+ */
+static void start_attempt(jb__redis *r)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    if (r->path != NULL) {
+        connect_to(r, NULL);
+        return;
+    }
+    if (inet_pton(AF_INET, r->host, buf) == 1 || inet_pton(AF_INET6, r->host, buf) == 1) {
+        connect_to(r, r->host);
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    r->resolve.data = r;
+    if (uv_getaddrinfo(r->loop, &r->resolve, on_resolved, r->host, NULL, &hints) != 0) {
+        tell(r, 0, "could not start resolving the host");
+        schedule_retry(r);
+        return;
+    }
+    r->handles++;
+    r->resolving = 1;
 }
 
 /* ---- API ------------------------------------------------------------------ */
@@ -646,6 +714,8 @@ void jb__redis_close(jb__redis *r, void (*done)(void *userdata), void *userdata)
     r->fail_text = closed_text;
     uv_close((uv_handle_t *)&r->deadline, on_timer_closed);
     uv_close((uv_handle_t *)&r->retry, on_timer_closed);
+    if (r->resolving)
+        uv_cancel((uv_req_t *)&r->resolve);
     if (ac != NULL)
         redisAsyncFree(ac);
 }

@@ -502,6 +502,26 @@ static void test_close_from_state_cb(void **state)
     run_until(f, &f->closed, 3);
 }
 
+/* A host name, resolved off the loop; closing while it resolves. */
+static void test_host_name(void **state)
+{
+    fixture *f = *state;
+    start_redis(f);
+    char url[64];
+    snprintf(url, sizeof(url), "redis://localhost:%d", f->port);
+    open_redis(f, url, NULL, 0);
+    run_until(f, &f->ups, 1);
+    answer a;
+    CALL(f, &a, "PING");
+    assert_string_equal(a.str, "PONG");
+    close_redis(f);
+
+    open_redis(f, url, NULL, 0);
+    uv_run(&f->loop, UV_RUN_NOWAIT); /* the resolution starts */
+    close_redis(f);
+    assert_int_equal(f->ups, 1);
+}
+
 static void test_unix_socket(void **state)
 {
     fixture *f = *state;
@@ -558,6 +578,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_silent_peer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_from_state_cb, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_urls, setup, teardown),
     };
