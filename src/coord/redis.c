@@ -52,6 +52,8 @@
 
 #include <arpa/inet.h>
 #include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -430,6 +432,33 @@ typedef struct watch {
     int events;
 } watch;
 
+/*
+ * hiredis 0.14 writes with write(2), so a peer gone since the last read
+ * raises SIGPIPE, which kills a process that does not ignore it. The
+ * library must not change the process's signal dispositions, so the write
+ * runs with SIGPIPE blocked on this thread, and a SIGPIPE it raised (none
+ * was pending before) is taken off the pending set; write then just fails
+ * with EPIPE and hiredis drops the connection.
+ */
+static void write_without_sigpipe(redisAsyncContext *ac)
+{
+    sigset_t pipe_set, old, pending;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    int was_pending = sigismember(&pending, SIGPIPE) == 1;
+    pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    redisAsyncHandleWrite(ac);
+    if (!was_pending) {
+        const struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe_set, NULL, &zero) == SIGPIPE) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Reads first: a peer that closed is noticed before anything is written. */
 static void on_poll(uv_poll_t *h, int status, int events)
 {
     watch *w = h->data;
@@ -437,7 +466,7 @@ static void on_poll(uv_poll_t *h, int status, int events)
     if (w->ac != NULL && (ev & UV_READABLE))
         redisAsyncHandleRead(w->ac);
     if (w->ac != NULL && (ev & UV_WRITABLE))
-        redisAsyncHandleWrite(w->ac);
+        write_without_sigpipe(w->ac);
 }
 
 static void watch_update(watch *w)
