@@ -43,6 +43,11 @@
  * first IPv4 address, else its first), so hiredis only ever sees an
  * address and never calls getaddrinfo() on the loop.
  *
+ * hiredis writes with write(2): its writes run with SIGPIPE blocked on the
+ * loop thread (write_without_sigpipe), so a Redis gone mid-write is an
+ * EPIPE and a reconnect, never a dead daemon, whatever the process's
+ * SIGPIPE disposition.
+ *
  * Loop thread only. Depends on hiredis, libuv and core only.
  */
 #include "coord/redis.h"
