@@ -866,8 +866,8 @@ static void list_clients(jb__redis_ns *ns)
 /* Does what can be done now: the file write, the users Redis lacks, removed users. */
 static void kick(jb__redis_ns *ns)
 {
-    if (ns->closing)
-        return;
+    if (ns->closing || ns->c.url[0] == '\0')
+        return; /* without Redis nothing is provisioned, not even the file */
     if (!ns->write_failed)
         start_write(ns);
     if (ns->r == NULL || !ns->up)
@@ -977,12 +977,15 @@ void jb__redis_ns_apply(jb__redis_ns *ns, jb__redis_conf **conf)
     conf_release(&old);
     conf_release(&ns->seed);
     if (ns->r == NULL) {
-        free(ns->url_public);
-        ns->url_public = public_url(ns->c.url);
-        if (ns->url_public == NULL)
-            return; /* out of memory: no Redis until the next reload */
+        char *pub = public_url(ns->c.url);
+        if (pub != NULL) { /* else (out of memory) the old one stays */
+            free(ns->url_public);
+            ns->url_public = pub;
+        }
     }
     connect_redis(ns);
+    if (ns->c.url[0] == '\0')
+        return;
     if (!ns->timer_made) {
         uv_timer_init(ns->co->loop, &ns->timer);
         ns->timer.data = ns;
