@@ -768,6 +768,41 @@ static void test_removed_namespace_deleted(void **state)
     assert_int_equal(acc.max_connections, 19);
 }
 
+static int file_has(fixture *f, const void *needle)
+{
+    char buf[4096] = {0};
+    FILE *fp = fopen(f->users, "r");
+    if (fp == NULL)
+        return 0;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, fp);
+    fclose(fp);
+    buf[n] = '\0';
+    return strstr(buf, needle) != NULL;
+}
+
+static void test_added_namespace_provisioned(void **state)
+{
+    fixture *f = *state;
+    SKIP_WITHOUT_REDIS();
+    open_on_redis(f, "", "claude");
+    load_redis_config(f, "    namespaces: {claude: 'claude:', advisor: 'advisor:', shared: "
+                         "'shared:'}\n");
+    assert_int_equal(jb_coord_apply_config(f->co, f->cfg, NULL), JB_OK);
+    /* Not in place before the loop ran: no credentials that do not work yet. */
+    jb_redis_access acc;
+    jb_error err;
+    assert_int_equal(jb_coord_redis_access(f->co, "advisor", &acc, &err), JB_EUNAVAILABLE);
+    assert_true(run_until(f, access_ok, "advisor"));
+    assert_int_equal(jb_coord_redis_access(f->co, "advisor", &acc, NULL), JB_OK);
+    char line[128], out[512];
+    snprintf(line, sizeof(line), "advisor %s\n", acc.password);
+    assert_true(file_has(f, line));
+    cli(f, acc.username, acc.password, "SET advisor:k 1", out, sizeof(out));
+    assert_string_equal(out, "OK");
+    cli(f, acc.username, acc.password, "GET claude:k", out, sizeof(out));
+    assert_non_null(strstr(out, "NOPERM"));
+}
+
 static void test_redis_restart(void **state)
 {
     fixture *f = *state;
@@ -811,6 +846,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_budget_enforced, setup, teardown),
         cmocka_unit_test_setup_teardown(test_restart_keeps_password_and_rotate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_removed_namespace_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_added_namespace_provisioned, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
