@@ -803,6 +803,31 @@ static void test_added_namespace_provisioned(void **state)
     assert_non_null(strstr(out, "NOPERM"));
 }
 
+static int error_says(fixture *f, const void *needle)
+{
+    jb_redis_info info;
+    jb_coord_redis_info(f->co, &info);
+    return strstr(info.error, needle) != NULL;
+}
+
+static void test_users_file_unwritable(void **state)
+{
+    fixture *f = *state;
+    SKIP_WITHOUT_REDIS();
+    /* A folder that does not exist: every write fails (also as root). */
+    snprintf(f->users, sizeof(f->users), "%s/missing/redis.users", f->dir);
+    start_redis(f);
+    load_redis_config(f, "");
+    assert_int_equal(open_coord(f, NULL), JB_OK);
+    assert_true(run_until(f, error_says, "users file"));
+    /* Passwords that could not be kept are never handed out nor set in Redis. */
+    jb_redis_access acc;
+    assert_int_equal(jb_coord_redis_access(f->co, "claude", &acc, NULL), JB_EUNAVAILABLE);
+    char out[512];
+    cli(f, NULL, NULL, "ACL GETUSER jimbot-claude", out, sizeof(out));
+    assert_string_equal(out, "");
+}
+
 static void test_redis_restart(void **state)
 {
     fixture *f = *state;
@@ -847,6 +872,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_keeps_password_and_rotate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_removed_namespace_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_added_namespace_provisioned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_users_file_unwritable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_redis_restart, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
