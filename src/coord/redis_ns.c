@@ -92,7 +92,8 @@ struct jb__redis_ns {
     uv_timer_t timer; /* made at the first apply */
     int timer_made;
     uint64_t file_gen, durable_gen, writing_gen;
-    int write_failed;
+    int write_failed; /* cleared by the tick, which retries */
+    int file_failing; /* since the last write that worked */
     uv_work_t work;
     char *work_buf;
     size_t work_len;
@@ -517,12 +518,18 @@ static void after_write(uv_work_t *w, int status)
     if (status == 0 && ns->work_st == JB_OK) {
         ns->durable_gen = ns->writing_gen;
         ns->write_failed = 0;
+        if (ns->file_failing)
+            jb_log(JB_LOG_INFO, "coord", "redis users file written again", "path=%s",
+                   ns->users_path);
+        ns->file_failing = 0;
     } else {
         ns->write_failed = 1;
         snprintf(ns->error, sizeof(ns->error), "users file: %s",
                  status != 0 ? uv_strerror(status) : ns->work_err.message);
-        jb_log(JB_LOG_ERROR, "coord", "redis users file not written", "path=%s reason=\"%s\"",
-               ns->users_path, ns->error);
+        if (!ns->file_failing) /* once, not at every retry */
+            jb_log(JB_LOG_ERROR, "coord", "redis users file not written", "path=%s reason=\"%s\"",
+                   ns->users_path, ns->error);
+        ns->file_failing = 1;
         answer_waits(ns, NULL, UINT64_MAX, JB_EIO, ns->error);
     }
     ns->writing_gen = 0;
