@@ -619,6 +619,8 @@ const jb__method jb__methods[] = {
      jb__take_requests_closed, jb__take_requests_drain, jb__take_requests_release},
     {"/jimbot.infra.v1.Infrastructure/Respond", jb__respond_start, NULL, NULL, NULL},
     {"/jimbot.infra.v1.Infrastructure/GetRedisAccess", jb__redis_access_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.Infrastructure/RotateRedisPassword", jb__redis_rotate_start, NULL,
+     jb__redis_rotate_drain, jb__redis_rotate_release},
 };
 
 const size_t jb__n_methods = sizeof(jb__methods) / sizeof(jb__methods[0]);

@@ -301,41 +301,116 @@ void jb__api_quota_release(jb__call *c)
 
 /* ---- GetRedisAccess ----------------------------------------------------------- */
 
-void jb__redis_access_start(jb__call *c)
+/* Answers a GetRedisAccess or RotateRedisPassword with @a, or its refusal. */
+static void redis_answer(jb__call *c, jb_status st, const jb_redis_access *a, const jb_error *err)
 {
-    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
+    const char *why = err != NULL ? err->message : jb_strerror(st);
+    if (st == JB_EUNSUPPORTED) {
+        jb__call_finish(c, NULL, GRPC_STATUS_FAILED_PRECONDITION, why, 0);
         return;
+    }
+    if (st == JB_ECLOSED) {
+        jb__call_finish(c, NULL, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 1000);
+        return;
+    }
+    if (st != JB_OK) {
+        jb__call_fail(c, st, why, st == JB_EUNAVAILABLE ? 1000 : 0);
+        return;
+    }
+    Jimbot__Infra__V1__RedisAccess resp = JIMBOT__INFRA__V1__REDIS_ACCESS__INIT;
+    resp.url = (char *)a->url;
+    resp.username = (char *)a->username;
+    resp.password = (char *)a->password;
+    resp.key_prefix = (char *)a->key_prefix;
+    resp.max_connections = a->max_connections;
+    resp.shared_prefix = (char *)a->shared_prefix;
+    resp.shared_access = (char *)(a->shared_access != NULL ? a->shared_access : "none");
+    jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+}
+
+/* The request's component, or NULL when the call was answered (bad request). */
+static char *redis_component(jb__call *c)
+{
     Jimbot__Infra__V1__GetRedisAccessRequest *req =
         (Jimbot__Infra__V1__GetRedisAccessRequest *)jb__unpack_request(
             c, &jimbot__infra__v1__get_redis_access_request__descriptor);
     if (req == NULL)
-        return; /* jb__unpack_request() answered */
+        return NULL; /* jb__unpack_request() answered */
+    char *component = req->component[0] != '\0' ? strdup(req->component) : NULL;
+    int empty = req->component[0] == '\0';
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (component == NULL)
+        jb__call_fail(c, empty ? JB_EINVAL : JB_ENOMEM,
+                      empty ? "a component is required" : "out of memory", 0);
+    return component;
+}
+
+void jb__redis_access_start(jb__call *c)
+{
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
+        return;
+    char *component = redis_component(c);
+    if (component == NULL)
+        return;
     jb_redis_access a;
     jb_error err;
-    jb_status st;
-    if (req->component[0] == '\0')
-        st = jb_error_set(&err, JB_EINVAL, "a component is required");
-    else
-        st = jb_coord_redis_access(jb__server_coord(c->srv), req->component, &a, &err);
-    protobuf_c_message_free_unpacked(&req->base, NULL);
-    if (st == JB_EUNSUPPORTED) {
-        jb__call_finish(c, NULL, GRPC_STATUS_FAILED_PRECONDITION, err.message, 0);
+    jb_status st = jb_coord_redis_access(jb__server_coord(c->srv), component, &a, &err);
+    free(component);
+    redis_answer(c, st, &a, &err);
+    if (st == JB_OK)
+        explicit_bzero(a.password, sizeof(a.password));
+}
+
+typedef struct rotate_state {
+    int waiting; /* the engine will call back */
+} rotate_state;
+
+static void on_rotated(jb_status st, const jb_redis_access *a, const jb_error *err, void *ud)
+{
+    jb__call *c = ud;
+    ((rotate_state *)c->state)->waiting = 0;
+    if (!c->finishing) /* else the drain answered already */
+        redis_answer(c, st, a, err);
+    jb__call_unhold(c); /* may free c */
+}
+
+void jb__redis_rotate_start(jb__call *c)
+{
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
+        return;
+    rotate_state *s = calloc(1, sizeof(*s));
+    char *component = s != NULL ? redis_component(c) : NULL;
+    if (component == NULL) {
+        if (s == NULL)
+            jb__call_fail(c, JB_ENOMEM, "out of memory", 0);
+        free(s);
         return;
     }
+    c->state = s;
+    jb_error err;
+    /* The engine answers every rotation, at its close too: hold the call until then. */
+    jb__call_hold(c);
+    s->waiting = 1;
+    jb_status st = jb_coord_redis_rotate(jb__server_coord(c->srv), component, on_rotated, c, &err);
+    free(component);
     if (st != JB_OK) {
-        jb__call_fail(c, st, err.message, st == JB_EUNAVAILABLE ? 1000 : 0);
-        return;
+        s->waiting = 0;
+        jb__call_unhold(c);
+        redis_answer(c, st, NULL, &err);
     }
-    Jimbot__Infra__V1__RedisAccess resp = JIMBOT__INFRA__V1__REDIS_ACCESS__INIT;
-    resp.url = a.url;
-    resp.username = a.username;
-    resp.password = a.password;
-    resp.key_prefix = a.key_prefix;
-    resp.max_connections = a.max_connections;
-    resp.shared_prefix = a.shared_prefix;
-    resp.shared_access = (char *)(a.shared_access != NULL ? a.shared_access : "none");
-    jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
-    explicit_bzero(a.password, sizeof(a.password));
+}
+
+void jb__redis_rotate_drain(jb__call *c)
+{
+    rotate_state *s = c->state;
+    if (s != NULL && s->waiting && !c->finishing)
+        jb__call_finish(c, NULL, GRPC_STATUS_UNAVAILABLE, SHUTTING_DOWN, 1000);
+}
+
+void jb__redis_rotate_release(jb__call *c)
+{
+    free(c->state);
+    c->state = NULL;
 }
 
 /* ---- GetResourceStatus -------------------------------------------------------- */
