@@ -136,7 +136,7 @@ class RedisAccess:
             import redis.asyncio as aioredis
             from redis.backoff import ExponentialBackoff
             from redis.exceptions import ConnectionError as RedisConnectionError
-            from redis.retry import Retry
+            from redis.asyncio.retry import Retry
         except ImportError as e:
             raise JimbotError(f"redis-py is not installed ({e}); Debian: apt-get install "
                               "python3-redis") from None
