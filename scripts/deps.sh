@@ -19,7 +19,7 @@ packages=(
   libuv1-dev libyaml-dev libssl-dev libhiredis-dev libnats-dev
   # Tests: unit framework, real peers, Python clients.
   libcmocka-dev redis-server nats-server
-  python3 python3-grpcio python3-protobuf
+  python3 python3-grpcio python3-protobuf python3-yaml python3-redis
   # The Python wheel (make python-wheel, test_wheel.sh): built offline, installed in a venv.
   python3-pip python3-setuptools python3-wheel python3-venv
 )

@@ -412,14 +412,16 @@ static void on_config_change(const jb_config_change *change, void *userdata)
 }
 
 /*
- * Opens the resource coordinator (<data-dir>/coord.state, and the request
- * queues' cache <data-dir>/queue.cache) from @cfg.
+ * Opens the resource coordinator (<data-dir>/coord.state, the request
+ * queues' cache <data-dir>/queue.cache, the Redis users' passwords
+ * <data-dir>/redis.users) from @cfg.
  */
 static int coord_start(jbd_daemon *d, const jb_config *cfg)
 {
-    char path[4096], cache_path[4096];
+    char path[4096], cache_path[4096], users_path[4096];
     snprintf(path, sizeof(path), "%s/coord.state", d->opts.data_dir);
     snprintf(cache_path, sizeof(cache_path), "%s/queue.cache", d->opts.data_dir);
+    snprintf(users_path, sizeof(users_path), "%s/redis.users", d->opts.data_dir);
     d->coord_path = strdup(path);
     const char *devices = jb_config_get_string(cfg, "resource_coordinator.gpu.devices", NULL, NULL);
     jb_coord_options co = {
@@ -431,6 +433,7 @@ static int coord_start(jbd_daemon *d, const jb_config *cfg)
         .reattach_grace_ms = cfg_u32(cfg, "resource_coordinator.gpu.reattach_grace_seconds") * 1000,
         .max_waiters = cfg_u32(cfg, "resource_coordinator.max_waiters"),
         .cache_path = cache_path,
+        .redis_users_path = users_path,
     };
     jb_error err;
     if (jb_coord_new(&d->loop, &co, &d->coord, &err) != JB_OK) {

@@ -182,6 +182,7 @@ void jb__api_quota_start(jb__call *c);
 void jb__api_quota_closed(jb__call *c);
 void jb__api_quota_drain(jb__call *c);
 void jb__api_quota_release(jb__call *c);
+void jb__redis_access_start(jb__call *c);
 
 /* ---- services_queue.c: the request queue's handlers ---------------------- */
 

@@ -618,6 +618,7 @@ const jb__method jb__methods[] = {
     {"/jimbot.infra.v1.Infrastructure/TakeRequests", jb__take_requests_start,
      jb__take_requests_closed, jb__take_requests_drain, jb__take_requests_release},
     {"/jimbot.infra.v1.Infrastructure/Respond", jb__respond_start, NULL, NULL, NULL},
+    {"/jimbot.infra.v1.Infrastructure/GetRedisAccess", jb__redis_access_start, NULL, NULL, NULL},
 };
 
 const size_t jb__n_methods = sizeof(jb__methods) / sizeof(jb__methods[0]);

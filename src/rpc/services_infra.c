@@ -299,6 +299,45 @@ void jb__api_quota_release(jb__call *c)
     c->state = NULL;
 }
 
+/* ---- GetRedisAccess ----------------------------------------------------------- */
+
+void jb__redis_access_start(jb__call *c)
+{
+    if (jb__refuse_if_draining(c) || jb__refuse_without_coord(c))
+        return;
+    Jimbot__Infra__V1__GetRedisAccessRequest *req =
+        (Jimbot__Infra__V1__GetRedisAccessRequest *)jb__unpack_request(
+            c, &jimbot__infra__v1__get_redis_access_request__descriptor);
+    if (req == NULL)
+        return; /* jb__unpack_request() answered */
+    jb_redis_access a;
+    jb_error err;
+    jb_status st;
+    if (req->component[0] == '\0')
+        st = jb_error_set(&err, JB_EINVAL, "a component is required");
+    else
+        st = jb_coord_redis_access(jb__server_coord(c->srv), req->component, &a, &err);
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+    if (st == JB_EUNSUPPORTED) {
+        jb__call_finish(c, NULL, GRPC_STATUS_FAILED_PRECONDITION, err.message, 0);
+        return;
+    }
+    if (st != JB_OK) {
+        jb__call_fail(c, st, err.message, st == JB_EUNAVAILABLE ? 1000 : 0);
+        return;
+    }
+    Jimbot__Infra__V1__RedisAccess resp = JIMBOT__INFRA__V1__REDIS_ACCESS__INIT;
+    resp.url = a.url;
+    resp.username = a.username;
+    resp.password = a.password;
+    resp.key_prefix = a.key_prefix;
+    resp.max_connections = a.max_connections;
+    resp.shared_prefix = a.shared_prefix;
+    resp.shared_access = (char *)(a.shared_access != NULL ? a.shared_access : "none");
+    jb__call_finish(c, &resp.base, GRPC_STATUS_OK, NULL, 0);
+    explicit_bzero(a.password, sizeof(a.password));
+}
+
 /* ---- GetResourceStatus -------------------------------------------------------- */
 
 /*
@@ -312,7 +351,9 @@ typedef struct status_build {
     Jimbot__Infra__V1__ApiQuotaComponent *comps;
     Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry *depths;
     Jimbot__Infra__V1__QueueStatus *queues;
-    size_t cap_gpus, cap_waiters, cap_comps, cap_depths, cap_queues;
+    Jimbot__Infra__V1__RedisComponentStatus *redis_comps;
+    Jimbot__Infra__V1__RedisStatus redis;
+    size_t cap_gpus, cap_waiters, cap_comps, cap_depths, cap_queues, cap_redis;
     char **strings;
     size_t n_strings, cap_strings;
     int oom;
@@ -402,6 +443,23 @@ static void add_component(const jb_quota_component_info *qc, void *ud)
     b->comps[b->resp.n_claude_components++] = q;
 }
 
+/* One queue_depths entry; a name given already (a request queue) keeps its first value. */
+static void add_depth_entry(status_build *b, const char *name, uint64_t depth)
+{
+    for (size_t i = 0; i < b->resp.n_queue_depths; i++) {
+        if (strcmp(b->depths[i].key, name) == 0)
+            return;
+    }
+    if (grow(b, (void **)&b->depths, b->resp.n_queue_depths, &b->cap_depths, sizeof(*b->depths)) !=
+        0)
+        return;
+    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry e =
+        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
+    e.key = keep(b, name);
+    e.value = depth > UINT32_MAX ? UINT32_MAX : (uint32_t)depth;
+    b->depths[b->resp.n_queue_depths++] = e;
+}
+
 static void add_queue(const jb_queue_info *qi, void *ud)
 {
     status_build *b = ud;
@@ -422,19 +480,44 @@ static void add_queue(const jb_queue_info *qi, void *ud)
     q.cache_bytes = qi->cache_bytes;
     q.cache_entries = qi->cache_entries;
     b->queues[b->resp.n_queues++] = q;
+    add_depth_entry(b, qi->name, qi->depth);
+}
+
+static void add_redis_component(const jb_redis_component_info *rc, void *ud)
+{
+    status_build *b = ud;
+    if (grow(b, (void **)&b->redis_comps, b->redis.n_components, &b->cap_redis,
+             sizeof(*b->redis_comps)) != 0)
+        return;
+    Jimbot__Infra__V1__RedisComponentStatus r = JIMBOT__INFRA__V1__REDIS_COMPONENT_STATUS__INIT;
+    r.component = keep(b, rc->component);
+    r.username = keep(b, rc->username);
+    r.key_prefix = keep(b, rc->key_prefix);
+    r.connections = rc->connections;
+    r.allowance = rc->allowance;
+    r.connections_closed = rc->connections_closed;
+    b->redis_comps[b->redis.n_components++] = r;
+}
+
+static void add_redis(status_build *b, jb_coord *co)
+{
+    jb_redis_info ri = {0};
+    jb_coord_redis_info(co, &ri);
+    Jimbot__Infra__V1__RedisStatus *r = &b->redis;
+    r->configured = ri.configured != 0;
+    r->url = keep(b, ri.url);
+    r->reachable = ri.reachable != 0;
+    r->error = keep(b, ri.error);
+    r->checked_ms = ri.checked_ms;
+    r->connections = ri.connections;
+    r->max_connections = ri.max_connections;
+    jb_coord_foreach_redis_component(co, add_redis_component, b);
+    b->resp.redis = r;
 }
 
 static void add_depth(const char *group, const jb_bus_group_info *info, void *ud)
 {
-    status_build *b = ud;
-    if (grow(b, (void **)&b->depths, b->resp.n_queue_depths, &b->cap_depths, sizeof(*b->depths)) !=
-        0)
-        return;
-    Jimbot__Infra__V1__ResourceStatus__QueueDepthsEntry e =
-        JIMBOT__INFRA__V1__RESOURCE_STATUS__QUEUE_DEPTHS_ENTRY__INIT;
-    e.key = keep(b, group);
-    e.value = info->pending > UINT32_MAX ? UINT32_MAX : (uint32_t)info->pending;
-    b->depths[b->resp.n_queue_depths++] = e;
+    add_depth_entry(ud, group, info->pending);
 }
 
 /* The legacy summary fields (1-6) from the lists. */
@@ -463,8 +546,8 @@ static void summarize(status_build *b, const jb_quota_info *qi)
 static int link_arrays(status_build *b, void ***ptrs)
 {
     Jimbot__Infra__V1__ResourceStatus *r = &b->resp;
-    size_t n =
-        r->n_gpus + r->n_gpu_waiters + r->n_claude_components + r->n_queue_depths + r->n_queues;
+    size_t n = r->n_gpus + r->n_gpu_waiters + r->n_claude_components + r->n_queue_depths +
+               r->n_queues + b->redis.n_components;
     *ptrs = n > 0 ? malloc(n * sizeof(void *)) : NULL;
     if (n > 0 && *ptrs == NULL)
         return -1;
@@ -481,6 +564,9 @@ static int link_arrays(status_build *b, void ***ptrs)
     LINK(queue_depths, depths);
     LINK(queues, queues);
 #undef LINK
+    b->redis.components = (void *)p;
+    for (size_t i = 0; i < b->redis.n_components; i++)
+        *p++ = &b->redis_comps[i];
     return 0;
 }
 
@@ -494,6 +580,7 @@ static void status_build_release(status_build *b)
     free(b->comps);
     free(b->depths);
     free(b->queues);
+    free(b->redis_comps);
 }
 
 void jb__resource_status_start(jb__call *c)
@@ -505,7 +592,8 @@ void jb__resource_status_start(jb__call *c)
     if (req == NULL)
         return; /* jb__unpack_request() answered */
     protobuf_c_message_free_unpacked(req, NULL);
-    status_build b = {.resp = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT};
+    status_build b = {.resp = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT,
+                      .redis = JIMBOT__INFRA__V1__REDIS_STATUS__INIT};
     jb_quota_info qi = {0};
     jb_coord *co = jb__server_coord(c->srv);
     if (co != NULL) {
@@ -514,6 +602,7 @@ void jb__resource_status_start(jb__call *c)
         jb_coord_quota_info(co, &qi);
         jb_coord_foreach_quota_component(co, add_component, &b);
         jb_coord_foreach_queue(co, add_queue, &b);
+        add_redis(&b, co);
         b.resp.gpu_source = keep(&b, jb_coord_gpu_source(co));
     }
     jb_bus_foreach_group(jb__server_bus(c->srv), add_depth, &b);

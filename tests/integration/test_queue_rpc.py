@@ -313,6 +313,8 @@ class QueueRpcTest(unittest.TestCase):
         f2 = self.submit_async("echo", payload=b"s2", bypass_cache=True)
         q = self.wait_queue("echo", lambda q: q.depth == 1)
         self.assertEqual(q.in_flight, 1)
+        st = self.s.infra.GetResourceStatus(pb.GetResourceStatusRequest(), timeout=TIMEOUT)
+        self.assertEqual(st.queue_depths["echo"], 1)
         self.respond(t)
         self.respond(w.next())
         f1.result()
