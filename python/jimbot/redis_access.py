@@ -57,8 +57,8 @@ def _join(prefix: str, name: Key) -> Key:
 class RedisAccess:
     """How ``component`` reaches the shared Redis (``GetRedisAccess``'s answer).
 
-    Attributes: ``component``, ``url`` (``redis://HOST:PORT``, no
-    credentials), ``host``, ``port``, ``username``, ``password`` (never in
+    Attributes: ``component``, ``url`` (``redis://HOST:PORT``,
+    ``rediss://HOST:PORT`` or ``unix:PATH``; no credentials), ``host``, ``port``, ``username``, ``password`` (never in
     ``repr``), ``key_prefix`` (``"claude:"``), ``max_connections`` (the
     component's allowance), ``shared_prefix`` (``"shared:"``) and
     ``shared_access`` (``"readwrite"``, ``"read"`` or ``"none"``).
@@ -87,11 +87,19 @@ class RedisAccess:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "localhost"
+        """The server's host ("" for a unix socket)."""
+        return "" if self.url.startswith("unix:") else urlsplit(self.url).hostname or "localhost"
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or 6379
+        """The server's port (0 for a unix socket)."""
+        return 0 if self.url.startswith("unix:") else urlsplit(self.url).port or 6379
+
+    def _pool_url(self) -> str:
+        """``url`` as redis-py reads it: jimbotd's ``unix:PATH`` is ``unix://PATH`` there."""
+        if self.url.startswith("unix:") and not self.url.startswith("unix://"):
+            return "unix://" + self.url[len("unix:"):]
+        return self.url
 
     # -- keys -----------------------------------------------------------------------------------
 
@@ -146,7 +154,7 @@ class RedisAccess:
             kwargs.setdefault("retry_on_error", [RedisConnectionError])
             kwargs.setdefault("retry", Retry(ExponentialBackoff(cap=1.0, base=0.05), retries))
         pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, username=self.username, password=self.password, max_connections=cap,
+            self._pool_url(), username=self.username, password=self.password, max_connections=cap,
             timeout=pool_timeout, **kwargs)
         client = aioredis.Redis(connection_pool=pool)
         client.auto_close_connection_pool = True   # close() disconnects the pool too

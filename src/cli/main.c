@@ -2104,7 +2104,7 @@ static void print_access(const jb_client_redis_access *a, int show_password)
 static int redis_access(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
     const char *component = NULL;
-    int json = 0, show_password = 0, uri = 0;
+    int json = 0, show_password = 0, uri = 0, rc = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             redis_usage(stdout);
@@ -2132,7 +2132,10 @@ static int redis_access(jb_client **client, const jb_client_options *copts, int 
         st = jb_client_redis_access_get(*client, component, &a, &err);
     if (st != JB_OK)
         return fail_status(st, &err);
-    if (uri) {
+    if (uri && strncmp(a->url, "redis://", 8) != 0 && strncmp(a->url, "rediss://", 9) != 0) {
+        rc = fail(EXIT_FAILED, "%s has no redis-cli URI form (use redis-cli -s PATH --user %s)",
+                  a->url, a->username);
+    } else if (uri) {
         jb__buf b;
         jb__buf_init(&b);
         put_redis_uri(&b, a);
@@ -2145,7 +2148,7 @@ static int redis_access(jb_client **client, const jb_client_options *copts, int 
         print_access(a, show_password);
     }
     jb_client_redis_access_free(a);
-    return 0;
+    return rc;
 }
 
 static int redis_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)

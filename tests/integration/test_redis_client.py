@@ -36,6 +36,7 @@ from jimbot import errors  # noqa: E402
 from jimbot.infra.v1 import infrastructure_pb2 as pb  # noqa: E402
 from jimbot.testing import MockInfrastructure  # noqa: E402
 from fake_infra import FakeInfra  # noqa: E402
+from jbtest import Daemon  # noqa: E402
 
 import redis.asyncio  # noqa: E402
 import redis.exceptions  # noqa: E402
@@ -71,6 +72,7 @@ class RedisServer:
 
     def __init__(self):
         self.tmp = tempfile.mkdtemp(prefix="jbredis-")
+        self.socket = os.path.join(self.tmp, "redis.sock")
         self.port = None
         self.proc = None
         self.start()
@@ -83,7 +85,8 @@ class RedisServer:
             self.log = open(os.path.join(self.tmp, "redis.log"), "a")
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", self.tmp, "--requirepass", ADMIN_PASSWORD],
+                 "--appendonly", "no", "--dir", self.tmp, "--requirepass", ADMIN_PASSWORD,
+                 "--unixsocket", self.socket, "--unixsocketperm", "700"],
                 stdout=self.log, stderr=subprocess.STDOUT)
             self.port = port
             if self._wait_up():
@@ -344,6 +347,16 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(await r.incr("claude:n"), 1)
         self.assertEqual(self.redis.cli("GET", "claude:n"), "1")
 
+    async def test_unix_socket_url(self):
+        self.fake.access["claude"].url = f"unix:{self.redis.socket}"   # jimbotd's form
+        r = await self.client("claude")
+        self.assertEqual((r.jimbot_access.host, r.jimbot_access.port), ("", 0))
+        await r.set(r.jimbot_access.key("unix"), b"1")
+        self.assertEqual(self.redis.cli("GET", "claude:unix"), "1")
+        out = jimbotctl(self.fake.address, "redis", "access", "claude", "--uri")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("no redis-cli URI form", out.stderr)
+
     async def test_mock_infrastructure(self):
         mock = MockInfrastructure(redis={"claude": dict(
             url=self.redis.url, username="jb-claude", password="pw-claude", key_prefix="claude:",
@@ -443,6 +456,29 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         doc = json.loads(r.stdout)
         self.assertEqual(doc["redis"]["components"][0]["connectionsClosed"], "7")
         self.assertNotIn("password", r.stdout)
+
+
+class RealDaemonWithoutRedisTest(unittest.IsolatedAsyncioTestCase):
+    """The real jimbotd with resource_coordinator.redis.url empty (make run's default)."""
+
+    def setUp(self):
+        self.daemon = Daemon("")
+        self.addCleanup(self.daemon.close)
+
+    async def test_no_redis_configured(self):
+        async with jimbot.Infrastructure(self.daemon.address, timeout_s=TIMEOUT) as infra:
+            with self.assertRaises(errors.FailedPreconditionError):
+                await infra.redis_access("claude")
+            with self.assertRaises(errors.FailedPreconditionError):
+                await infra.redis("claude")
+            st = await infra.status()
+            self.assertFalse(st.redis.configured)
+        r = jimbotctl(self.daemon.address, "redis", "access", "claude")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("FAILED_PRECONDITION", r.stderr)
+        r = jimbotctl(self.daemon.address, "status")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("\nRedis\nnot configured", r.stdout)
 
 
 if __name__ == "__main__":
