@@ -198,15 +198,15 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
 
     def setUp(self):
         self.redis.cli("FLUSHALL")
-        self.redis.make_user("jb-claude", "pw-claude", "claude:", shared="read")
-        self.redis.make_user("jb-analytics", "pw-analytics", "analytics:", shared="readwrite")
+        self.redis.make_user("jimbot-claude", "pw-claude", "claude:", shared="read")
+        self.redis.make_user("jimbot-analytics", "pw-analytics", "analytics:", shared="readwrite")
         self.fake = FakeRedisInfra()
         self.fake.access = {
-            "claude": pb.RedisAccess(url=self.redis.url, username="jb-claude",
+            "claude": pb.RedisAccess(url=self.redis.url, username="jimbot-claude",
                                      password="pw-claude", key_prefix="claude:",
                                      max_connections=2, shared_prefix="shared:",
                                      shared_access="read"),
-            "analytics": pb.RedisAccess(url=self.redis.url, username="jb-analytics",
+            "analytics": pb.RedisAccess(url=self.redis.url, username="jimbot-analytics",
                                         password="pw-analytics", key_prefix="analytics:",
                                         max_connections=3, shared_prefix="shared:",
                                         shared_access="readwrite"),
@@ -231,7 +231,7 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertIsInstance(a, jimbot.RedisAccess)
         self.assertEqual((a.component, a.url, a.username, a.password, a.key_prefix,
                           a.max_connections, a.shared_prefix, a.shared_access),
-                         ("claude", self.redis.url, "jb-claude", "pw-claude", "claude:", 2,
+                         ("claude", self.redis.url, "jimbot-claude", "pw-claude", "claude:", 2,
                           "shared:", "read"))
         self.assertEqual((a.host, a.port), ("127.0.0.1", self.redis.port))
         self.assertNotIn("pw-claude", repr(a))
@@ -270,7 +270,7 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertTrue(await r.set(ns.key("answer"), b"42"))
         self.assertEqual(await r.get(ns.key("answer")), b"42")
         self.assertEqual(self.redis.cli("GET", "claude:answer"), "42")
-        self.assertEqual(await r.acl_whoami(), "jb-claude")
+        self.assertEqual(await r.acl_whoami(), "jimbot-claude")
         with self.assertRaises(redis.exceptions.NoPermissionError):
             await r.set("analytics:answer", b"1")
         with self.assertRaises(redis.exceptions.NoPermissionError):
@@ -295,22 +295,22 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         pops = [asyncio.ensure_future(r.blpop(q, 0)) for _ in range(3)]
         # Two connections block in BLPOP; the third call waits for one of them.
         await asyncio.to_thread(
-            poll, lambda: sum("cmd=blpop" in c for c in self.redis.clients("jb-claude")) == 2,
-            "two BLPOPs of jb-claude")
-        self.assertEqual(len(self.redis.clients("jb-claude")), 2)
+            poll, lambda: sum("cmd=blpop" in c for c in self.redis.clients("jimbot-claude")) == 2,
+            "two BLPOPs of jimbot-claude")
+        self.assertEqual(len(self.redis.clients("jimbot-claude")), 2)
         self.assertEqual(sum(p.done() for p in pops), 0)
         self.redis.cli("RPUSH", "claude:q", "a", "b", "c")
         got = await asyncio.wait_for(asyncio.gather(*pops), TIMEOUT)
         self.assertEqual(sorted(v for _, v in got), ["a", "b", "c"])
-        self.assertLessEqual(len(self.redis.clients("jb-claude")), 2)
+        self.assertLessEqual(len(self.redis.clients("jimbot-claude")), 2)
 
     async def test_pool_timeout_when_every_connection_is_busy(self):
         r = await self.client("claude", pool_timeout=0.2)
         q = r.jimbot_access.key("q")
         pops = [asyncio.ensure_future(r.blpop(q, 0)) for _ in range(2)]
         await asyncio.to_thread(
-            poll, lambda: sum("cmd=blpop" in c for c in self.redis.clients("jb-claude")) == 2,
-            "two BLPOPs of jb-claude")
+            poll, lambda: sum("cmd=blpop" in c for c in self.redis.clients("jimbot-claude")) == 2,
+            "two BLPOPs of jimbot-claude")
         with self.assertRaises(redis.exceptions.ConnectionError):
             await r.get(r.jimbot_access.key("x"))
         self.redis.cli("RPUSH", "claude:q", "a", "b")
@@ -336,14 +336,14 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(redis.exceptions.ConnectionError):
             await r.get("claude:before")
         self.redis.start()                      # same port; an empty server without the user
-        self.redis.make_user("jb-claude", "pw-claude", "claude:")   # as jimbotd re-provisions
+        self.redis.make_user("jimbot-claude", "pw-claude", "claude:")   # as jimbotd re-provisions
         self.assertTrue(await r.set("claude:after", b"2"))
         self.assertEqual(self.redis.cli("GET", "claude:after"), "2")
 
     async def test_a_stale_connection_is_retried(self):
         r = await self.client("claude")
         await r.ping()
-        self.redis.cli("CLIENT", "KILL", "USER", "jb-claude")   # as jimbotd ends one
+        self.redis.cli("CLIENT", "KILL", "USER", "jimbot-claude")   # as jimbotd ends one
         self.assertEqual(await r.incr("claude:n"), 1)
         self.assertEqual(self.redis.cli("GET", "claude:n"), "1")
 
@@ -359,7 +359,7 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_mock_infrastructure(self):
         mock = MockInfrastructure(redis={"claude": dict(
-            url=self.redis.url, username="jb-claude", password="pw-claude", key_prefix="claude:",
+            url=self.redis.url, username="jimbot-claude", password="pw-claude", key_prefix="claude:",
             max_connections=1, shared_prefix="shared:", shared_access="read")})
         r = await mock.redis("claude")
         self.addAsyncCleanup(r.close)
@@ -377,7 +377,7 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn("pw-claude", r.stdout)
         self.assertIn("(hidden", r.stdout)
-        self.assertRegex(r.stdout, r"username\s+jb-claude")
+        self.assertRegex(r.stdout, r"username\s+jimbot-claude")
         self.assertRegex(r.stdout, r"key_prefix\s+claude:")
         self.assertRegex(r.stdout, r"max_connections\s+2")
         r = jimbotctl(self.fake.address, "redis", "access", "claude", "--show-password")
@@ -386,7 +386,7 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         doc = json.loads(r.stdout)
         self.assertNotIn("password", doc)
         self.assertEqual(doc, {"component": "claude", "url": self.redis.url,
-                               "username": "jb-claude", "keyPrefix": "claude:",
+                               "username": "jimbot-claude", "keyPrefix": "claude:",
                                "maxConnections": 2, "sharedPrefix": "shared:",
                                "sharedAccess": "read"})
         r = jimbotctl(self.fake.address, "redis", "access", "claude", "--json", "--show-password")
@@ -394,11 +394,11 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
 
     def test_cli_uri_works_with_redis_cli(self):
         self.fake.access["claude"].password = "p@ss:w/rd"      # escaped in the URI
-        self.redis.make_user("jb-claude", "p@ss:w/rd", "claude:")
+        self.redis.make_user("jimbot-claude", "p@ss:w/rd", "claude:")
         r = jimbotctl(self.fake.address, "redis", "access", "claude", "--uri")
         self.assertEqual(r.returncode, 0, r.stderr)
         uri = r.stdout.strip()
-        self.assertEqual(uri, f"redis://jb-claude:p%40ss%3Aw%2Frd@127.0.0.1:{self.redis.port}")
+        self.assertEqual(uri, f"redis://jimbot-claude:p%40ss%3Aw%2Frd@127.0.0.1:{self.redis.port}")
         out = subprocess.run(["redis-cli", "--no-auth-warning", "-u", uri, "SET", "claude:u",
                               "1"], capture_output=True, text=True, timeout=TIMEOUT)
         self.assertEqual(out.stdout.strip(), "OK", out.stderr)
@@ -434,10 +434,10 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         self.fake.redis_status = pb.RedisStatus(
             configured=True, url=self.redis.url, reachable=True,
             checked_ms=int(time.time() * 1000), connections=4, max_connections=20,
-            components=[pb.RedisComponentStatus(component="claude", username="jb-claude",
+            components=[pb.RedisComponentStatus(component="claude", username="jimbot-claude",
                                                 key_prefix="claude:", connections=3, allowance=2,
                                                 connections_closed=7),
-                        pb.RedisComponentStatus(component="analytics", username="jb-analytics",
+                        pb.RedisComponentStatus(component="analytics", username="jimbot-analytics",
                                                 key_prefix="analytics:", connections=1,
                                                 allowance=3)])
         for args in (("status",), ("redis", "status")):
@@ -446,8 +446,8 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn(f"url             {self.redis.url}", r.stdout)
             self.assertIn("state           reachable", r.stdout)
             self.assertRegex(r.stdout, r"connections\s+4 of 20 \(checked \d+s ago\)")
-            self.assertRegex(r.stdout, r"claude\s+jb-claude\s+claude:\s+3/2\s+7")
-            self.assertRegex(r.stdout, r"analytics\s+jb-analytics\s+analytics:\s+1/3\s+0")
+            self.assertRegex(r.stdout, r"claude\s+jimbot-claude\s+claude:\s+3/2\s+7")
+            self.assertRegex(r.stdout, r"analytics\s+jimbot-analytics\s+analytics:\s+1/3\s+0")
         self.fake.redis_status.reachable = False
         self.fake.redis_status.error = "connection refused"
         r = jimbotctl(self.fake.address, "redis", "status")
@@ -479,6 +479,122 @@ class RealDaemonWithoutRedisTest(unittest.IsolatedAsyncioTestCase):
         r = jimbotctl(self.daemon.address, "status")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("\nRedis\nnot configured", r.stdout)
+
+
+class RealDaemonRedisTest(unittest.IsolatedAsyncioTestCase):
+    """The real jimbotd provisioning a real redis-server: the clients with the users it made.
+    (Raw Redis and gRPC against the daemon's rules, NOPERM, budget kills and restarts from the
+    daemon's side, are test_redis.py's.)"""
+
+    def setUp(self):
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.close)
+        self.daemon = Daemon(
+            "resource_coordinator:\n"
+            "  redis:\n"
+            f"    url: {self.redis.url}\n"
+            f"    password: {ADMIN_PASSWORD}\n"
+            "    max_connections: 10\n"
+            "    check_interval_ms: 100\n"
+            "    shared_access: read\n"
+            "    namespaces:\n"
+            "      claude: {prefix: 'claude:', max_connections: 2}\n"
+            "      analytics: 'analytics:'\n"
+            "      shared: 'shared:'\n")
+        self.addCleanup(self.daemon.close)
+
+    async def provisioned(self, infra, component="claude"):
+        """GetRedisAccess once jimbotd has provisioned the users (UNAVAILABLE until then)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                return await infra.redis_access(component)
+            except errors.FailedPreconditionError:
+                # TODO(r-ns merge): drop this skip once the engine replaces the placeholder.
+                raise unittest.SkipTest("this jimbotd's Redis engine is still the placeholder")
+            except errors.UnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    async def status_where(self, infra, predicate, what):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            st = await infra.status()
+            if predicate(st.redis):
+                return st.redis
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"never: {what}")
+
+    async def test_clients_with_the_daemons_users(self):
+        async with jimbot.Infrastructure(self.daemon.address, timeout_s=TIMEOUT) as infra:
+            a = await self.provisioned(infra)
+            self.assertEqual((a.url, a.key_prefix, a.max_connections, a.shared_prefix,
+                              a.shared_access), (self.redis.url, "claude:", 2, "shared:", "read"))
+            self.assertTrue(a.username)
+            self.assertGreaterEqual(len(a.password), 32)
+            r = await infra.redis("claude", decode_responses=True)
+            self.addAsyncCleanup(r.close)
+            await r.set(a.key("x"), "1")
+            self.assertEqual(self.redis.cli("GET", "claude:x"), "1")
+            with self.assertRaises(redis.exceptions.NoPermissionError):
+                await r.set("analytics:x", "1")
+            with self.assertRaises(redis.exceptions.NoPermissionError):
+                await r.set(a.shared_key("x"), "1")
+            self.redis.cli("SET", "shared:x", "s")
+            self.assertEqual(await r.get(a.shared_key("x")), "s")
+            with self.assertRaises(errors.NotFoundError):
+                await infra.redis_access("nobody")
+            with self.assertRaises(errors.NotFoundError):
+                await infra.redis_access("shared")      # the common prefix, not a component
+
+            # The pool at its allowance is never over it: jimbotd's checks leave it alone.
+            pops = [asyncio.ensure_future(r.blpop(a.key("q"), 0)) for _ in range(3)]
+            await asyncio.to_thread(
+                poll, lambda: sum("cmd=blpop" in c for c in self.redis.clients(a.username)) == 2,
+                "two BLPOPs")
+            first = (await infra.status()).redis.checked_ms
+            st = await self.status_where(infra, lambda rs: rs.checked_ms > first + 300,
+                                         "three checks later")
+            claude = next(c for c in st.components if c.component == "claude")
+            self.assertEqual((claude.allowance, claude.connections_closed), (2, 0))
+            self.assertEqual(claude.username, a.username)
+            self.redis.cli("RPUSH", "claude:q", "a", "b", "c")
+            got = await asyncio.wait_for(asyncio.gather(*pops), TIMEOUT)
+            self.assertEqual(sorted(v for _, v in got), ["a", "b", "c"])
+
+            # jimbotctl and the C client see the same.
+            out = jimbotctl(self.daemon.address, "redis", "access", "claude", "--uri")
+            self.assertEqual(out.returncode, 0, out.stderr)
+            cli = subprocess.run(["redis-cli", "--no-auth-warning", "-u", out.stdout.strip(),
+                                  "SET", "analytics:y", "1"], capture_output=True, text=True,
+                                 timeout=TIMEOUT)
+            self.assertIn("NOPERM", cli.stdout + cli.stderr)
+            out = jimbotctl(self.daemon.address, "status")
+            self.assertIn(f"url             {self.redis.url}", out.stdout)
+            self.assertIn("state           reachable", out.stdout)
+            self.assertRegex(out.stdout, rf"claude\s+{a.username}\s+claude:\s+\d/2\s+0")
+
+    async def test_daemon_and_redis_restarts(self):
+        async with jimbot.Infrastructure(self.daemon.address, timeout_s=TIMEOUT) as infra:
+            a = await self.provisioned(infra)
+            r = await infra.redis("claude")
+            self.addAsyncCleanup(r.close)
+            await r.set(a.key("n"), b"1")
+            # jimbotd restarts: the same credentials, and the client keeps working throughout.
+            self.daemon.stop()
+            self.assertEqual(await r.incr(a.key("n")), 2)
+            self.daemon.start()
+            self.assertEqual(await self.provisioned(infra), a)
+            self.assertEqual(await r.incr(a.key("n")), 3)
+            # Redis restarts (empty, without the users): jimbotd provisions them again.
+            self.redis.stop()
+            with self.assertRaises(redis.exceptions.ConnectionError):
+                await r.get(a.key("n"))
+            self.redis.start()
+            await self.status_where(infra, lambda rs: rs.reachable, "Redis reachable again")
+            self.assertTrue(await r.set(a.key("n"), b"10"))
+            self.assertEqual(self.redis.cli("GET", "claude:n"), "10")
 
 
 if __name__ == "__main__":
