@@ -45,6 +45,7 @@ SOURCE = os.environ.get("JB_SOURCE_DIR", os.path.join(os.path.dirname(__file__),
 BUILD = os.environ.get("JB_BUILD_DIR", os.path.join(SOURCE, "build"))
 BIN = os.environ.get("JB_BIN_DIR", os.path.join(BUILD, "bin"))
 JIMBOTCTL = os.path.join(BIN, "jimbotctl")
+PROBE = os.path.join(BUILD, "tests", "client_probe")
 TIMEOUT = 30.0
 ADMIN_PASSWORD = "admin-secret"
 
@@ -405,6 +406,17 @@ class RedisClientTest(unittest.IsolatedAsyncioTestCase):
         out = subprocess.run(["redis-cli", "--no-auth-warning", "-u", uri, "SET", "other", "1"],
                              capture_output=True, text=True, timeout=TIMEOUT)
         self.assertIn("NOPERM", out.stdout + out.stderr)
+
+    def test_c_client_async(self):
+        r = subprocess.run([PROBE, self.fake.address, "redis-async", "claude"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.split(), ["redis", self.redis.url, "jimbot-claude", "pw-claude",
+                                            "claude:", "2", "shared:", "read", "claude"])
+        r = subprocess.run([PROBE, self.fake.address, "redis-async", "nobody"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("ENOENT", r.stdout + r.stderr)
 
     def test_cli_errors(self):
         r = jimbotctl(self.fake.address, "redis", "access", "nobody")
