@@ -594,16 +594,16 @@ class RealDaemonRedisTest(unittest.IsolatedAsyncioTestCase):
             self.addAsyncCleanup(r.close)
             await r.set(a.key("n"), b"1")
             # jimbotd restarts: the same credentials, and the client keeps working throughout.
-            self.daemon.stop()
+            await asyncio.to_thread(self.daemon.stop)
             self.assertEqual(await r.incr(a.key("n")), 2)
-            self.daemon.start()
+            await asyncio.to_thread(self.daemon.start)
             self.assertEqual(await self.provisioned(infra), a)
             self.assertEqual(await r.incr(a.key("n")), 3)
             # Redis restarts (empty, without the users): jimbotd provisions them again.
-            self.redis.stop()
+            await asyncio.to_thread(self.redis.stop)
             with self.assertRaises(redis.exceptions.ConnectionError):
                 await r.get(a.key("n"))
-            self.redis.start()
+            await asyncio.to_thread(self.redis.start)
             await self.status_where(infra, lambda rs: rs.reachable, "Redis reachable again")
             self.assertTrue(await r.set(a.key("n"), b"10"))
             self.assertEqual(self.redis.cli("GET", "claude:n"), "10")
