@@ -482,8 +482,8 @@ jb_status jb_coord_redis_access(jb_coord *co, const char *component, jb_redis_ac
  * access through @cb, on the loop, never inside this call. Errors as
  * jb_coord_redis_access(), before anything changed.
  */
-typedef void (*jb_redis_access_cb)(jb_status st, const jb_redis_access *access,
-                                   const jb_error *err, void *userdata);
+typedef void (*jb_redis_access_cb)(jb_status st, const jb_redis_access *access, const jb_error *err,
+                                   void *userdata);
 jb_status jb_coord_redis_rotate(jb_coord *co, const char *component, jb_redis_access_cb cb,
                                 void *userdata, jb_error *err);
 

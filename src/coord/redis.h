@@ -1,6 +1,7 @@
 /*
  * The hiredis adapter (redis.c): one asynchronous connection to Redis on
- * the coordinator's libuv loop, through hiredis's libuv adapter. It is the
+ * the coordinator's libuv loop, through hiredis's async API watched with the
+ * loop's uv_poll (redis.c says why not hiredis's own libuv adapter). It is the
  * only file that includes hiredis; redis_ns.c (the namespaces, their ACL
  * users and the connection budget) talks to Redis through this header.
  *

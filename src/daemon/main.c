@@ -39,6 +39,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -597,6 +598,8 @@ int main(int argc, char **argv)
         return 0;
     }
     apply_log_level(&d, cfg);
+    /* A peer gone mid-write (Redis, a log pipe) is an error of that write, not our end. */
+    signal(SIGPIPE, SIG_IGN);
 
     if (uv_loop_init(&d.loop) != 0) {
         fprintf(stderr, "jimbotd: cannot create the event loop\n");
