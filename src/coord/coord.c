@@ -1,18 +1,18 @@
 /*
  * The coordinator's life and settings (include/jimbot/coord.h): creates the
  * parts (the state file, NVML, the GPU leases, the budget, the request
- * queues), gives them what the state file held, applies the configuration,
- * and closes them in order.
+ * queues, the shared Redis's namespaces), gives them what the state file
+ * held, applies the configuration, and closes them in order.
  *
  * Order at start: state (load) -> NVML (optional) -> gpu -> quota -> queues
- * -> restore gpu and quota from the image. Order at close: waiters end
- * (gpu, queues, then quota, which the queues wait on), then the state is
- * written a last time, then everything is freed and the close callback
- * runs.
+ * -> redis (the users file) -> restore gpu and quota from the image. Order
+ * at close: waiters end (gpu, queues, then quota, which the queues wait
+ * on), then Redis's connection closes, then the state is written a last
+ * time, then everything is freed and the close callback runs.
  *
  * Settings are plain values copied out of a configuration snapshot; a
- * reload builds a new jb__coord_settings whole, then swaps it in, so a
- * failing reload changes nothing.
+ * reload builds a new jb__coord_settings whole (and redis_ns.c its own
+ * jb__redis_conf), then swaps both in, so a failing reload changes nothing.
  *
  * Loop thread only. Must not depend on gRPC or the bus.
  */
@@ -198,11 +198,18 @@ oom:
 jb_status jb_coord_apply_config(jb_coord *co, const jb_config *cfg, jb_error *err)
 {
     jb__coord_settings s;
+    jb__redis_conf *rc = NULL;
     jb_status st = settings_from(cfg, &s, err);
     if (st != JB_OK)
         return st;
+    st = jb__redis_ns_prepare(co->redis, cfg, &rc, err);
+    if (st != JB_OK) {
+        settings_release(&s);
+        return st;
+    }
     settings_release(&co->set);
     co->set = s;
+    jb__redis_ns_apply(co->redis, &rc);
     jb__gpu_settings_changed(co->gpu);
     jb__quota_settings_changed(co->quota);
     jb__queues_settings_changed(co->queues);
@@ -218,6 +225,7 @@ static char *dup_opt(const char *s)
 
 static void coord_free(jb_coord *co)
 {
+    jb__redis_ns_free(co->redis);
     jb__queues_free(co->queues);
     jb__quota_free(co->quota);
     jb__gpu_free(co->gpu);
@@ -226,6 +234,7 @@ static void coord_free(jb_coord *co)
     free((char *)co->opts.state_path);
     free((char *)co->opts.nvml_library);
     free((char *)co->opts.cache_path);
+    free((char *)co->opts.redis_users_path);
     free(co);
 }
 
@@ -258,6 +267,7 @@ jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord *
     co->opts.state_path = dup_opt(opts->state_path);
     co->opts.nvml_library = dup_opt(opts->nvml_library);
     co->opts.cache_path = dup_opt(opts->cache_path);
+    co->opts.redis_users_path = dup_opt(opts->redis_users_path);
     if (co->opts.reattach_grace_ms == 0)
         co->opts.reattach_grace_ms = 15000;
     if (co->opts.max_waiters == 0)
@@ -277,6 +287,8 @@ jb_status jb_coord_new(uv_loop_t *loop, const jb_coord_options *opts, jb_coord *
         st = jb__quota_new(co, &co->quota, err);
     if (st == JB_OK)
         st = jb__queues_new(co, &co->queues, err);
+    if (st == JB_OK)
+        st = jb__redis_ns_new(co, &co->redis, err);
     if (st == JB_OK)
         st = jb__gpu_restore(co->gpu, &img, err);
     if (st == JB_OK)
@@ -306,6 +318,13 @@ static void on_state_closed(void *ud)
         cb(cb_ud);
 }
 
+static void on_redis_closed(void *ud)
+{
+    jb_coord *co = ud;
+    co->redis = NULL;
+    jb__state_close(co->state, on_state_closed, co);
+}
+
 void jb_coord_close(jb_coord *co, jb_coord_close_cb cb, void *userdata)
 {
     if (co == NULL || co->closing)
@@ -316,5 +335,5 @@ void jb_coord_close(jb_coord *co, jb_coord_close_cb cb, void *userdata)
     jb__gpu_close(co->gpu);
     jb__queues_close(co->queues);
     jb__quota_close(co->quota);
-    jb__state_close(co->state, on_state_closed, co);
+    jb__redis_ns_close(co->redis, on_redis_closed, co);
 }

@@ -29,6 +29,8 @@ typedef struct jb__quota jb__quota;
 typedef struct jb__state jb__state;
 typedef struct jb__nvml jb__nvml;
 typedef struct jb__queues jb__queues;
+typedef struct jb__redis_ns jb__redis_ns;
+typedef struct jb__redis_conf jb__redis_conf;
 
 /* One configured request queue. */
 typedef struct jb__queue_conf {
@@ -73,6 +75,7 @@ struct jb_coord {
     jb__quota *quota;
     jb__state *state;
     jb__queues *queues;
+    jb__redis_ns *redis; /* always made; idle without a url */
     int closing;
     jb_coord_close_cb close_cb;
     void *close_ud;
@@ -187,6 +190,62 @@ void jb__queues_settings_changed(jb__queues *qs);
 /* Answers every submitter JB_ECLOSED and cancels the budget wait; workers stay until free. */
 void jb__queues_close(jb__queues *qs);
 void jb__queues_free(jb__queues *qs);
+
+/* ---- redis_ns.c ---------------------------------------------------------- */
+
+/* Loads opts.redis_users_path (missing: none yet; damaged: JB_ECORRUPT). */
+jb_status jb__redis_ns_new(jb_coord *co, jb__redis_ns **out, jb_error *err);
+/*
+ * Reads resource_coordinator.redis.* into a new *@out and checks it whole
+ * (allowances, overlapping prefixes: JB_ECONFIG); nothing changes yet.
+ */
+jb_status jb__redis_ns_prepare(jb__redis_ns *ns, const jb_config *cfg, jb__redis_conf **out,
+                               jb_error *err);
+/* Takes ownership of *@conf (NULLed) and applies it; cannot fail. */
+void jb__redis_ns_apply(jb__redis_ns *ns, jb__redis_conf **conf);
+void jb__redis_conf_free(jb__redis_conf *c);
+/* Answers rotations JB_ECLOSED, closes the connection and the timer, then @cb; @ns is freed. */
+void jb__redis_ns_close(jb__redis_ns *ns, void (*cb)(void *ud), void *ud);
+/* Frees an @ns that was never closed (jb_coord_new's failure path only). NULL: no-op. */
+void jb__redis_ns_free(jb__redis_ns *ns);
+
+/* The pure parts, for the unit tests. */
+
+/*
+ * Shares @max_connections less one among @n namespaces: @fixed[i] >= 0 takes
+ * that many, the others (-1) split the rest evenly (what is left over from
+ * the division stays unused). JB_ECONFIG when one would get none.
+ */
+jb_status jb__redis_allowances(uint32_t max_connections, const int64_t *fixed, size_t n,
+                               uint32_t *out, jb_error *err);
+
+/* One line of CLIENT LIST, borrowed by the callback. */
+typedef struct jb__redis_client {
+    uint64_t id, age_s;
+    char addr[64];
+    char user[JB_COORD_MAX_REDIS_USER + 1];
+} jb__redis_client;
+
+/* Calls @fn for each line with id= and age=; returns how many. */
+size_t jb__redis_parse_client_list(const char *s, size_t len,
+                                   void (*fn)(const jb__redis_client *c, void *ud), void *ud);
+
+/* The users file: a comment line, then one "COMPONENT PASSWORD" line each; *@out malloc'd. */
+jb_status jb__redis_users_encode(const char *const *components, const char *const *passwords,
+                                 size_t n, char **out, size_t *out_len);
+/* JB_ECORRUPT (with the line) for anything but comments and COMPONENT 64-hex lines. */
+jb_status jb__redis_users_decode(const char *s, size_t len,
+                                 void (*fn)(const char *component, const char *password, void *ud),
+                                 void *ud, jb_error *err);
+
+/*
+ * Fills @argv with ACL SETUSER @username's whole rule (@bufs holds the
+ * formatted words; both must outlive the command's sending); returns argc
+ * (at most 32). @shared_access: 0 readwrite, 1 read, 2 none.
+ */
+int jb__redis_acl_rule(const char *username, const char *password, const char *prefix,
+                       const char *shared_prefix, int shared_access, char bufs[4][160],
+                       const char **argv);
 
 /* ---- cache_file.c ------------------------------------------------------------ */
 
