@@ -13,7 +13,8 @@ Two real things and one scripted one:
   a RedisStatus in GetResourceStatus), which hands out that user and answers the contract's
   errors on demand (NOT_FOUND, FAILED_PRECONDITION, UNAVAILABLE).
 
-The same against the real jimbotd, which provisions the users itself, is test_redis.py.
+RealDaemonRedisTest runs the clients against the real jimbotd provisioning a redis-server of its own
+(its users, allowance, status, and both restarting); the daemon's own rules are test_redis.py's.
 Timeouts only keep a broken build from hanging the suite; nothing here asserts durations.
 """
 import asyncio
@@ -521,9 +522,6 @@ class RealDaemonRedisTest(unittest.IsolatedAsyncioTestCase):
         while True:
             try:
                 return await infra.redis_access(component)
-            except errors.FailedPreconditionError:
-                # TODO(r-ns merge): drop this skip once the engine replaces the placeholder.
-                raise unittest.SkipTest("this jimbotd's Redis engine is still the placeholder")
             except errors.UnavailableError:
                 if time.monotonic() > deadline:
                     raise
