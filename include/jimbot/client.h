@@ -846,6 +846,29 @@ typedef struct jb_client_breaker {
     int64_t retry_at_ms;
 } jb_client_breaker;
 
+/* One component's connections to the shared Redis (RedisComponentStatus). */
+typedef struct jb_client_redis_component {
+    const char *component;
+    const char *username; /* its Redis ACL user */
+    const char *key_prefix;
+    uint32_t connections;        /* its ACL user's connections at the last check */
+    uint32_t allowance;          /* how many it may hold */
+    uint64_t connections_closed; /* ended by jimbotd as over the allowance, since it started */
+} jb_client_redis_component;
+
+/* The shared Redis (RedisStatus); all zero and "" when configured is 0. */
+typedef struct jb_client_redis_status {
+    int configured;           /* resource_coordinator.redis.url is set */
+    const char *url;          /* without any password */
+    int reachable;            /* connected, authenticated, the ACL users in place */
+    const char *error;        /* why not reachable; else the last error, or "" */
+    int64_t checked_ms;       /* the last CLIENT LIST check (ms since the epoch; 0: none yet) */
+    uint32_t connections;     /* every client connection it counted then */
+    uint32_t max_connections; /* resource_coordinator.redis.max_connections */
+    const jb_client_redis_component *components;
+    size_t n_components;
+} jb_client_redis_status;
+
 /*
  * GetResourceStatus, read-only. Every pointer inside (strings, arrays,
  * encoded) lives as long as the struct: free it all with
@@ -874,6 +897,7 @@ typedef struct jb_client_resource_status {
     size_t n_request_queues;
     const jb_client_breaker *breakers;
     size_t n_breakers;
+    jb_client_redis_status redis;
     /* The ResourceStatus message as received (serialized protobuf). */
     const void *encoded;
     size_t encoded_len;
@@ -900,6 +924,49 @@ jb_status jb_client_resource_status_decode(const void *data, size_t len,
 
 /* Frees a status and everything it points to. NULL is a no-op. */
 void jb_client_resource_status_free(jb_client_resource_status *st);
+
+/* ---- Infrastructure: the shared Redis ------------------------------------- */
+
+/*
+ * How a component connects to the shared Redis (GetRedisAccess): the Redis
+ * ACL user that jimbotd made for it, allowed the keys key_prefix* (read and
+ * write) and shared_prefix* (as shared_access says) and nothing else, and
+ * how many connections it may hold at once (jimbotd closes the newest
+ * beyond that). Read-only; every string lives as long as the struct. The
+ * password is a secret: do not log it. Free with jb_client_redis_access_free().
+ */
+typedef struct jb_client_redis_access {
+    const char *component;
+    const char *url; /* "redis://HOST:PORT", without credentials */
+    const char *username;
+    const char *password;
+    const char *key_prefix; /* "claude:" */
+    uint32_t max_connections;
+    const char *shared_prefix; /* "shared:" */
+    const char *shared_access; /* "readwrite", "read" or "none" */
+} jb_client_redis_access;
+
+/*
+ * Asks GetRedisAccess for @component; on JB_OK *@out is the caller's. Fails
+ * with JB_ENOENT for a component without a namespace, JB_EINVAL for an empty
+ * one or when jimbotd has no Redis configured (FAILED_PRECONDITION, which
+ * the message names), JB_EUNAVAILABLE while jimbotd has not provisioned the
+ * ACL users yet (Redis unreachable) or cannot be reached itself.
+ */
+jb_status jb_client_redis_access_get(jb_client *c, const char *component,
+                                     jb_client_redis_access **out, jb_error *err);
+
+/* The end of an asynchronous access call: @a on JB_OK (the callback's to keep or free). */
+typedef void (*jb_client_redis_access_cb)(jb_status status, jb_client_redis_access *a,
+                                          const jb_error *err, void *userdata);
+
+/* The same without waiting; @cb runs once on the client thread (never if this fails). */
+jb_status jb_client_redis_access_get_async(jb_client *c, const char *component,
+                                           jb_client_redis_access_cb cb, void *userdata,
+                                           jb_error *err);
+
+/* Wipes the password from memory and frees @a. NULL is a no-op. */
+void jb_client_redis_access_free(jb_client_redis_access *a);
 
 #ifdef __cplusplus
 }

@@ -11,7 +11,9 @@ docs/python.md).
   coordinator (``jimbot.coordinator``): GPU leases (:class:`GpuLease`), the
   LLM API budget (:class:`QuotaGrant`), the request queues (``submit``,
   ``take``: :class:`QueueWorker`, :class:`QueueRequest`,
-  :class:`QueueResponse`, in ``jimbot.queues``), the resource status.
+  :class:`QueueResponse`, in ``jimbot.queues``), the shared Redis
+  (``redis_access``, ``redis``: :class:`RedisAccess`, in
+  ``jimbot.redis_access``), the resource status.
 * :class:`jimbot.testing.MockEventBus` and
   :class:`jimbot.testing.MockInfrastructure`: the same surfaces in memory,
   for component tests without a daemon.
@@ -28,9 +30,10 @@ from .event_bus import (Batch, DeliverPolicy, Event, EventBus, HandlerSubscripti
                         Subscription, decode_message, make_event, message_class)
 from .coordinator import GpuLease, Infrastructure, QueueWorker, QuotaGrant  # noqa: E402
 from .queues import QueueRequest, QueueResponse  # noqa: E402
+from .redis_access import RedisAccess  # noqa: E402
 from .errors import PoisonedRequestError, WorkerError  # noqa: E402
 
 __all__ = ["EventBus", "Event", "Batch", "Subscription", "HandlerSubscription", "DeliverPolicy",
            "make_event", "decode_message", "message_class", "errors", "Infrastructure",
            "GpuLease", "QuotaGrant", "QueueWorker", "QueueRequest", "QueueResponse",
-           "WorkerError", "PoisonedRequestError"]
+           "WorkerError", "PoisonedRequestError", "RedisAccess"]

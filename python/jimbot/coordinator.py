@@ -39,6 +39,10 @@ Design notes:
   :class:`~jimbot.errors.RateLimitedError`; the call's deadline is
   ``timeout_s`` plus the ``wait`` asked for. It is never retried: a request
   cut off in flight may or may not have been spent.
+* The shared Redis (:mod:`jimbot.redis_access`): :meth:`Infrastructure.redis_access`
+  is one ``GetRedisAccess``; :meth:`Infrastructure.redis` builds a
+  ``redis.asyncio.Redis`` from its answer. The Redis connections are the
+  caller's, not the channel's: :meth:`Infrastructure.close` leaves them open.
 * The request queues (:mod:`jimbot.queues`): :meth:`Infrastructure.submit`
   is one ``SubmitRequest`` whose gRPC deadline is its ``timeout`` plus 1 s
   (the daemon answers DEADLINE_EXCEEDED itself at ``timeout``); it is never
@@ -68,6 +72,7 @@ from .event_bus import (DEFAULT_ADDR, DEFAULT_KEEPALIVE_MS, DEFAULT_KEEPALIVE_TI
 from .infra.v1 import infrastructure_pb2 as pb
 from .infra.v1 import infrastructure_pb2_grpc as pb_grpc
 from .queues import QueueRequest, QueueResponse, make_request, take_request
+from .redis_access import RedisAccess, RedisApi
 
 __all__ = ["Infrastructure", "GpuLease", "QuotaGrant", "GpuApi", "QueueApi", "QueueWorker",
            "DEFAULT_REATTACH_S", "SUBMIT_DEADLINE_SLACK_S"]
@@ -659,7 +664,7 @@ class QueueWorker:
                 f"max_outstanding={self.request.max_outstanding}>")
 
 
-class Infrastructure(GpuApi, QueueApi):
+class Infrastructure(GpuApi, QueueApi, RedisApi):
     """Client of jimbotd's resource coordinator at ``addr`` (``host:port``).
 
     ``timeout_s`` bounds each unary call (``api_quota`` adds its ``wait``;
@@ -818,6 +823,24 @@ class Infrastructure(GpuApi, QueueApi):
         await self._unary("Respond", pb.QueuedResponse(request_id=req.request_id, type=rtype,
                                                        payload=payload, error=error),
                           self._timeout_s)
+
+    # -- the shared Redis (redis() comes from RedisApi) -----------------------------------------
+
+    async def redis_access(self, component: str) -> RedisAccess:
+        """``GetRedisAccess``: the :class:`jimbot.RedisAccess` of
+        ``component`` (its ACL user, password, key prefix and connection
+        allowance). Raises :class:`~jimbot.errors.NotFoundError` for a
+        component without a namespace,
+        :class:`~jimbot.errors.FailedPreconditionError` when jimbotd has no
+        Redis configured, :class:`~jimbot.errors.UnavailableError` while it
+        has not provisioned the users yet (Redis unreachable), and
+        :class:`~jimbot.errors.InvalidArgumentError` for an empty
+        component."""
+        if not isinstance(component, str) or not component:
+            raise InvalidArgumentError("component must be a non-empty string")
+        resp = await self._unary("GetRedisAccess", pb.GetRedisAccessRequest(component=component),
+                                 self._timeout_s)
+        return RedisAccess.from_message(component, resp)
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ gRPC status              exception
 ``NOT_FOUND``            :class:`NotFoundError`
 ``DEADLINE_EXCEEDED``    :class:`DeadlineExceededError`
 ``ALREADY_EXISTS``       :class:`AlreadyExistsError`
+``FAILED_PRECONDITION``  :class:`FailedPreconditionError`
 anything else            :class:`JimbotError`
 =======================  ==============================
 
@@ -36,7 +37,8 @@ as ``__cause__``.
 import grpc
 
 __all__ = ["JimbotError", "InvalidArgumentError", "BackpressureError", "UnavailableError",
-           "NotFoundError", "DeadlineExceededError", "AlreadyExistsError", "UnknownTypeError",
+           "NotFoundError", "DeadlineExceededError", "AlreadyExistsError", "FailedPreconditionError",
+           "UnknownTypeError",
            "ClosedError", "RateLimitedError", "LeaseExpiredError", "LeaseLostError",
            "WorkerError", "PoisonedRequestError", "from_rpc_error", "RETRY_AFTER_KEY",
            "REASON_KEY"]
@@ -115,6 +117,14 @@ class AlreadyExistsError(JimbotError):
     code = grpc.StatusCode.ALREADY_EXISTS
 
 
+class FailedPreconditionError(JimbotError):
+    """The daemon is not in a state to answer the call: ``GetRedisAccess``
+    while no Redis is configured (``resource_coordinator.redis.url`` empty),
+    or deleting a consumer group that still has members."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class RateLimitedError(JimbotError):
     """``Infrastructure.api_quota`` was not granted: the budget's window (or
     the component's share) has not enough left, also after ``wait``; or a
@@ -179,7 +189,8 @@ class ClosedError(JimbotError, RuntimeError):
 
 
 _BY_CODE = {cls.code: cls for cls in (InvalidArgumentError, BackpressureError, UnavailableError,
-                                      NotFoundError, DeadlineExceededError, AlreadyExistsError)}
+                                      NotFoundError, DeadlineExceededError, AlreadyExistsError,
+                                      FailedPreconditionError)}
 
 
 def from_rpc_error(err: grpc.RpcError) -> JimbotError:

@@ -66,13 +66,14 @@ from google.protobuf import message
 
 from .coordinator import GpuApi, GpuLease, QueueApi, QuotaGrant, gpu_request, quota_answer
 from .errors import (AlreadyExistsError, BackpressureError, ClosedError, DeadlineExceededError,
-                     InvalidArgumentError, LeaseExpiredError, LeaseLostError, NotFoundError,
+                     FailedPreconditionError, InvalidArgumentError, LeaseExpiredError, LeaseLostError, NotFoundError,
                      PoisonedRequestError, RateLimitedError, UnavailableError)
 from .event_bus import Batch, DeliverPolicy, Event, make_event
 from .infra.v1 import event_bus_pb2 as pb
 from .infra.v1 import infrastructure_pb2 as pb_infra
 from .queues import (MAX_QUEUE_BYTES, MAX_REQUEST_ID_BYTES, MAX_SUBMITTER_BYTES, MAX_TYPE_BYTES,
                      QueueRequest, QueueResponse, make_request, take_request)
+from .redis_access import RedisAccess, RedisApi
 from .topics import matches, validate_pattern, validate_topic
 
 __all__ = ["MockEventBus", "MockSubscription", "MockHandlerSubscription", "MockInfrastructure",
@@ -1057,7 +1058,7 @@ class _MockQueues:
                 self._worker_leave(w)
 
 
-class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
+class MockInfrastructure(_MockQueues, GpuApi, QueueApi, RedisApi):
     """The resource coordinator in memory, with the surface of
     :class:`jimbot.Infrastructure` (``gpu``, ``acquire_gpu``,
     ``start_gpu``, ``release_gpu``, ``api_quota``, ``status``, ``close``).
@@ -1097,6 +1098,13 @@ class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
     (PoisonedRequestError, kept in ``poisoned(queue)``). Status fills
     ``queues``.
 
+    Shared Redis (``redis_access``, ``redis``): ``redis`` maps component
+    names to :class:`jimbot.RedisAccess` records (or to dicts of its
+    fields) that ``redis_access`` returns as they are; a component not in it
+    is NotFoundError, and ``redis=None`` (the default) is
+    FailedPreconditionError, as jimbotd without a Redis answers. Point them
+    at a Redis of the test's own: the mock provisions no ACL user.
+
     Time is ``clock`` (a callable giving seconds since the epoch; by default
     the real ``time.time``, timers then run on the event loop). With a
     :class:`FakeClock` nothing happens until ``clock.advance(...)``.
@@ -1113,7 +1121,7 @@ class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
                  hourly_limit: int = 100, window_seconds: float = 3600,
                  shares: Optional[dict] = None, max_waiters: int = 1024, clock=None,
                  queues: Optional[dict] = None, cache_ttl: float = DEFAULT_CACHE_TTL,
-                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES):
+                 cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES, redis: Optional[dict] = None):
         if devices < 1:
             raise ValueError("devices must be at least 1")
         self.priority_components = list(priority_components)
@@ -1137,6 +1145,9 @@ class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
         #: Every lease ever granted, in grant order (for assertions).
         self.grants: List[GpuLease] = []
         self._queues_init(queues, cache_ttl, cache_max_bytes)
+        self._redis = None if redis is None else {
+            name: a if isinstance(a, RedisAccess) else RedisAccess(name, **a)
+            for name, a in redis.items()}
 
     def _now(self) -> float:
         return self.clock()
@@ -1390,6 +1401,20 @@ class MockInfrastructure(_MockQueues, GpuApi, QueueApi):
                 quota_answer(resp, w.component, w.count)
             except RateLimitedError as e:
                 w.future.set_exception(e)
+
+    # -- the shared Redis ------------------------------------------------------------------------
+
+    async def redis_access(self, component: str) -> RedisAccess:
+        """As :meth:`jimbot.Infrastructure.redis_access`, from ``redis``."""
+        self._check_open()
+        if not isinstance(component, str) or not component:
+            raise InvalidArgumentError("component must be a non-empty string")
+        if self._redis is None:
+            raise FailedPreconditionError("no Redis configured (resource_coordinator.redis.url "
+                                          "is empty)")
+        if component not in self._redis:
+            raise NotFoundError(f"no Redis namespace for component '{component}'")
+        return self._redis[component]
 
     # -- status and lifetime --------------------------------------------------------------------
 

@@ -72,7 +72,7 @@ static void usage(FILE *out)
             "                     print matching events as JSON lines\n"
             "  health             SERVING or not (exit 0 only when SERVING)\n"
             "  status [--json]    resource status: GPUs, GPU waiters, API budget, queues,\n"
-            "                     breakers\n"
+            "                     breakers, Redis\n"
             "  gpu acquire [--component C] [--priority P] [--seconds S] [--timeout S]\n"
             "              -- COMMAND...\n"
             "                     run COMMAND holding a GPU lease (CUDA_VISIBLE_DEVICES set),\n"
@@ -89,6 +89,10 @@ static void usage(FILE *out)
             "                     be a worker: print each request as JSON and answer it\n"
             "  queue status [QUEUE] [--json]\n"
             "                     request queues: depth, workers, waits, cache, counters\n"
+            "  redis access COMPONENT [--json] [--show-password | --uri]\n"
+            "                     a component's credentials for the shared Redis\n"
+            "  redis status [--json]\n"
+            "                     the shared Redis: reachability, connections per component\n"
             "  groups [--json]    consumer groups: pattern, members, pending, lag, ack floor\n"
             "  group delete NAME  delete a consumer group that has no members\n"
             "  version            print the version\n"
@@ -877,6 +881,37 @@ static void put_queue_json(jb__buf *b, const jb_client_queue_status *q)
                    q->cache_entries);
 }
 
+/* The shared Redis (`redis status`, and the last part of `status`). */
+static void print_redis(const jb_client_resource_status *st)
+{
+    const jb_client_redis_status *r = &st->redis;
+    if (!r->configured) {
+        printf("not configured (resource_coordinator.redis.url is empty)\n");
+        return;
+    }
+    char ago[32];
+    printf("url             %s\n", r->url);
+    if (r->reachable)
+        printf("state           reachable%s%s\n", r->error[0] ? "; last error: " : "", r->error);
+    else
+        printf("state           unreachable: %s\n", r->error[0] ? r->error : "?");
+    if (r->checked_ms == 0)
+        printf("connections     not checked yet, max %u\n", r->max_connections);
+    else
+        printf("connections     %u of %u (checked %s ago)\n", r->connections, r->max_connections,
+               fmt_span(ago, sizeof(ago), wall_ms() - r->checked_ms));
+    if (r->n_components == 0)
+        return;
+    printf("%-20s %-24s %-16s %11s %7s\n", "COMPONENT", "USER", "PREFIX", "CONNECTIONS", "CLOSED");
+    for (size_t i = 0; i < r->n_components; i++) {
+        const jb_client_redis_component *c = &r->components[i];
+        char used[32];
+        snprintf(used, sizeof(used), "%u/%u", c->connections, c->allowance);
+        printf("%-20s %-24s %-16s %11s %7" PRIu64 "\n", c->component, c->username, c->key_prefix,
+               used, c->connections_closed);
+    }
+}
+
 static void print_status_table(const jb_client_resource_status *s)
 {
     printf("GPUs (%zu, from %s)\n", s->n_gpus, s->gpu_source[0] ? s->gpu_source : "?");
@@ -902,6 +937,8 @@ static void print_status_table(const jb_client_resource_status *s)
             printf(", retry in %s", fmt_span(in, sizeof(in), b->retry_at_ms - now));
         printf("\n");
     }
+    printf("\nRedis\n");
+    print_redis(s);
 }
 
 /* Prints @s's message as one line of proto3 JSON. */
@@ -969,7 +1006,8 @@ static void status_usage(FILE *out)
                  "the GPU devices (holder, lease, time left, memory), the GPU waiters in the\n"
                  "order they will be served, the LLM API budget (limit, used, remaining, next\n"
                  "free slot, waiting calls, per component), the request queues\n"
-                 "(as `queue status` shows them) and circuit breakers.\n"
+                 "(as `queue status` shows them), circuit breakers and the shared Redis (as\n"
+                 "`redis status` shows it).\n"
                  "--json prints the ResourceStatus message as one line of proto3 JSON.\n");
 }
 
@@ -1983,6 +2021,151 @@ static int cmd_queue(jb_client **client, const jb_client_options *copts, int arg
                           queue_usage);
 }
 
+/* ---- redis access, redis status ------------------------------------------ */
+
+static void redis_usage(FILE *out)
+{
+    fprintf(out, "usage: jimbotctl redis access COMPONENT [--json] [--show-password | --uri]\n"
+                 "       jimbotctl redis status [--json]\n"
+                 "\n"
+                 "access asks Infrastructure/GetRedisAccess: the Redis ACL user that jimbotd made\n"
+                 "for COMPONENT (allowed the keys KEY_PREFIX* and, as SHARED_ACCESS says,\n"
+                 "SHARED_PREFIX*), and how many connections it may hold at once. The password is\n"
+                 "shown as (hidden) unless --show-password; --uri prints only\n"
+                 "redis://USER:PASSWORD@HOST:PORT, for `redis-cli -u`. --json prints one line of\n"
+                 "JSON (the password only with --show-password). Fails when COMPONENT has no\n"
+                 "namespace (NOT_FOUND), jimbotd has no Redis configured (FAILED_PRECONDITION)\n"
+                 "or has not provisioned it yet (UNAVAILABLE, exit 3).\n"
+                 "\n"
+                 "status prints the Redis part of `jimbotctl status`: reachability, the\n"
+                 "connections counted at the last check against max_connections, and per\n"
+                 "component its connections, its allowance and those jimbotd closed beyond it.\n"
+                 "--json prints the whole ResourceStatus message.\n");
+}
+
+/* Appends @s to @b percent-encoded, but for RFC 3986's unreserved characters. */
+static void put_uri_part(jb__buf *b, const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~", *p) != NULL)
+            jb__buf_putc(b, (char)*p);
+        else
+            jb__buf_printf(b, "%%%02X", *p);
+    }
+}
+
+/* redis://USER:PASSWORD@HOST:PORT from @a's URL ("redis://HOST:PORT"). */
+static void put_redis_uri(jb__buf *b, const jb_client_redis_access *a)
+{
+    const char *rest = strstr(a->url, "://");
+    size_t scheme = rest != NULL ? (size_t)(rest - a->url) : 0;
+    jb__buf_printf(b, "%.*s://", (int)(scheme > 0 ? scheme : 5), scheme > 0 ? a->url : "redis");
+    put_uri_part(b, a->username);
+    jb__buf_putc(b, ':');
+    put_uri_part(b, a->password);
+    jb__buf_printf(b, "@%s", rest != NULL ? rest + 3 : a->url);
+}
+
+static void print_access_json(const jb_client_redis_access *a, int show_password)
+{
+    jb__buf b;
+    jb__buf_init(&b);
+    jb__buf_puts(&b, "{\"component\":");
+    jb__json_put_string(&b, a->component, strlen(a->component));
+    put_field(&b, "url", a->url);
+    put_field(&b, "username", a->username);
+    if (show_password)
+        put_field(&b, "password", a->password);
+    put_field(&b, "keyPrefix", a->key_prefix);
+    jb__buf_printf(&b, ",\"maxConnections\":%u", a->max_connections);
+    put_field(&b, "sharedPrefix", a->shared_prefix);
+    put_field(&b, "sharedAccess", a->shared_access);
+    jb__buf_putc(&b, '}');
+    printf("%s\n", b.data);
+    if (show_password)
+        explicit_bzero(b.data, b.len);
+    jb__buf_release(&b);
+}
+
+static void print_access(const jb_client_redis_access *a, int show_password)
+{
+    printf("component        %s\n", a->component);
+    printf("url              %s\n", a->url);
+    printf("username         %s\n", a->username);
+    printf("password         %s\n",
+           show_password ? a->password : "(hidden; --show-password prints it)");
+    printf("key_prefix       %s\n", a->key_prefix);
+    printf("shared_prefix    %s\n", a->shared_prefix[0] ? a->shared_prefix : "-");
+    printf("shared_access    %s\n", a->shared_access);
+    printf("max_connections  %u\n", a->max_connections);
+}
+
+static int redis_access(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    const char *component = NULL;
+    int json = 0, show_password = 0, uri = 0, rc = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            redis_usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--json") == 0)
+            json = 1;
+        else if (strcmp(argv[i], "--show-password") == 0)
+            show_password = 1;
+        else if (strcmp(argv[i], "--uri") == 0)
+            uri = 1;
+        else if (argv[i][0] != '-' && component == NULL)
+            component = argv[i];
+        else
+            return bad_usage("unexpected argument '%s'", argv[i]);
+    }
+    if (component == NULL)
+        return bad_usage("expected a COMPONENT");
+    if (uri && json)
+        return bad_usage("--uri and --json do not go together");
+    jb_error err;
+    jb_client_redis_access *a;
+    jb_status st = jb_client_new(copts, client, &err);
+    if (st == JB_OK)
+        st = jb_client_redis_access_get(*client, component, &a, &err);
+    if (st != JB_OK)
+        return fail_status(st, &err);
+    if (uri && strncmp(a->url, "redis://", 8) != 0 && strncmp(a->url, "rediss://", 9) != 0) {
+        rc = fail(EXIT_FAILED, "%s has no redis-cli URI form (use redis-cli -s PATH --user %s)",
+                  a->url, a->username);
+    } else if (uri) {
+        jb__buf b;
+        jb__buf_init(&b);
+        put_redis_uri(&b, a);
+        printf("%s\n", b.data);
+        explicit_bzero(b.data, b.len);
+        jb__buf_release(&b);
+    } else if (json) {
+        print_access_json(a, show_password);
+    } else {
+        print_access(a, show_password);
+    }
+    jb_client_redis_access_free(a);
+    return rc;
+}
+
+static int redis_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    return status_command(client, copts, argc, argv, redis_usage, print_redis);
+}
+
+static int cmd_redis(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    static const subcommand subs[] = {
+        {"access", "redis access", redis_access},
+        {"status", "redis status", redis_status},
+    };
+    return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),
+                          redis_usage);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 /*
@@ -2075,6 +2258,8 @@ int main(int argc, char **argv)
         rc = cmd_quota(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "queue") == 0) {
         rc = cmd_queue(&client, &copts, cargc, cargv);
+    } else if (strcmp(cmd_name, "redis") == 0) {
+        rc = cmd_redis(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "groups") == 0) {
         rc = cmd_groups(&client, &copts, cargc, cargv);
     } else if (strcmp(cmd_name, "group") == 0) {

@@ -1,7 +1,8 @@
 /*
  * The Infrastructure calls of the client library (include/jimbot/client.h):
  * GPU leases (AcquireGpu streams, ReleaseGpu), the API budget
- * (AcquireApiQuota) and the resource status (GetResourceStatus).
+ * (AcquireApiQuota) and the resource status (GetResourceStatus, its Redis
+ * part included; GetRedisAccess is in redis.c).
  *
  * A lease handle holds at most one AcquireGpu stream at a time, a jb__stream
  * (stream.c) as a subscription's (sub.c): the start batch, the status batch
@@ -852,6 +853,7 @@ typedef struct status_impl {
     jb_client_queue_depth *queues;
     jb_client_queue_status *request_queues;
     jb_client_breaker *breakers;
+    jb_client_redis_component *redis;
 } status_impl;
 
 static void *array(size_t n, size_t size)
@@ -952,6 +954,32 @@ static void fill_rest(status_impl *s, const Jimbot__Infra__V1__ResourceStatus *m
     p->n_breakers = m->n_breakers;
 }
 
+/* The shared Redis; an absent RedisStatus (an older jimbotd) reads as not configured. */
+static void fill_redis(status_impl *s, const Jimbot__Infra__V1__ResourceStatus *m)
+{
+    static const Jimbot__Infra__V1__RedisStatus none = JIMBOT__INFRA__V1__REDIS_STATUS__INIT;
+    const Jimbot__Infra__V1__RedisStatus *r = m->redis != NULL ? m->redis : &none;
+    s->redis = array(r->n_components, sizeof(*s->redis));
+    for (size_t i = 0; i < r->n_components; i++) {
+        const Jimbot__Infra__V1__RedisComponentStatus *c = r->components[i];
+        s->redis[i] = (jb_client_redis_component){.component = c->component,
+                                                  .username = c->username,
+                                                  .key_prefix = c->key_prefix,
+                                                  .connections = c->connections,
+                                                  .allowance = c->allowance,
+                                                  .connections_closed = c->connections_closed};
+    }
+    s->pub.redis = (jb_client_redis_status){.configured = r->configured ? 1 : 0,
+                                            .url = r->url,
+                                            .reachable = r->reachable ? 1 : 0,
+                                            .error = r->error,
+                                            .checked_ms = r->checked_ms,
+                                            .connections = r->connections,
+                                            .max_connections = r->max_connections,
+                                            .components = s->redis,
+                                            .n_components = r->n_components};
+}
+
 jb_status jb_client_resource_status_decode(const void *data, size_t len,
                                            jb_client_resource_status **out, jb_error *err)
 {
@@ -969,6 +997,7 @@ jb_status jb_client_resource_status_decode(const void *data, size_t len,
     s->pub.encoded_len = len;
     fill_gpus(s, m);
     fill_rest(s, m);
+    fill_redis(s, m);
     *out = &s->pub;
     return JB_OK;
 }
@@ -986,6 +1015,7 @@ void jb_client_resource_status_free(jb_client_resource_status *st)
     free(s->queues);
     free(s->request_queues);
     free(s->breakers);
+    free(s->redis);
     free(s);
 }
 

@@ -43,6 +43,9 @@
  *   client_probe ADDR rstatus                  the status struct: "gpus N free F waiters W
  *                                              remaining R limit L", then "gpu I HOLDER
  *                                              LEASE" per device ("-" when free)
+ *   client_probe ADDR redis-async COMPONENT    GetRedisAccess in callback mode: "redis URL
+ *                                              USER PASSWORD PREFIX MAX SHARED_PREFIX
+ *                                              SHARED_ACCESS COMPONENT", or the error
  *
  * Subscriptions start from everything the server holds (JB_CLIENT_START_ALL),
  * so that events published right after "subscribed" (printed once the
@@ -434,6 +437,50 @@ static int rstatus(jb_client *c)
     return 0;
 }
 
+typedef struct redis_async_state {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int rc;
+} redis_async_state;
+
+static void redis_access_cb(jb_status status, jb_client_redis_access *a, const jb_error *err,
+                            void *userdata)
+{
+    redis_async_state *s = userdata;
+    int rc = 0;
+    if (status != JB_OK)
+        rc = fail(status, err);
+    else
+        printf("redis %s %s %s %s %u %s %s %s\n", a->url, a->username, a->password, a->key_prefix,
+               a->max_connections, a->shared_prefix, a->shared_access, a->component);
+    fflush(stdout);
+    jb_client_redis_access_free(a);
+    pthread_mutex_lock(&s->mu);
+    s->done = 1;
+    s->rc = rc;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int redis_async(jb_client *c, const char *component)
+{
+    redis_async_state s = {.done = 0};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    jb_error err;
+    jb_status st = jb_client_redis_access_get_async(c, component, redis_access_cb, &s, &err);
+    if (st != JB_OK)
+        return fail(st, &err);
+    pthread_mutex_lock(&s.mu);
+    while (!s.done)
+        pthread_cond_wait(&s.cv, &s.mu);
+    pthread_mutex_unlock(&s.mu);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
+    return s.rc;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3) {
@@ -569,6 +616,8 @@ int main(int argc, char **argv)
         rc = quota(c, argv[3], (uint32_t)atol(argv[4]), (uint32_t)atol(argv[5]));
     } else if (strcmp(verb, "rstatus") == 0) {
         rc = rstatus(c);
+    } else if (strcmp(verb, "redis-async") == 0 && argc >= 4) {
+        rc = redis_async(c, argv[3]);
     } else {
         fprintf(stderr, "client_probe: bad verb or arguments\n");
         rc = 2;

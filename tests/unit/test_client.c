@@ -438,6 +438,117 @@ static void test_resource_status_decode(void **state)
     free(buf);
 }
 
+/* The Redis part of a ResourceStatus, and its absence (an older jimbotd). */
+static void test_resource_status_redis(void **state)
+{
+    (void)state;
+    Jimbot__Infra__V1__RedisComponentStatus c0 = JIMBOT__INFRA__V1__REDIS_COMPONENT_STATUS__INIT;
+    c0.component = S("claude");
+    c0.username = S("jb-claude");
+    c0.key_prefix = S("claude:");
+    c0.connections = 3;
+    c0.allowance = 2;
+    c0.connections_closed = 7;
+    Jimbot__Infra__V1__RedisComponentStatus c1 = JIMBOT__INFRA__V1__REDIS_COMPONENT_STATUS__INIT;
+    c1.component = S("analytics");
+    Jimbot__Infra__V1__RedisComponentStatus *comps[] = {&c0, &c1};
+    Jimbot__Infra__V1__RedisStatus r = JIMBOT__INFRA__V1__REDIS_STATUS__INIT;
+    r.configured = 1;
+    r.url = S("redis://127.0.0.1:6379");
+    r.error = S("connection refused");
+    r.checked_ms = 1764284400000;
+    r.connections = 9;
+    r.max_connections = 20;
+    r.n_components = 2;
+    r.components = comps;
+    Jimbot__Infra__V1__ResourceStatus m = JIMBOT__INFRA__V1__RESOURCE_STATUS__INIT;
+    m.redis = &r;
+    size_t len = protobuf_c_message_get_packed_size(&m.base);
+    uint8_t *buf = malloc(len);
+    protobuf_c_message_pack(&m.base, buf);
+
+    jb_client_resource_status *s;
+    jb_error err;
+    assert_int_equal(jb_client_resource_status_decode(buf, len, &s, &err), JB_OK);
+    const jb_client_redis_status *rs = &s->redis;
+    assert_true(rs->configured);
+    assert_false(rs->reachable);
+    assert_string_equal(rs->url, "redis://127.0.0.1:6379");
+    assert_string_equal(rs->error, "connection refused");
+    assert_int_equal(rs->checked_ms, 1764284400000);
+    assert_int_equal(rs->connections, 9);
+    assert_int_equal(rs->max_connections, 20);
+    assert_int_equal(rs->n_components, 2);
+    assert_string_equal(rs->components[0].component, "claude");
+    assert_string_equal(rs->components[0].username, "jb-claude");
+    assert_string_equal(rs->components[0].key_prefix, "claude:");
+    assert_int_equal(rs->components[0].connections, 3);
+    assert_int_equal(rs->components[0].allowance, 2);
+    assert_int_equal(rs->components[0].connections_closed, 7);
+    assert_string_equal(rs->components[1].component, "analytics");
+    assert_string_equal(rs->components[1].username, "");
+    jb_client_resource_status_free(s);
+    free(buf);
+
+    /* No RedisStatus at all: not configured, and the strings are "" rather than NULL. */
+    assert_int_equal(jb_client_resource_status_decode("", 0, &s, &err), JB_OK);
+    assert_false(s->redis.configured);
+    assert_string_equal(s->redis.url, "");
+    assert_string_equal(s->redis.error, "");
+    assert_int_equal(s->redis.n_components, 0);
+    jb_client_resource_status_free(s);
+}
+
+static void redis_access_never_called(jb_status status, jb_client_redis_access *a,
+                                      const jb_error *err, void *userdata)
+{
+    (void)status;
+    (void)err;
+    (void)userdata;
+    jb_client_redis_access_free(a);
+    fail_msg("a call that failed must not call its callback");
+}
+
+static void redis_access_ended(jb_status status, jb_client_redis_access *a, const jb_error *err,
+                               void *userdata)
+{
+    int *seen = userdata;
+    *seen = status == JB_EUNAVAILABLE && a == NULL && err != NULL &&
+                    strstr(err->message, "GetRedisAccess: UNAVAILABLE") != NULL
+                ? 1
+                : -1;
+}
+
+/* GetRedisAccess without a server: argument checks, the mapped status, the callback once. */
+static void test_redis_access_no_server(void **state)
+{
+    (void)state;
+    jb_client_options o = {.addr = "127.0.0.1:1", .deadline_ms = 5000};
+    jb_client *c;
+    assert_int_equal(jb_client_new(&o, &c, NULL), JB_OK);
+    jb_error err;
+    jb_client_redis_access *a = NULL;
+    assert_int_equal(jb_client_redis_access_get(c, "", &a, &err), JB_EINVAL);
+    assert_string_equal(err.message, "GetRedisAccess: no component");
+    assert_int_equal(jb_client_redis_access_get(c, NULL, &a, &err), JB_EINVAL);
+    assert_int_equal(jb_client_redis_access_get_async(c, "", redis_access_never_called, NULL, &err),
+                     JB_EINVAL);
+    assert_int_equal(jb_client_redis_access_get_async(c, "claude", NULL, NULL, &err), JB_EINVAL);
+    assert_int_equal(jb_client_redis_access_get(c, "claude", &a, &err), JB_EUNAVAILABLE);
+    assert_null(a);
+    assert_non_null(strstr(err.message, "GetRedisAccess: UNAVAILABLE: "));
+    int seen = 0;
+    assert_int_equal(jb_client_redis_access_get_async(c, "claude", redis_access_ended, &seen, &err),
+                     JB_OK);
+    for (int i = 0; i < 1000 && seen == 0; i++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    assert_int_equal(seen, 1);
+    jb_client_redis_access_free(NULL);
+    jb_client_free(c);
+}
+
 static void refuse_blocking_from_callback(jb_client_gpu *lease, const jb_client_gpu_event *ev,
                                           void *userdata)
 {
@@ -540,6 +651,8 @@ int main(void)
         cmocka_unit_test(test_no_server),
         cmocka_unit_test(test_resource_status_decode),
         cmocka_unit_test(test_infra_no_server),
+        cmocka_unit_test(test_resource_status_redis),
+        cmocka_unit_test(test_redis_access_no_server),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
