@@ -956,6 +956,14 @@ typedef struct jb_client_redis_access {
 jb_status jb_client_redis_access_get(jb_client *c, const char *component,
                                      jb_client_redis_access **out, jb_error *err);
 
+/*
+ * RotateRedisPassword: gives @component's ACL user a new password (made
+ * durable by jimbotd, then set in Redis; connections already authenticated
+ * stay open) and answers the new access as jb_client_redis_access_get().
+ */
+jb_status jb_client_redis_password_rotate(jb_client *c, const char *component,
+                                          jb_client_redis_access **out, jb_error *err);
+
 /* The end of an asynchronous access call: @a on JB_OK (the callback's to keep or free). */
 typedef void (*jb_client_redis_access_cb)(jb_status status, jb_client_redis_access *a,
                                           const jb_error *err, void *userdata);

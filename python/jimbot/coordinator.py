@@ -836,9 +836,20 @@ class Infrastructure(GpuApi, QueueApi, RedisApi):
         has not provisioned the users yet (Redis unreachable), and
         :class:`~jimbot.errors.InvalidArgumentError` for an empty
         component."""
+        return await self._redis_call("GetRedisAccess", component)
+
+    async def rotate_redis_password(self, component: str) -> RedisAccess:
+        """``RotateRedisPassword``: gives ``component``'s ACL user a new
+        password and returns the new :class:`jimbot.RedisAccess`.
+        Connections already authenticated stay open; new ones (a client made
+        by :meth:`redis` before the rotation included) need the new password,
+        so make a new client. Errors as :meth:`redis_access`."""
+        return await self._redis_call("RotateRedisPassword", component)
+
+    async def _redis_call(self, method: str, component: str) -> RedisAccess:
         if not isinstance(component, str) or not component:
             raise InvalidArgumentError("component must be a non-empty string")
-        resp = await self._unary("GetRedisAccess", pb.GetRedisAccessRequest(component=component),
+        resp = await self._unary(method, pb.GetRedisAccessRequest(component=component),
                                  self._timeout_s)
         return RedisAccess.from_message(component, resp)
 

@@ -2026,6 +2026,7 @@ static int cmd_queue(jb_client **client, const jb_client_options *copts, int arg
 static void redis_usage(FILE *out)
 {
     fprintf(out, "usage: jimbotctl redis access COMPONENT [--json] [--show-password | --uri]\n"
+                 "       jimbotctl redis rotate COMPONENT [--json] [--show-password | --uri]\n"
                  "       jimbotctl redis status [--json]\n"
                  "\n"
                  "access asks Infrastructure/GetRedisAccess: the Redis ACL user that jimbotd made\n"
@@ -2036,6 +2037,9 @@ static void redis_usage(FILE *out)
                  "JSON (the password only with --show-password). Fails when COMPONENT has no\n"
                  "namespace (NOT_FOUND), jimbotd has no Redis configured (FAILED_PRECONDITION)\n"
                  "or has not provisioned it yet (UNAVAILABLE, exit 3).\n"
+                 "\n"
+                 "rotate asks Infrastructure/RotateRedisPassword: COMPONENT's user gets a new\n"
+                 "password (connections already open stay), printed as access prints it.\n"
                  "\n"
                  "status prints the Redis part of `jimbotctl status`: reachability, the\n"
                  "connections counted at the last check against max_connections, and per\n"
@@ -2101,7 +2105,8 @@ static void print_access(const jb_client_redis_access *a, int show_password)
     printf("max_connections  %u\n", a->max_connections);
 }
 
-static int redis_access(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+static int redis_access_or_rotate(jb_client **client, const jb_client_options *copts, int argc,
+                                  char **argv, int rotate)
 {
     const char *component = NULL;
     int json = 0, show_password = 0, uri = 0, rc = 0;
@@ -2129,7 +2134,8 @@ static int redis_access(jb_client **client, const jb_client_options *copts, int 
     jb_client_redis_access *a;
     jb_status st = jb_client_new(copts, client, &err);
     if (st == JB_OK)
-        st = jb_client_redis_access_get(*client, component, &a, &err);
+        st = rotate ? jb_client_redis_password_rotate(*client, component, &a, &err)
+                    : jb_client_redis_access_get(*client, component, &a, &err);
     if (st != JB_OK)
         return fail_status(st, &err);
     if (uri && strncmp(a->url, "redis://", 8) != 0 && strncmp(a->url, "rediss://", 9) != 0) {
@@ -2151,6 +2157,16 @@ static int redis_access(jb_client **client, const jb_client_options *copts, int 
     return rc;
 }
 
+static int redis_access(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    return redis_access_or_rotate(client, copts, argc, argv, 0);
+}
+
+static int redis_rotate(jb_client **client, const jb_client_options *copts, int argc, char **argv)
+{
+    return redis_access_or_rotate(client, copts, argc, argv, 1);
+}
+
 static int redis_status(jb_client **client, const jb_client_options *copts, int argc, char **argv)
 {
     return status_command(client, copts, argc, argv, redis_usage, print_redis);
@@ -2160,6 +2176,7 @@ static int cmd_redis(jb_client **client, const jb_client_options *copts, int arg
 {
     static const subcommand subs[] = {
         {"access", "redis access", redis_access},
+        {"rotate", "redis rotate", redis_rotate},
         {"status", "redis status", redis_status},
     };
     return run_subcommand(client, copts, argc, argv, subs, sizeof(subs) / sizeof(subs[0]),

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #define M_REDIS_ACCESS "/jimbot.infra.v1.Infrastructure/GetRedisAccess"
+#define M_REDIS_ROTATE "/jimbot.infra.v1.Infrastructure/RotateRedisPassword"
 
 typedef struct access_impl {
     jb_client_redis_access pub;
@@ -73,21 +74,34 @@ static void wipe(uint8_t *p, size_t len)
         explicit_bzero(p, len);
 }
 
-jb_status jb_client_redis_access_get(jb_client *c, const char *component,
-                                     jb_client_redis_access **out, jb_error *err)
+/* GetRedisAccess or RotateRedisPassword (@method), waiting for the answer. */
+static jb_status access_call_sync(jb_client *c, const char *method, const char *component,
+                                  jb_client_redis_access **out, jb_error *err)
 {
     uint8_t *buf = NULL, *resp = NULL;
     size_t len, resp_len = 0;
     jb_status st = pack_access(component, &buf, &len, err);
     if (st != JB_OK)
         return st;
-    st = jb__client_unary_call(c, M_REDIS_ACCESS, buf, len, 0, &resp, &resp_len, err);
+    st = jb__client_unary_call(c, method, buf, len, 0, &resp, &resp_len, err);
     free(buf);
     if (st == JB_OK)
         st = parse_access(component, resp, resp_len, out, err);
     wipe(resp, resp_len);
     free(resp);
     return st;
+}
+
+jb_status jb_client_redis_access_get(jb_client *c, const char *component,
+                                     jb_client_redis_access **out, jb_error *err)
+{
+    return access_call_sync(c, M_REDIS_ACCESS, component, out, err);
+}
+
+jb_status jb_client_redis_password_rotate(jb_client *c, const char *component,
+                                          jb_client_redis_access **out, jb_error *err)
+{
+    return access_call_sync(c, M_REDIS_ROTATE, component, out, err);
 }
 
 typedef struct access_call {

@@ -585,6 +585,30 @@ class RealDaemonRedisTest(unittest.IsolatedAsyncioTestCase):
             self.assertIn("state           reachable", out.stdout)
             self.assertRegex(out.stdout, rf"claude\s+{a.username}\s+claude:\s+\d/2\s+0")
 
+    async def test_rotation_from_python_and_jimbotctl(self):
+        async with jimbot.Infrastructure(self.daemon.address, timeout_s=TIMEOUT) as infra:
+            before = await self.provisioned(infra)
+            r = await infra.redis("claude")
+            self.addAsyncCleanup(r.close)
+            await r.set(before.key("k"), "1")
+            after = await infra.rotate_redis_password("claude")
+            self.assertEqual(after.username, before.username)
+            self.assertNotEqual(after.password, before.password)
+            self.assertEqual((await infra.redis_access("claude")).password, after.password)
+            # The connection already open stays authenticated.
+            self.assertEqual(await r.get(before.key("k")), b"1")
+            with self.assertRaises(errors.NotFoundError):
+                await infra.rotate_redis_password("nobody")
+            out = jimbotctl(self.daemon.address, "redis", "rotate", "claude", "--json",
+                            "--show-password")
+            self.assertEqual(out.returncode, 0, out.stderr)
+            third = json.loads(out.stdout)
+            self.assertNotIn(third["password"], (before.password, after.password))
+            fresh = redis.Redis(host="127.0.0.1", port=self.redis.port,
+                                username=third["username"], password=third["password"])
+            self.assertEqual(fresh.get("claude:k"), b"1")
+            fresh.close()
+
     async def test_daemon_and_redis_restarts(self):
         async with jimbot.Infrastructure(self.daemon.address, timeout_s=TIMEOUT) as infra:
             a = await self.provisioned(infra)
