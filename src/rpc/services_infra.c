@@ -518,13 +518,9 @@ static void add_component(const jb_quota_component_info *qc, void *ud)
     b->comps[b->resp.n_claude_components++] = q;
 }
 
-/* One queue_depths entry; a name given already (a request queue) keeps its first value. */
+/* One queue_depths entry. */
 static void add_depth_entry(status_build *b, const char *name, uint64_t depth)
 {
-    for (size_t i = 0; i < b->resp.n_queue_depths; i++) {
-        if (strcmp(b->depths[i].key, name) == 0)
-            return;
-    }
     if (grow(b, (void **)&b->depths, b->resp.n_queue_depths, &b->cap_depths, sizeof(*b->depths)) !=
         0)
         return;
@@ -590,9 +586,16 @@ static void add_redis(status_build *b, jb_coord *co)
     b->resp.redis = r;
 }
 
+/* A consumer group's entry, unless a request queue has its name (queues come first, and
+ * there are few of them: the check is not quadratic in the groups). */
 static void add_depth(const char *group, const jb_bus_group_info *info, void *ud)
 {
-    add_depth_entry(ud, group, info->pending);
+    status_build *b = ud;
+    for (size_t i = 0; i < b->resp.n_queues; i++) {
+        if (strcmp(b->queues[i].name, group) == 0)
+            return;
+    }
+    add_depth_entry(b, group, info->pending);
 }
 
 /* The legacy summary fields (1-6) from the lists. */
