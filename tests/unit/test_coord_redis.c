@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "coord/redis.h"
+#include "redis_server.h"
 
 #include <arpa/inet.h>
 #include <ftw.h>
@@ -64,28 +65,10 @@ typedef struct answer {
     long long integer;
 } answer;
 
-static const char *redis_binary(void)
-{
-    const char *env = getenv("JB_REDIS_SERVER");
-    return env != NULL && *env != '\0' ? env : "/usr/bin/redis-server";
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st, (void)flag, (void)ftw;
     return remove(path);
-}
-
-/* A port nobody listens on now (the kernel's pick for an ephemeral bind). */
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
 }
 
 static void on_guard(uv_timer_t *t)
@@ -104,7 +87,7 @@ static int setup(void **state)
     snprintf(f->sock, sizeof(f->sock), "%s/redis.sock", f->dir);
     uv_timer_init(&f->loop, &f->guard);
     f->guard.data = f;
-    f->port = free_port();
+    f->port = jbt_free_port();
     *state = f;
     return 0;
 }
@@ -124,38 +107,12 @@ static void run_until(fixture *f, const int *flag, int want)
 
 static void start_redis(fixture *f)
 {
-    if (access(redis_binary(), X_OK) != 0)
-        skip();
-    char port[16], log[128];
-    snprintf(port, sizeof(port), "%d", f->port);
-    snprintf(log, sizeof(log), "%s/redis.log", f->dir);
-    const char *argv[24] = {
-        redis_binary(), "--port",      port,    "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no",          "--dir", f->dir,   "--logfile", log,      "--unixsocket",
-        f->sock,        "--daemonize", "no"};
-    int n = 17;
-    if (f->password != NULL) {
-        argv[n++] = "--requirepass";
-        argv[n++] = f->password;
-    }
-    argv[n] = NULL;
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    f->redis = pid;
+    f->redis = jbt_redis_start(f->dir, f->port, f->password, f->sock);
 }
 
 static void stop_redis(fixture *f)
 {
-    if (f->redis <= 0)
-        return;
-    kill(f->redis, SIGTERM);
-    int status;
-    waitpid(f->redis, &status, 0);
-    f->redis = 0;
+    jbt_redis_stop(&f->redis);
 }
 
 static void on_closed(void *userdata);

@@ -25,6 +25,7 @@
 #include "jimbot/config.h"
 #include "jimbot/coord.h"
 #include "jimbot/log.h"
+#include "redis_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -272,11 +273,7 @@ static void close_coord(fixture *f)
 
 static void stop_redis(fixture *f)
 {
-    if (f->redis <= 0)
-        return;
-    kill(f->redis, SIGTERM);
-    waitpid(f->redis, NULL, 0);
-    f->redis = 0;
+    jbt_redis_stop(&f->redis);
 }
 
 static int teardown(void **state)
@@ -414,17 +411,6 @@ static void test_damaged_users_file_refused(void **state)
 
 /* ---- A real redis-server ---------------------------------------------------------- */
 
-static int free_port(void)
-{
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(a);
-    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &len), 0);
-    close(s);
-    return ntohs(a.sin_port);
-}
-
 /* A socket connected to the test's Redis, or -1. */
 static int dial(const fixture *f)
 {
@@ -479,18 +465,8 @@ static int have_redis(void)
 static void start_redis(fixture *f)
 {
     if (f->port == 0)
-        f->port = free_port();
-    char port[16];
-    snprintf(port, sizeof(port), "%d", f->port);
-    f->redis = fork();
-    assert_true(f->redis >= 0);
-    if (f->redis == 0) {
-        int devnull = open("/dev/null", 1);
-        dup2(devnull, 1);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", f->dir, "--requirepass", ADMIN_PASS, NULL);
-        _exit(127);
-    }
+        f->port = jbt_free_port();
+    f->redis = jbt_redis_start(f->dir, f->port, ADMIN_PASS, NULL);
     assert_true(run_until(f, redis_answers, NULL));
 }
 
@@ -531,10 +507,11 @@ static int reachable(fixture *f, const void *want)
     return info.reachable == *(const int *)want;
 }
 
-#define SKIP_WITHOUT_REDIS() \
-    do {                     \
-        if (!have_redis())   \
-            skip();          \
+/* scripts/deps.sh installs both: without them the test fails, it does not pass by skipping. */
+#define REQUIRE_REDIS()                                                               \
+    do {                                                                              \
+        if (!have_redis())                                                            \
+            fail_msg("no redis-server or redis-cli: install them (scripts/deps.sh)"); \
     } while (0)
 
 /* Opens the coordinator on a fresh Redis with @more settings; waits for @component's user. */
@@ -549,7 +526,7 @@ static void open_on_redis(fixture *f, const char *more, const char *component)
 static void test_users_and_noperm(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "", "claude");
     assert_true(run_until(f, access_ok, "analytics"));
     jb_redis_access acc;
@@ -603,7 +580,7 @@ static void test_users_and_noperm(void **state)
 static void test_shared_read_only(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "    shared_access: read\n", "claude");
     jb_redis_access acc;
     assert_int_equal(jb_coord_redis_access(f->co, "claude", &acc, NULL), JB_OK);
@@ -657,7 +634,7 @@ static void count_closed(const jb_redis_component_info *c, void *ud)
 static void test_budget_enforced(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     /* 4 less jimbotd's own: claude 2, analytics 1. */
     open_on_redis(f,
                   "    max_connections: 4\n    namespaces: {claude: {prefix: 'claude:', "
@@ -706,7 +683,7 @@ static int rotated(fixture *f, const void *arg)
 static void test_restart_keeps_password_and_rotate(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "", "claude");
     jb_redis_access before, after;
     assert_int_equal(jb_coord_redis_access(f->co, "claude", &before, NULL), JB_OK);
@@ -754,7 +731,7 @@ static int user_gone(fixture *f, const void *user)
 static void test_removed_namespace_deleted(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "", "analytics");
     char out[512];
     cli(f, NULL, NULL, "ACL GETUSER jimbot-analytics", out, sizeof(out));
@@ -783,7 +760,7 @@ static int file_has(fixture *f, const void *needle)
 static void test_added_namespace_provisioned(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "", "claude");
     load_redis_config(f, "    namespaces: {claude: 'claude:', advisor: 'advisor:', shared: "
                          "'shared:'}\n");
@@ -813,7 +790,7 @@ static int error_says(fixture *f, const void *needle)
 static void test_users_file_unwritable(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     /* A folder that does not exist: every write fails (also as root). */
     snprintf(f->users, sizeof(f->users), "%s/missing/redis.users", f->dir);
     start_redis(f);
@@ -831,7 +808,7 @@ static void test_users_file_unwritable(void **state)
 static void test_redis_restart(void **state)
 {
     fixture *f = *state;
-    SKIP_WITHOUT_REDIS();
+    REQUIRE_REDIS();
     open_on_redis(f, "", "claude");
     jb_redis_access acc;
     assert_int_equal(jb_coord_redis_access(f->co, "claude", &acc, NULL), JB_OK);
